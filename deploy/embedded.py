@@ -1,0 +1,102 @@
+"""`make run`: the whole system on one machine (broker, three services, gateway) until Ctrl-C."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from deploy.processes import start_tansu, start_uvicorn, stop, wait_ready
+
+SERVICES = [
+    ("registry", "services.registry.app:create_app", 8001),
+    ("activities", "services.activities.app:create_app", 8002),
+    ("analytics", "services.analytics.app:create_app", 8003),
+]
+
+
+def _persistent_secret(path: Path, make) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def main() -> int:
+    data_dir = Path(os.environ.get("VMC_DATA_DIR", "var")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    gateway_port = int(os.environ.get("VMC_GATEWAY_PORT", "8000"))
+    env = {
+        "VMC_DATA_DIR": str(data_dir),
+        "VMC_INTERNAL_SECRET": os.environ.get("VMC_INTERNAL_SECRET")
+        or _persistent_secret(data_dir / "internal-secret", lambda: secrets.token_urlsafe(32)),
+    }
+    admin_key = os.environ.get("VMC_BOOTSTRAP_ADMIN_KEY") or _persistent_secret(
+        data_dir / "bootstrap-admin-key", lambda: f"vmc_{secrets.token_hex(4)}_{secrets.token_urlsafe(32)}"
+    )
+    env["VMC_BOOTSTRAP_ADMIN_KEY"] = admin_key
+
+    procs: dict[str, subprocess.Popen] = {}
+    stopping = False
+
+    def shutdown(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, shutdown)
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        if os.environ.get("VMC_KAFKA_BOOTSTRAP"):
+            env["VMC_KAFKA_BOOTSTRAP"] = os.environ["VMC_KAFKA_BOOTSTRAP"]
+            print(f"broker: external, {env['VMC_KAFKA_BOOTSTRAP']}")
+        else:
+            port = int(os.environ.get("VMC_BROKER_PORT", "9092"))
+            procs["broker"] = start_tansu(port, logs / "broker.log")
+            env["VMC_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
+            # The broker starts empty (memory storage): a new epoch makes every service publish its
+            # retained outbox again, and consumers skip what they already applied.
+            env["VMC_BROKER_EPOCH"] = str(uuid.uuid4())
+            print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes)")
+        for name, app, default_port in SERVICES:
+            port = int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port))
+            env[f"VMC_{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
+            procs[name] = start_uvicorn(app, port, {**env, f"VMC_{name.upper()}_PORT": str(port)}, logs / f"{name}.log")
+        for name, _, default_port in SERVICES:
+            port = int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port))
+            wait_ready(f"http://127.0.0.1:{port}/ready", 90, procs[name])
+            print(f"{name}: ready on 127.0.0.1:{port}")
+        procs["gateway"] = start_uvicorn(
+            "gateway.app:create_app", gateway_port, {**env, "VMC_GATEWAY_PORT": str(gateway_port)}, logs / "gateway.log"
+        )
+        wait_ready(f"http://127.0.0.1:{gateway_port}/ready", 60, procs["gateway"])
+        print(f"\nVMC Connect is running: http://127.0.0.1:{gateway_port}/api/v1  (docs: /api/v1/docs)")
+        print(f"First admin API key (national, every scope): {admin_key}")
+        print(f"Data: {data_dir}   Logs: {logs}   Stop: Ctrl-C\n", flush=True)
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"error: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}. Stopping.",
+                          file=sys.stderr, flush=True)
+                    return 1
+            time.sleep(0.5)
+        print("stopping ...", flush=True)
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}; see the logs in {logs}", file=sys.stderr)
+        return 1
+    finally:
+        for name in ("gateway", "registry", "activities", "analytics", "broker"):
+            if name in procs:
+                stop(procs[name])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

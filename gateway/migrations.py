@@ -1,0 +1,15 @@
+"""The gateway's own schema: API keys (and, later, the audit trail)."""
+from __future__ import annotations
+
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from gateway.keys import ApiKey
+from shared.db import Migration
+
+
+def _v1(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn, tables=[ApiKey.__table__])
+
+
+MIGRATIONS = [Migration(1, "api keys", _v1)]

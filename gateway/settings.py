@@ -1,0 +1,26 @@
+"""Gateway settings (`VMC_GATEWAY_*`, plus the common `VMC_*`)."""
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="VMC_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    name: str = "gateway"
+    port: int = 8000
+    registry_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("VMC_REGISTRY_URL"))
+    activities_url: str = Field("http://127.0.0.1:8002", validation_alias=AliasChoices("VMC_ACTIVITIES_URL"))
+    analytics_url: str = Field("http://127.0.0.1:8003", validation_alias=AliasChoices("VMC_ANALYTICS_URL"))
+    rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("VMC_RATE_LIMIT_PER_MINUTE"))
+    redis_url: str = Field("", validation_alias=AliasChoices("VMC_REDIS_URL"))
+    bootstrap_admin_key: str = Field("", validation_alias=AliasChoices("VMC_BOOTSTRAP_ADMIN_KEY"))
+    # How long a looked-up key is trusted before the database is asked again (revocation delay).
+    key_cache_seconds: float = 2.0
+    max_concurrent_per_key: int = 32
+    upstream_timeout_seconds: float = 30.0
+    import_timeout_seconds: float = 300.0
+    cors_origins: str = Field("", validation_alias=AliasChoices("VMC_CORS_ORIGINS"))

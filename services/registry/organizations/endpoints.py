@@ -1,0 +1,60 @@
+"""HTTP surface of organisations."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from services.registry.organizations.models import Organization, OrganizationCreate, OrganizationPublic, OrganizationUpdate
+from services.registry.organizations import service
+from services.registry.scope import VisibilityDep
+from shared.caller import require_scope
+from shared.errors import PROBLEM_RESPONSES
+from shared.pagination import Cursor, Limit, Page, page_of, paginate
+from shared.service import SessionDep
+
+router = APIRouter(prefix="/organizations", tags=["organizations"], responses=PROBLEM_RESPONSES)
+
+
+@router.post("", status_code=201, response_model=OrganizationPublic, dependencies=[require_scope("registry:write")])
+async def create_organization(body: OrganizationCreate, session: SessionDep, scope: VisibilityDep):
+    org = await service.create_organization(session, scope, body)
+    await session.commit()
+    return org
+
+
+@router.get("", response_model=Page[OrganizationPublic], dependencies=[require_scope("registry:read")])
+async def list_organizations(
+    session: SessionDep,
+    scope: VisibilityDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    parent_id: uuid.UUID | None = None,
+    kind: str | None = Query(default=None, max_length=50),
+    updated_since: datetime | None = None,
+):
+    query = select(Organization)
+    if scope.orgs is not None:
+        query = query.where(Organization.id.in_(scope.orgs))
+    if parent_id is not None:
+        query = query.where(Organization.parent_id == parent_id)
+    if kind is not None:
+        query = query.where(Organization.kind == kind)
+    if updated_since is not None:
+        query = query.where(Organization.updated_at >= updated_since)
+    rows = list((await session.execute(paginate(query, Organization, limit, cursor))).scalars())
+    return page_of(rows, limit, OrganizationPublic)
+
+
+@router.get("/{org_id}", response_model=OrganizationPublic, dependencies=[require_scope("registry:read")])
+async def get_organization(org_id: uuid.UUID, session: SessionDep, scope: VisibilityDep):
+    return await service.get_visible(session, scope, org_id)
+
+
+@router.patch("/{org_id}", response_model=OrganizationPublic, dependencies=[require_scope("registry:write")])
+async def update_organization(org_id: uuid.UUID, body: OrganizationUpdate, session: SessionDep, scope: VisibilityDep):
+    org = await service.update_organization(session, scope, org_id, body)
+    await session.commit()
+    return org

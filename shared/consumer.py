@@ -1,0 +1,236 @@
+"""Idempotent Kafka consumer runtime.
+
+Each batch of a partition is applied in one database transaction together with a record of the
+event ids it processed; offsets are committed only after that transaction commits. A redelivered
+event (consumer killed before its offset commit, rebalance, outbox re-publish) finds its id recorded
+and is skipped. A message that cannot be processed after bounded retries goes to the consumer's
+dead-letter topic with the error, and the consumer moves on.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import Field, SQLModel
+
+from shared.db import timestamp_field
+from shared.events import CloudEvent, MalformedEvent, Payload, UnknownEventType, dead_letter_topic, parse_event
+from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AsyncSession, CloudEvent, Payload], Awaitable[None]]
+
+
+class ProcessedEvent(SQLModel, table=True):
+    __tablename__ = "processed_events"
+
+    consumer: str = Field(primary_key=True, max_length=100)
+    event_id: str = Field(primary_key=True, max_length=100)
+    processed_at: datetime = timestamp_field()
+    outcome: str = Field(default="applied", max_length=20)
+
+
+TABLES = [ProcessedEvent.__table__]
+
+
+class _Poison(Exception):
+    """A message that will never succeed (not an envelope, or its payload breaks the schema)."""
+
+
+class EventConsumer:
+    def __init__(
+        self,
+        name: str,
+        topics: list[str],
+        handlers: dict[str, Handler],
+        maker: async_sessionmaker[AsyncSession],
+        consumer_factory: Callable[[str, list[str]], AIOKafkaConsumer],
+        producer_factory: Callable[[], AIOKafkaProducer],
+        metrics: Metrics,
+        *,
+        max_retries: int = 3,
+        retry_delay: float = 0.2,
+    ):
+        self.name = name
+        self.topics = topics
+        self.handlers = handlers
+        self._maker = maker
+        self._consumer_factory = consumer_factory
+        self._producer_factory = producer_factory
+        self._metrics = metrics
+        self._max_retries = max_retries
+        self._retry_delay = retry_delay
+        self._task: asyncio.Task | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.last_event_time: datetime | None = None
+        self.healthy = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._close()
+
+    async def _close(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                try:
+                    await client.stop()
+                except Exception:  # noqa: BLE001 - closing a client that lost its broker
+                    log.debug("client stop failed", exc_info=True)
+        self._consumer = self._producer = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                self._producer = self._producer_factory()
+                await self._producer.start()
+                self._consumer = self._consumer_factory(self.name, self.topics)
+                await self._consumer.start()
+                failures = 0
+                await self._consume(self._consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(failures, 10))
+                log.warning("consumer failed, restarting", extra={"consumer": self.name, "error": repr(exc), "retry_in_s": delay})
+                await self._close()
+                await asyncio.sleep(delay)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            self.healthy = True
+            for tp, messages in batches.items():
+                await self._process(messages)
+                await self._commit(consumer, tp, messages[-1].offset + 1)
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(
+                        max(0, highwater - (messages[-1].offset + 1))
+                    )
+
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        try:
+            await consumer.commit({tp: offset})
+        except CommitFailedError:
+            # The partition moved to another member; it resumes from the last committed offset and
+            # the processed-events record makes the overlap harmless.
+            log.info("offset commit lost to a rebalance", extra={"consumer": self.name, "partition": str(tp)})
+
+    async def _process(self, messages: list[ConsumerRecord]) -> None:
+        """All of a partition's batch in one transaction; on any failure, one message at a time."""
+        try:
+            await self._apply(messages, raise_on_error=True)
+        except Exception:  # noqa: BLE001 - isolate the culprit below
+            for message in messages:
+                await self._process_one(message)
+
+    async def _process_one(self, message: ConsumerRecord) -> None:
+        error: BaseException | None = None
+        for attempt in range(self._max_retries):
+            try:
+                await self._apply([message], raise_on_error=True)
+                return
+            except _Poison as exc:
+                error = exc
+                break
+            except Exception as exc:  # noqa: BLE001 - retried a bounded number of times, then dead-lettered
+                error = exc
+                await asyncio.sleep(self._retry_delay * (attempt + 1))
+        await self._dead_letter(message, error)
+
+    async def _apply(self, messages: list[ConsumerRecord], raise_on_error: bool) -> None:
+        events: list[tuple[CloudEvent, Payload | None]] = []
+        for message in messages:
+            try:
+                event = parse_event(message.value)
+                payload = event.payload() if event.type in self.handlers else None
+            except (MalformedEvent, ValidationError, UnknownEventType) as exc:
+                raise _Poison(str(exc)) from exc
+            events.append((event, payload))
+        async with self._maker() as session:
+            ids = list({e.id for e, _ in events})
+            seen = set(
+                (
+                    await session.execute(
+                        select(ProcessedEvent.event_id).where(
+                            ProcessedEvent.consumer == self.name, ProcessedEvent.event_id.in_(ids)
+                        )
+                    )
+                ).scalars()
+            )
+            now = datetime.now(timezone.utc)
+            applied = skipped = 0
+            for event, payload in events:
+                if event.id in seen:
+                    skipped += 1
+                    continue
+                seen.add(event.id)
+                handler = self.handlers.get(event.type)
+                if handler is not None:
+                    await handler(session, event, payload)
+                    applied += 1
+                session.add(ProcessedEvent(consumer=self.name, event_id=event.id, processed_at=now))
+            await session.commit()
+        if events:
+            self.last_event_time = max(e.time for e, _ in events)
+        self._metrics.consumed.labels(self.name, "applied").inc(applied)
+        self._metrics.consumed.labels(self.name, "duplicate").inc(skipped)
+
+    async def _dead_letter(self, message: ConsumerRecord, error: BaseException | None) -> None:
+        reason = repr(error) if error else "unknown"
+        headers = [
+            ("vmc-error", reason[:2000].encode()),
+            ("vmc-consumer", self.name.encode()),
+            ("vmc-original-topic", message.topic.encode()),
+            ("vmc-original-partition", str(message.partition).encode()),
+            ("vmc-original-offset", str(message.offset).encode()),
+        ]
+        value = orjson.dumps(
+            {
+                "consumer": self.name,
+                "error": reason[:2000],
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "key": message.key.decode(errors="replace") if message.key else None,
+                "value": message.value.decode(errors="replace") if message.value else None,
+            }
+        )
+        assert self._producer is not None
+        await self._producer.send_and_wait(dead_letter_topic(self.name), value=value, key=message.key, headers=headers)
+        self._metrics.dead_letters.labels(self.name).inc()
+        log.error("message dead-lettered", extra={"consumer": self.name, "error": reason, "offset": message.offset})
+        # Record a dead-lettered event so a replay does not dead-letter it a second time.
+        try:
+            event_id = parse_event(message.value).id
+        except MalformedEvent:
+            return
+        async with self._maker() as session:
+            if await session.get(ProcessedEvent, (self.name, event_id)) is None:
+                session.add(
+                    ProcessedEvent(
+                        consumer=self.name, event_id=event_id, processed_at=datetime.now(timezone.utc), outcome="dead_letter"
+                    )
+                )
+                await session.commit()

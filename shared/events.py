@@ -1,0 +1,243 @@
+"""The typed event catalogue and the CloudEvents 1.0 envelope every service publishes and consumes.
+
+Every event type is listed once here with its payload model; producers and consumers import it and
+the AsyncAPI document is generated from it. Payloads never carry names, phones, emails or guardian
+details (§5): they identify people only by their pseudonymous ids.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+REGISTRY_TOPIC = "vmc.registry.v1"
+ACTIVITIES_TOPIC = "vmc.activities.v1"
+SOURCES = {REGISTRY_TOPIC: "/registry", ACTIVITIES_TOPIC: "/activities"}
+
+
+def dead_letter_topic(consumer: str) -> str:
+    return f"vmc.{consumer}.dlq"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- registry ---------------------------------------------------------------------------------
+class OrganizationChanged(Payload):
+    id: uuid.UUID
+    name: str | None = None
+    name_km: str | None = None
+    kind: str
+    parent_id: uuid.UUID | None = None
+    province_codes: list[str] = []
+    national: bool = False
+
+
+class ProgramCreated(Payload):
+    id: uuid.UUID
+    code: str
+
+
+class ProjectChanged(Payload):
+    id: uuid.UUID
+    program_id: uuid.UUID
+    organization_id: uuid.UUID
+    focus_areas: list[str] = []
+    location_codes: list[str] = []
+    start_date: date | None = None
+    end_date: date | None = None
+
+
+class VolunteerChanged(Payload):
+    """Pseudonymous: what statistics need, nothing that names or reaches the person."""
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    sex: str
+    date_of_birth: date
+    residence_province: str
+    residence_commune: str | None = None
+    education_level: str | None = None
+    disability: str | None = None
+
+
+class VolunteerErased(Payload):
+    id: uuid.UUID
+
+
+class VolunteerMerged(Payload):
+    survivor_id: uuid.UUID
+    duplicate_id: uuid.UUID
+
+
+class EnrollmentChanged(Payload):
+    id: uuid.UUID
+    volunteer_id: uuid.UUID
+    project_id: uuid.UUID
+    role: str | None = None
+    started_on: date
+    ended_on: date | None = None
+    end_reason: str | None = None
+
+
+class LocationRecord(Payload):
+    code: str
+    level: str
+    parent_code: str | None = None
+
+
+class LocationsImported(Payload):
+    locations: list[LocationRecord]
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str
+    topic: str
+    payload: type[Payload]
+    version: int
+    summary: str
+
+    @property
+    def dataschema(self) -> str:
+        return f"urn:vmc:schema:{self.type}:v{self.version}"
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    spec.type: spec
+    for spec in [
+        EventSpec("vmc.organization.created", REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation was registered."),
+        EventSpec("vmc.organization.updated", REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation changed (full state)."),
+        EventSpec("vmc.program.created", REGISTRY_TOPIC, ProgramCreated, 1, "A programme was created."),
+        EventSpec("vmc.project.created", REGISTRY_TOPIC, ProjectChanged, 1, "A project was created."),
+        EventSpec("vmc.project.updated", REGISTRY_TOPIC, ProjectChanged, 1, "A project changed (full state)."),
+        EventSpec("vmc.volunteer.registered", REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer was registered."),
+        EventSpec("vmc.volunteer.updated", REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer's statistical attributes changed."),
+        EventSpec("vmc.volunteer.erased", REGISTRY_TOPIC, VolunteerErased, 1, "A volunteer's direct identifiers were erased."),
+        EventSpec("vmc.volunteer.merged", REGISTRY_TOPIC, VolunteerMerged, 1, "A duplicate volunteer was merged into a survivor."),
+        EventSpec("vmc.enrollment.started", REGISTRY_TOPIC, EnrollmentChanged, 1, "A volunteer was enrolled in a project."),
+        EventSpec("vmc.enrollment.ended", REGISTRY_TOPIC, EnrollmentChanged, 1, "An enrolment ended."),
+        EventSpec("vmc.locations.imported", REGISTRY_TOPIC, LocationsImported, 1, "Gazetteer entries were added or renamed."),
+    ]
+}
+
+
+class CloudEvent(BaseModel):
+    """CloudEvents 1.0, structured JSON mode. Extension attributes carry request and trace context."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    source: str
+    type: str
+    subject: str
+    time: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str | None = None
+    requestid: str | None = None
+    traceparent: str | None = None
+    data: dict[str, Any]
+
+    def payload(self) -> Payload:
+        """The typed payload; raises `UnknownEventType` or `pydantic.ValidationError`."""
+        spec = CATALOGUE.get(self.type)
+        if spec is None:
+            raise UnknownEventType(self.type)
+        return spec.payload.model_validate(self.data)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+class UnknownEventType(Exception):
+    pass
+
+
+class MalformedEvent(Exception):
+    pass
+
+
+def new_event(type_: str, subject: uuid.UUID | str, payload: Payload, request_id: str | None = None) -> CloudEvent:
+    spec = CATALOGUE[type_]
+    if not isinstance(payload, spec.payload):
+        raise TypeError(f"{type_} carries {spec.payload.__name__}, not {type(payload).__name__}")
+    return CloudEvent(
+        source=SOURCES[spec.topic],
+        type=type_,
+        subject=str(subject),
+        dataschema=spec.dataschema,
+        requestid=request_id,
+        data=payload.model_dump(mode="json"),
+    )
+
+
+def parse_event(raw: bytes | None) -> CloudEvent:
+    """Decode a Kafka value into an envelope; anything that is not one raises `MalformedEvent`."""
+    if raw is None:
+        raise MalformedEvent("empty message value")
+    try:
+        return CloudEvent.model_validate(orjson.loads(raw))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise MalformedEvent(f"not a CloudEvents 1.0 JSON envelope: {exc}") from exc
+
+
+def asyncapi_document(title: str = "VMC Connect events", version: str = "1.0.0") -> dict[str, Any]:
+    """AsyncAPI 3.0 catalogue generated from CATALOGUE."""
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for spec in CATALOGUE.values():
+        key = spec.type.replace(".", "_")
+        schema = spec.payload.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            schemas[name] = sub
+        schemas[spec.payload.__name__] = schema
+        messages[key] = {
+            "name": spec.type,
+            "title": spec.type,
+            "summary": spec.summary,
+            "contentType": "application/cloudevents+json",
+            "headers": {"type": "object", "description": "CloudEvents 1.0 structured mode envelope; Kafka key = subject"},
+            "payload": {
+                "type": "object",
+                "required": ["specversion", "id", "source", "type", "subject", "time", "data"],
+                "properties": {
+                    "specversion": {"const": "1.0"},
+                    "id": {"type": "string", "format": "uuid"},
+                    "source": {"const": SOURCES[spec.topic]},
+                    "type": {"const": spec.type},
+                    "subject": {"type": "string"},
+                    "time": {"type": "string", "format": "date-time"},
+                    "datacontenttype": {"const": "application/json"},
+                    "dataschema": {"const": spec.dataschema},
+                    "requestid": {"type": "string"},
+                    "data": {"$ref": f"#/components/schemas/{spec.payload.__name__}"},
+                },
+            },
+        }
+        channel = channels.setdefault(
+            spec.topic.replace(".", "_"),
+            {"address": spec.topic, "messages": {}, "description": f"Events of {SOURCES[spec.topic]}"},
+        )
+        channel["messages"][key] = {"$ref": f"#/components/messages/{key}"}
+    for channel_key, channel in channels.items():
+        operations[f"publish_{channel_key}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{channel_key}"},
+            "messages": [{"$ref": f"#/channels/{channel_key}/messages/{m}"} for m in channel["messages"]],
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {"title": title, "version": version, "description": "CloudEvents 1.0 on Kafka; key = aggregate id."},
+        "defaultContentType": "application/cloudevents+json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }

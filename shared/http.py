@@ -1,0 +1,137 @@
+"""Pure ASGI middleware shared by the services and the gateway: request ids, limits, metrics, origin."""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.caller import CALLER_HEADER, SIGNATURE_HEADER, decode_caller
+from shared.errors import ProblemError, problem_body, PROBLEM_JSON
+from shared.logs import request_id_var
+from shared.metrics import Metrics
+
+JSON_LIMIT = 2 * 1024 * 1024
+IMPORT_LIMIT = 50 * 1024 * 1024
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs", "/api/v1/asyncapi.json", "/openapi.json")
+
+
+def is_import(path: str) -> bool:
+    return path.endswith("/import")
+
+
+def body_limit(path: str) -> int:
+    return IMPORT_LIMIT if is_import(path) else JSON_LIMIT
+
+
+async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, **kw) -> None:
+    body = problem_body(status, detail, **kw)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+            + (headers or []),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def content_type_allowed(path: str, content_type: str | None) -> bool:
+    ct = (content_type or "").split(";")[0].strip().lower()
+    if ct == "application/json" or ct.endswith("+json"):
+        return True
+    return is_import(path) and ct in ("text/csv", "multipart/form-data", "text/plain")
+
+
+class RequestContextMiddleware:
+    """Request id (echoed or made), body size and media-type checks, metrics; optional gateway proof."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        *,
+        secret: str | None = None,
+        route_of: Callable[[Scope], str] | None = None,
+    ):
+        self.app = app
+        self.metrics = metrics
+        self.secret = secret  # set on services: only signed calls from the gateway pass
+        self.route_of = route_of or (lambda scope: scope.get("route").path if scope.get("route") else "unmatched")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = header(scope, b"x-request-id")
+        if not rid or len(rid) > 200:
+            rid = str(uuid.uuid4())
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        status_holder = [500]
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                message["headers"] = list(message.get("headers", [])) + [rid_header]
+            await send(message)
+
+        try:
+            problem = self._precheck(scope)
+            if problem is not None:
+                status_holder[0] = problem.status
+                await send_problem(send, problem.status, problem.detail or "", [rid_header], slug=problem.slug)
+                return
+            limit = body_limit(scope["path"])
+            received = 0
+
+            async def limited_receive() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise ProblemError(413, f"the request body exceeds {limit} bytes")
+                return message
+
+            try:
+                await self.app(scope, limited_receive, send_wrapper)
+            except ProblemError as exc:  # raised while the app was still reading the body
+                status_holder[0] = exc.status
+                await send_problem(send, exc.status, exc.detail or "", [rid_header])
+        finally:
+            route = self.route_of(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(self.metrics.service, method, route, str(status_holder[0])).inc()
+            self.metrics.latency.labels(self.metrics.service, method, route).observe(time.perf_counter() - start)
+            request_id_var.reset(token)
+
+    def _precheck(self, scope: Scope) -> ProblemError | None:
+        path = scope["path"]
+        if self.secret is not None and not path.startswith(OPEN_PATHS):
+            try:
+                caller = decode_caller(header(scope, CALLER_HEADER.encode()), header(scope, SIGNATURE_HEADER.encode()), self.secret)
+            except ProblemError as exc:
+                return exc
+            scope.setdefault("state", {})["caller"] = caller
+        length = header(scope, b"content-length")
+        if length is not None:
+            try:
+                if int(length) > body_limit(path):
+                    return ProblemError(413, f"the request body exceeds {body_limit(path)} bytes")
+            except ValueError:
+                return ProblemError(400, "invalid Content-Length")
+        if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or header(scope, b"transfer-encoding")):
+            if not content_type_allowed(path, header(scope, b"content-type")):
+                return ProblemError(415, "send JSON (Content-Type: application/json)" + (" or CSV (text/csv)" if is_import(path) else ""))
+        return None

@@ -1,0 +1,201 @@
+"""Transactional outbox: events are rows written in the change's transaction, then relayed to Kafka.
+
+The relay publishes rows in insertion order, marks only those the broker acknowledged, and retries
+with a bounded exponential backoff while the broker is away, so nothing committed is ever lost. A
+row may be published twice (a crash between the ack and the mark); consumers apply each event once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, event, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import Field, SQLModel
+
+from shared.db import timestamp_field
+from shared.events import CloudEvent, CATALOGUE
+from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRecord(SQLModel, table=True):
+    __tablename__ = "outbox"
+
+    seq: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    )
+    event_id: str = Field(max_length=36, index=True)
+    topic: str = Field(max_length=200)
+    key: str = Field(max_length=200)
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = timestamp_field()
+    published_at: datetime | None = timestamp_field(index=True, nullable=True, default_now=False)
+
+
+class RelayState(SQLModel, table=True):
+    __tablename__ = "relay_state"
+
+    name: str = Field(primary_key=True, max_length=100)
+    value: str = Field(max_length=200)
+
+
+TABLES = [OutboxRecord.__table__, RelayState.__table__]
+
+
+def add_event(session: AsyncSession, event_: CloudEvent) -> None:
+    """Stage an event in the caller's transaction; it is published only if that transaction commits."""
+    session.add(
+        OutboxRecord(
+            event_id=event_.id,
+            topic=CATALOGUE[event_.type].topic,
+            key=event_.subject,
+            value=event_.to_bytes(),
+            created_at=datetime.now(timezone.utc),
+        )
+    )
+    session.info["outbox_dirty"] = True
+
+
+class OutboxRelay:
+    """Background task publishing committed outbox rows; one per process, safe with several replicas."""
+
+    def __init__(
+        self,
+        maker: async_sessionmaker[AsyncSession],
+        producer_factory: Callable[[], AIOKafkaProducer],
+        metrics: Metrics,
+        *,
+        broker_epoch: str = "",
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        max_backoff: float = 5.0,
+    ):
+        self._maker = maker
+        self._producer_factory = producer_factory
+        self._producer: AIOKafkaProducer | None = None
+        self._metrics = metrics
+        self._epoch = broker_epoch
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.healthy = False
+
+        @event.listens_for(maker.kw["sync_session_class"], "after_commit")
+        def _after_commit(session):
+            if session.info.pop("outbox_dirty", False):
+                self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._close_producer()
+
+    async def _run(self) -> None:
+        failures = 0
+        started = False
+        while True:
+            try:
+                if not started:
+                    self._producer = self._producer_factory()
+                    await self._producer.start()
+                    started = True
+                    await self._apply_epoch()
+                published = await self.publish_batch()
+                self.healthy = True
+                failures = 0
+                if published < self._batch_size:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                    except asyncio.TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker or database away: back off and retry, never give up
+                self.healthy = False
+                failures += 1
+                delay = min(self._max_backoff, 0.1 * 2 ** min(failures, 10))
+                log.warning("outbox relay failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                if not started:
+                    await self._close_producer()  # a producer whose start failed cannot start again
+                await asyncio.sleep(delay)
+
+    async def _close_producer(self) -> None:
+        if self._producer is not None:
+            try:
+                await self._producer.stop()
+            except Exception:  # noqa: BLE001 - it never started; nothing to release
+                log.debug("producer stop failed", exc_info=True)
+            self._producer = None
+
+    async def _apply_epoch(self) -> None:
+        """After the embedded broker started empty, publish the retained outbox again."""
+        if not self._epoch:
+            return
+        async with self._maker() as session:
+            state = await session.get(RelayState, "broker_epoch")
+            if state is not None and state.value == self._epoch:
+                return
+            result = await session.execute(update(OutboxRecord).values(published_at=None))
+            if state is None:
+                session.add(RelayState(name="broker_epoch", value=self._epoch))
+            else:
+                state.value = self._epoch
+            await session.commit()
+            log.info("new broker epoch: republishing retained outbox", extra={"events": result.rowcount})
+
+    async def publish_batch(self) -> int:
+        async with self._maker() as session:
+            query = select(OutboxRecord).where(OutboxRecord.published_at.is_(None)).order_by(OutboxRecord.seq)
+            query = query.limit(self._batch_size)
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.execute(query)).scalars().all()
+            if not rows:
+                await self._update_backlog(session)
+                return 0
+            futures = [await self._producer.send(r.topic, value=r.value, key=r.key.encode()) for r in rows]
+            done = []
+            error: BaseException | None = None
+            for row, fut in zip(rows, futures):
+                try:
+                    await fut
+                except Exception as exc:  # noqa: BLE001 - keep the acknowledged prefix, retry the rest
+                    error = exc
+                    break
+                done.append(row.seq)
+            if done:
+                now = datetime.now(timezone.utc)
+                await session.execute(update(OutboxRecord).where(OutboxRecord.seq.in_(done)).values(published_at=now))
+                await session.commit()
+                self._metrics.outbox_published.labels(self._metrics.service).inc(len(done))
+            if error is not None:
+                raise error
+            await self._update_backlog(session)
+            return len(rows)
+
+    async def _update_backlog(self, session: AsyncSession) -> None:
+        count = (await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one()
+        self._metrics.outbox_backlog.labels(self._metrics.service).set(count)
+
+    async def backlog(self) -> int:
+        async with self._maker() as session:
+            return (await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one()
+

@@ -1,0 +1,206 @@
+"""The one service skeleton: database and migrations, outbox relay, consumers, health, errors, metrics."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.responses import Response
+
+from shared import consumer as consumer_mod
+from shared import outbox as outbox_mod
+from shared.consumer import EventConsumer, Handler
+from shared.db import Migration, make_engine, make_sessionmaker, migrate
+from shared.errors import install_error_handlers, problem_response
+from shared.http import RequestContextMiddleware
+from shared.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
+from shared.logs import configure_logging
+from shared.metrics import CONTENT_TYPE_LATEST, Metrics
+from shared.outbox import OutboxRelay
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConsumerSpec:
+    """A consumer group of this service: its name (group id), topics and handler per event type."""
+
+    name: str
+    topics: list[str]
+    handlers: dict[str, Handler]
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    settings: ServiceSettings
+    migrations: Sequence[Migration]
+    routers: Sequence[APIRouter] = ()
+    publishes: Sequence[str] = ()
+    consumers: Sequence[ConsumerSpec] = ()
+    on_startup: Callable[[FastAPI], Awaitable[None]] | None = None
+    description: str = ""
+    extra_state: dict = field(default_factory=dict)
+
+
+def shared_tables():
+    """Platform tables every service has (outbox, relay state, processed events)."""
+    return [*outbox_mod.TABLES, *consumer_mod.TABLES]
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.maker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+class _ReadyCache:
+    """`/ready` probes the broker at most once a second (load balancers poll it often)."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.checked = 0.0
+        self.ok = False
+        self.lock = asyncio.Lock()
+
+    async def broker_ok(self) -> bool:
+        async with self.lock:
+            if time.monotonic() - self.checked > 1.0:
+                self.ok = await broker_reachable(self.settings)
+                self.checked = time.monotonic()
+            return self.ok
+
+
+def create_service_app(spec: ServiceSpec) -> FastAPI:
+    settings = spec.settings
+    metrics = Metrics(spec.name)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(spec.name, settings.log_level)
+        engine = make_engine(settings.resolved_database_url())
+        await migrate(engine, spec.migrations)
+        maker: async_sessionmaker[AsyncSession] = make_sessionmaker(engine)
+        app.state.engine, app.state.maker = engine, maker
+        if spec.on_startup:
+            await spec.on_startup(app)
+        topics = list(spec.publishes) + [t for c in spec.consumers for t in c.topics]
+        topics_task = asyncio.create_task(_ensure_topics_forever(settings, topics))
+
+        def producer_factory():
+            return make_producer(settings, f"{spec.name}-{id(app)}")
+
+        relay = OutboxRelay(maker, producer_factory, metrics, broker_epoch=settings.broker_epoch)
+        app.state.relay = relay
+        consumers = [
+            EventConsumer(
+                c.name,
+                c.topics,
+                c.handlers,
+                maker,
+                lambda group, topics: make_consumer(settings, group, topics),
+                producer_factory,
+                metrics,
+                max_retries=settings.consumer_max_retries,
+            )
+            for c in spec.consumers
+        ]
+        app.state.consumers = consumers
+        await topics_task_started(topics_task)
+        relay.start()
+        for c in consumers:
+            c.start()
+        log.info("service started", extra={"port": settings.port})
+        try:
+            yield
+        finally:
+            topics_task.cancel()
+            for c in consumers:
+                await c.stop()
+            await relay.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title=f"VMC Connect {spec.name}",
+        version="1.0.0",
+        description=spec.description,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = _ReadyCache(settings)
+    for key, value in spec.extra_state.items():
+        setattr(app.state, key, value)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, secret=settings.internal_secret)
+    app.include_router(operations_router())
+    for router in spec.routers:
+        app.include_router(router, prefix="/api/v1")
+    return app
+
+
+async def topics_task_started(task: asyncio.Task) -> None:
+    """Give topic creation a moment so the consumers' first subscription finds the topics."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), 5)
+    except (asyncio.TimeoutError, Exception):  # the broker may be away; the task keeps trying
+        pass
+
+
+async def _ensure_topics_forever(settings: ServiceSettings, topics: list[str]) -> None:
+    delay = 0.2
+    while True:
+        try:
+            await ensure_topics(settings, topics)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # broker away at start-up: keep trying, the service still serves
+            log.warning("cannot create topics yet", extra={"error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
+def operations_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/health", summary="Liveness")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @router.get("/ready", summary="Readiness: database and broker reachable")
+    async def ready(request: Request):
+        checks = {"database": False, "broker": False}
+        try:
+            async with request.app.state.maker() as session:
+                await session.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:  # noqa: BLE001 - reported as not ready
+            log.warning("database not reachable", exc_info=True)
+        checks["broker"] = await request.app.state.ready.broker_ok()
+        if all(checks.values()):
+            return {"status": "ready", "checks": checks}
+        return problem_response(
+            503,
+            "not ready: " + ", ".join(k for k, ok in checks.items() if not ok) + " unreachable",
+            extra={"checks": checks},
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request):
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
