@@ -94,7 +94,7 @@ def split_key(key: str) -> tuple[str, str] | None:
     """`vmc_<prefix>_<secret>` → (prefix, whole key); None if it is not shaped like one of ours."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
-    parts = key.split("_")
+    parts = key.split("_", 2)
     if len(parts) != 3 or not parts[1] or not parts[2]:
         return None
     return parts[1], key

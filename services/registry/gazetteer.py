@@ -121,17 +121,19 @@ def parse_location_csv(text: str) -> tuple[list[LocationRow], list[RowErrors]]:
 
 
 def _check_header(header: list[str]) -> list[str]:
-    columns = [name.strip().lower() for name in header]
-    for position, name in enumerate(columns, start=1):
-        if not name:
-            raise ValueError(f"header column {position} has no name; expected {','.join(CSV_COLUMNS)}")
-    duplicated = sorted({name for name in columns if columns.count(name) > 1})
-    if duplicated:
-        raise ValueError(f"duplicate column(s) in header: {', '.join(duplicated)}")
-    unknown = [name for name in columns if name not in CSV_COLUMNS]
+    given = [name.strip() for name in header]
+    columns = [name.lower() for name in given]
+    # Unknown names first: a file whose header row was forgotten is best explained by its first row.
+    unknown = [name for name, column in zip(given, columns) if column and column not in CSV_COLUMNS]
     if unknown:
         raise ValueError(f"unknown column(s) in header: {', '.join(unknown)}; expected {','.join(CSV_COLUMNS)}")
-    missing = [name for name in CSV_COLUMNS if name not in columns]
+    for position, column in enumerate(columns, start=1):
+        if not column:
+            raise ValueError(f"header column {position} has no name; expected {','.join(CSV_COLUMNS)}")
+    duplicated = sorted({column for column in columns if columns.count(column) > 1})
+    if duplicated:
+        raise ValueError(f"duplicate column(s) in header: {', '.join(duplicated)}")
+    missing = [column for column in CSV_COLUMNS if column not in columns]
     if missing:
         raise ValueError(f"missing column(s) in header: {', '.join(missing)}")
     return columns

@@ -179,6 +179,7 @@ def test_parse_name_of_exactly_max_length_is_accepted() -> None:
         ("code,level,name_en,parent_code", "missing column.*name_km"),
         ("code,level,name_en,name_km,parent_code,population", "unknown column.*population"),
         ("code,level,name,name_km,parent_code", "unknown column.*name"),
+        ("code,level,name_en,name_km,parent_code,Population", "unknown column.*Population"),
         ("code,level,name_en,name_km,parent_code,code", "duplicate column.*code"),
         ("code,level,name_en,,name_km,parent_code", "column 4 has no name"),
         ("0102,district,Mongkol Borei,,01", "unknown column.*0102"),  # header row forgotten

@@ -1,0 +1,66 @@
+"""Session fixtures: one broker, one full stack (processes) per test session, async clients."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from tests.harness import Broker, Databases, Stack, new_workdir, remove_workdir
+
+
+def pytest_report_header(config):
+    from tests.harness import database_mode
+
+    return f"vmc: database={database_mode()}"
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    path = new_workdir()
+    yield path
+    remove_workdir(path)
+
+
+@pytest.fixture(scope="session")
+def broker(workdir):
+    b = Broker(workdir)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
+def stack(broker, workdir):
+    s = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+async def admin(stack):
+    """A client of the gateway holding the national bootstrap admin key."""
+    async with httpx.AsyncClient(
+        base_url=stack.api, headers={"Authorization": f"Bearer {stack.admin_key}"}, timeout=30
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def anonymous(stack):
+    async with httpx.AsyncClient(base_url=stack.urls["gateway"], timeout=30) as client:
+        yield client
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """Wait for `check()` to become true, or fail after `timeout` seconds (no bare sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout} s")

@@ -1,0 +1,205 @@
+"""The test harness: a real broker, real databases and the real processes, on free ports.
+
+Broker: `VMC_TEST_KAFKA_BOOTSTRAP` (an external broker), else a testcontainers Apache Kafka when
+`VMC_TEST_KAFKA=testcontainers` and a Docker engine answers, else a Tansu process started here.
+Database: `VMC_TEST_DATABASE_URL` (a PostgreSQL server URL or `sqlite`), else PostgreSQL at
+127.0.0.1:5432 when reachable, else SQLite files. Each stack gets fresh databases, dropped after.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+from deploy.processes import free_port, start_tansu, start_uvicorn, stop, wait_ready
+
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
+SERVICES = {
+    "registry": "services.registry.app:create_app",
+    "activities": "services.activities.app:create_app",
+    "analytics": "services.analytics.app:create_app",
+}
+
+
+def _pg_reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def database_mode() -> str:
+    """'postgresql' or 'sqlite' for this test run."""
+    url = os.environ.get("VMC_TEST_DATABASE_URL", "")
+    if url == "sqlite":
+        return "sqlite"
+    if url.startswith("postgres"):
+        return "postgresql"
+    return "postgresql" if _pg_reachable() else "sqlite"
+
+
+def pg_server_url() -> str:
+    url = os.environ.get("VMC_TEST_DATABASE_URL", "")
+    return url if url.startswith("postgres") else PG_DEFAULT
+
+
+class Databases:
+    """Fresh databases, one per component, created on demand and dropped at close."""
+
+    def __init__(self, workdir: Path):
+        self.mode = database_mode()
+        self.workdir = workdir
+        self.created: list[str] = []
+        self.tag = "vmct_" + secrets.token_hex(4)
+
+    def url(self, component: str) -> str:
+        if self.mode == "sqlite":
+            return f"sqlite+aiosqlite:///{self.workdir / (component + '.db')}"
+        name = f"{self.tag}_{component}"
+        asyncio.run(self._admin(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        server = pg_server_url().rsplit("/", 1)[0]
+        return server.replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+
+    async def _admin(self, sql: str) -> None:
+        conn = await asyncpg.connect(pg_server_url())
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def drop(self) -> None:
+        for name in self.created:
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.created.clear()
+
+
+class Broker:
+    """The Kafka-protocol broker of a test run; a local Tansu can be stopped and started again."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.container = None
+        external = os.environ.get("VMC_TEST_KAFKA_BOOTSTRAP")
+        if external:
+            self.kind, self.bootstrap = "external", external
+        elif os.environ.get("VMC_TEST_KAFKA") == "testcontainers":
+            from testcontainers.kafka import KafkaContainer
+
+            self.container = KafkaContainer().start()
+            self.kind, self.bootstrap = "testcontainers", self.container.get_bootstrap_server()
+        else:
+            self.port = free_port()
+            self.kind, self.bootstrap = "tansu", f"127.0.0.1:{self.port}"
+            self.start()
+
+    @property
+    def idempotence(self) -> bool:
+        return self.kind != "tansu"
+
+    def start(self) -> None:
+        assert self.kind == "tansu"
+        self.proc = start_tansu(self.port, self.workdir / "broker.log", cluster_id="vmc-test")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.container is not None:
+            self.container.stop()
+
+
+@dataclass
+class Stack:
+    """Broker, three services and the gateway as real processes (what `make run` starts)."""
+
+    broker: Broker
+    workdir: Path
+    databases: Databases
+    admin_key: str = field(default_factory=lambda: f"vmc_{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}")
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    ports: dict[str, int] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "VMC_KAFKA_BOOTSTRAP": self.broker.bootstrap,
+            "VMC_KAFKA_IDEMPOTENCE": "true" if self.broker.idempotence else "false",
+            "VMC_INTERNAL_SECRET": self.secret,
+            "VMC_DATA_DIR": str(self.workdir),
+            "VMC_BOOTSTRAP_ADMIN_KEY": self.admin_key,
+            "VMC_LOG_LEVEL": "WARNING",
+        }
+        for name, port in self.ports.items():
+            env[f"VMC_{name.upper()}_PORT"] = str(port)
+            env[f"VMC_{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> "Stack":
+        for name in [*SERVICES, "gateway"]:
+            self.ports[name] = free_port()
+            self.urls[name] = f"http://127.0.0.1:{self.ports[name]}"
+        self.db_urls = {name: self.databases.url(name) for name in [*SERVICES, "gateway"]}
+        for name in SERVICES:
+            self.start_part(name)
+        for name in SERVICES:
+            wait_ready(self.urls[name] + "/ready", 90, self.procs[name])
+        self.start_part("gateway")
+        wait_ready(self.urls["gateway"] + "/ready", 60, self.procs["gateway"])
+        return self
+
+    def start_part(self, name: str) -> None:
+        app = SERVICES.get(name, "gateway.app:create_app")
+        env = {**self.env(), f"VMC_{name.upper()}_DATABASE_URL": self.db_urls[name]}
+        self.procs[name] = start_uvicorn(app, self.ports[name], env, self.workdir / f"{name}.log")
+
+    def stop_part(self, name: str, kill: bool = False) -> None:
+        proc = self.procs.pop(name)
+        if kill:
+            proc.kill()
+            proc.wait()
+        else:
+            stop(proc)
+
+    def restart_part(self, name: str) -> None:
+        self.stop_part(name)
+        self.start_part(name)
+        wait_ready(self.urls[name] + "/health", 60, self.procs[name])
+
+    @property
+    def api(self) -> str:
+        return self.urls["gateway"] + "/api/v1"
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop_part(name)
+        self.databases.drop()
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="vmc-test-"))
+
+
+def remove_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,40 @@
+"""An organisation registered through the gateway reaches analytics through Kafka."""
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import eventually
+from tests.harness import unique
+
+
+async def registry_count(client: httpx.AsyncClient) -> int:
+    count, cursor = 0, None
+    while True:
+        page = (await client.get("/organizations", params={"limit": 500, **({"cursor": cursor} if cursor else {})})).json()
+        count += len(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            return count
+
+
+async def analytics_count(client: httpx.AsyncClient) -> int:
+    return (await client.get("/analytics/overview")).json()["organizations"]
+
+
+async def test_organization_created_reaches_analytics(admin: httpx.AsyncClient):
+    async def caught_up(expected: int):
+        async def check() -> bool:
+            return await analytics_count(admin) == expected
+        return check
+
+    known = await registry_count(admin)
+    await eventually(await caught_up(known), what="analytics catching up with the registry")
+
+    created = await admin.post("/organizations", json={"name": unique("ngo"), "kind": "ngo", "province_codes": ["12"]})
+    assert created.status_code == 201, created.text
+    org = created.json()
+    assert org["kind"] == "ngo" and org["province_codes"] == ["12"]
+
+    await eventually(await caught_up(known + 1), what="analytics counting the new organisation")
+    overview = (await admin.get("/analytics/overview")).json()
+    assert overview["as_of"] >= org["created_at"][:19]
