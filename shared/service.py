@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import Response
 
 from shared import consumer as consumer_mod
+from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
 from shared.consumer import EventConsumer, Handler
 from shared.db import Migration, make_engine, make_sessionmaker, migrate
@@ -52,8 +53,8 @@ class ServiceSpec:
 
 
 def shared_tables():
-    """Platform tables every service has (outbox, relay state, processed events)."""
-    return [*outbox_mod.TABLES, *consumer_mod.TABLES]
+    """Platform tables every service has (outbox, relay state, processed events, idempotency)."""
+    return [*outbox_mod.TABLES, *consumer_mod.TABLES, *idempotency_mod.TABLES]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

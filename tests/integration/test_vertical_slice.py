@@ -38,3 +38,17 @@ async def test_organization_created_reaches_analytics(admin: httpx.AsyncClient):
     await eventually(await caught_up(known + 1), what="analytics counting the new organisation")
     overview = (await admin.get("/analytics/overview")).json()
     assert overview["as_of"] >= org["created_at"][:19]
+
+
+async def test_idempotency_key_replays_and_conflicts(admin: httpx.AsyncClient):
+    key = unique("idem")
+    body = {"name": unique("club"), "kind": "youth_club"}
+    first = await admin.post("/organizations", json=body, headers={"Idempotency-Key": key})
+    again = await admin.post("/organizations", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    other = await admin.post("/organizations", json={**body, "kind": "ngo"}, headers={"Idempotency-Key": key})
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+    listed = (await admin.get("/organizations", params={"limit": 500})).json()["items"]
+    assert sum(1 for o in listed if o["name"] == body["name"]) == 1

@@ -12,6 +12,7 @@ from services.registry.organizations import service
 from services.registry.scope import VisibilityDep
 from shared.caller import require_scope
 from shared.errors import PROBLEM_RESPONSES
+from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page, page_of, paginate
 from shared.service import SessionDep
 
@@ -19,10 +20,15 @@ router = APIRouter(prefix="/organizations", tags=["organizations"], responses=PR
 
 
 @router.post("", status_code=201, response_model=OrganizationPublic, dependencies=[require_scope("registry:write")])
-async def create_organization(body: OrganizationCreate, session: SessionDep, scope: VisibilityDep):
+async def create_organization(body: OrganizationCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
+    if replay := await idem.check(session, body):
+        return replay
     org = await service.create_organization(session, scope, body)
+    public = OrganizationPublic.model_validate(org, from_attributes=True)
+    if replay := await idem.remember(session, 201, public):
+        return replay
     await session.commit()
-    return org
+    return public
 
 
 @router.get("", response_model=Page[OrganizationPublic], dependencies=[require_scope("registry:read")])

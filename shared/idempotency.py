@@ -1,0 +1,94 @@
+"""`Idempotency-Key` on creates: a retry with the same key and body gets the original answer; the
+same key with another body is a 409. The record is written in the create's own transaction."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Header, Request
+from fastapi.encoders import jsonable_encoder
+from sqlalchemy import Column, Integer, LargeBinary
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+from starlette.responses import Response
+
+from shared.caller import Caller
+from shared.db import timestamp_field
+from shared.errors import ProblemError
+
+
+class IdempotencyRecord(SQLModel, table=True):
+    __tablename__ = "idempotency_records"
+
+    key_id: str = Field(primary_key=True, max_length=64)
+    route: str = Field(primary_key=True, max_length=300)
+    idempotency_key: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    status_code: int = Field(sa_column=Column(Integer, nullable=False))
+    body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = timestamp_field()
+
+
+TABLES = [IdempotencyRecord.__table__]
+
+
+def _hash(payload: Any) -> str:
+    return hashlib.sha256(orjson.dumps(jsonable_encoder(payload), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Idempotency:
+    """Use in a create endpoint: `replay = await idem.check(session, body)`, then after the change
+    `replay = await idem.remember(session, 201, public)` and commit. Without the header both are no-ops."""
+
+    def __init__(self, key_id: str, route: str, key: str | None):
+        self.key_id, self.route, self.key = key_id, route, key
+        self.request_hash = ""
+
+    def _response(self, record: IdempotencyRecord) -> Response:
+        return Response(record.body, status_code=record.status_code, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+
+    async def check(self, session: AsyncSession, body: Any) -> Response | None:
+        if self.key is None:
+            return None
+        self.request_hash = _hash(body)
+        record = await session.get(IdempotencyRecord, (self.key_id, self.route, self.key))
+        if record is None:
+            return None
+        if record.request_hash != self.request_hash:
+            raise ProblemError(409, "this Idempotency-Key was already used with a different request body",
+                               slug="idempotency-key-reused")
+        return self._response(record)
+
+    async def remember(self, session: AsyncSession, status_code: int, content: Any) -> Response | None:
+        """Store the answer; if a concurrent twin stored one first, roll back and replay that one."""
+        if self.key is None:
+            return None
+        session.add(IdempotencyRecord(
+            key_id=self.key_id, route=self.route, idempotency_key=self.key, request_hash=self.request_hash,
+            status_code=status_code, body=orjson.dumps(jsonable_encoder(content)),
+        ))
+        try:
+            await session.flush()
+        except IntegrityError:
+            await session.rollback()
+            record = await session.get(IdempotencyRecord, (self.key_id, self.route, self.key))
+            if record is None or record.request_hash != self.request_hash:
+                raise ProblemError(409, "this Idempotency-Key was already used with a different request body",
+                                   slug="idempotency-key-reused")
+            return self._response(record)
+        return None
+
+
+def idempotency(
+    request: Request,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> Idempotency:
+    return Idempotency(caller.key_id, request.url.path, idempotency_key)
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
