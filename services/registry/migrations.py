@@ -9,6 +9,8 @@ from services.registry.gazetteer import PROVINCES
 from services.registry.locations.models import Location
 from services.registry.normalize import normalize_name
 from services.registry.organizations.models import Organization
+from services.registry.programs.models import Program
+from services.registry.projects.models import Project
 from services.registry.settings import GDY_ORGANIZATION_ID
 from shared.db import Migration, utcnow
 from shared.service import shared_tables
@@ -37,4 +39,11 @@ def _v1(conn: Connection) -> None:
     )
 
 
-MIGRATIONS = [Migration(1, "gazetteer provinces, organisations, outbox", _v1)]
+def _v3(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn, tables=[Program.__table__, Project.__table__])
+
+
+MIGRATIONS = [
+    Migration(1, "gazetteer provinces, organisations, outbox", _v1),
+    Migration(3, "programmes and projects", _v3),
+]

@@ -1,0 +1,1 @@
+"""Programmes (VMC, AYRG, NYVP, ...): the national umbrellas that projects run under."""
