@@ -17,8 +17,11 @@ install: $(VENV)/.installed
 run: install
 	$(PY) -m deploy.embedded
 
+# Whole suite on PostgreSQL (when 127.0.0.1:5432 answers), then the integration tests again on SQLite,
+# so both dialects pass on every run.
 test: install
 	$(PY) -m pytest -q
+	VMC_TEST_DATABASE_URL=sqlite $(PY) -m pytest -q tests/integration
 
 bench: install
 	$(PY) -m bench $(BENCH)
