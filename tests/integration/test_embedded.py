@@ -1,0 +1,115 @@
+"""`make run`'s launcher: starts everything, prints URL and key, survives a restart, reports a death."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.processes import free_port
+from tests.harness import remove_workdir, new_workdir
+
+
+def launch(data_dir: Path, ports: dict[str, int], admin_key: str | None = None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMC_")}
+    env.update({f"VMC_{name.upper()}_PORT": str(port) for name, port in ports.items()})
+    env["VMC_DATA_DIR"] = str(data_dir)
+    if admin_key:
+        env["VMC_BOOTSTRAP_ADMIN_KEY"] = admin_key
+    return subprocess.Popen([sys.executable, "-m", "deploy.embedded"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> list[str]:
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        lines.append(line.rstrip())
+        if marker in line:
+            return lines
+    raise AssertionError(f"{marker!r} not printed; got: {lines}")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(60)
+
+
+def pid_of(app: str, port: int) -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if app.encode() in cmdline and str(port).encode() in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"no process runs {app} on port {port}")
+
+
+def wait_for(check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def data_dir():
+    path = new_workdir()
+    yield path
+    remove_workdir(path)
+
+
+def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
+    ports = {name: free_port() for name in ("gateway", "broker", "registry", "activities", "analytics")}
+    key = "vmc_0badc0de_given-bootstrap-key-for-the-test"
+    proc = launch(data_dir, ports, key)
+    try:
+        lines = read_until(proc, "First admin API key")
+        assert any(f"http://127.0.0.1:{ports['gateway']}/api/v1" in line for line in lines)
+        assert lines[-1].endswith(key)
+        api = httpx.Client(base_url=f"http://127.0.0.1:{ports['gateway']}/api/v1",
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        for n in range(3):
+            assert api.post("/organizations", json={"name": f"org {n}", "kind": "ngo"}).status_code == 201
+        wait_for(lambda: api.get("/analytics/overview").json()["organizations"] == 4)  # + the seeded GDY
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    proc = launch(data_dir, ports)  # same data dir, no key given: the stored one still works
+    try:
+        read_until(proc, "First admin API key")
+        api = httpx.Client(base_url=f"http://127.0.0.1:{ports['gateway']}/api/v1",
+                           headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        names = {o["name"] for o in api.get("/organizations", params={"limit": 500}).json()["items"]}
+        assert {"org 0", "org 1", "org 2"} <= names
+        assert api.post("/organizations", json={"name": "org 3", "kind": "ngo"}).status_code == 201
+        wait_for(lambda: api.get("/analytics/overview").json()["organizations"] == 5)
+        # The broker came back empty; the registry re-published its outbox; analytics skipped what it had.
+        with sqlite3.connect(data_dir / "analytics.db") as db:
+            applied = db.execute("SELECT count(*), count(DISTINCT event_id) FROM processed_events").fetchone()
+        assert applied == (5, 5)
+
+        # A part that dies is reported, and the launcher stops the rest.
+        os.kill(pid_of("services.registry.app:create_app", ports["registry"]), signal.SIGKILL)
+        rest = proc.stdout.read()
+        assert proc.wait(60) == 1
+        assert "registry exited" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
