@@ -4,6 +4,7 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import eventually
+from tests.eventlog import find_events
 from tests.harness import unique
 
 
@@ -52,3 +53,27 @@ async def test_idempotency_key_replays_and_conflicts(admin: httpx.AsyncClient):
     assert other.headers["content-type"] == "application/problem+json"
     listed = (await admin.get("/organizations", params={"limit": 500})).json()["items"]
     assert sum(1 for o in listed if o["name"] == body["name"]) == 1
+
+
+async def test_request_id_flows_from_http_into_the_event(admin: httpx.AsyncClient, stack):
+    request_id = unique("req")
+    response = await admin.post("/organizations", json={"name": unique("school"), "kind": "school"},
+                                headers={"X-Request-ID": request_id})
+    assert response.status_code == 201
+    assert response.headers["x-request-id"] == request_id
+    org_id = response.json()["id"]
+    [event] = await find_events(stack.broker.bootstrap, "vmc.registry.v1", lambda e: e.get("subject") == org_id)
+    assert event["type"] == "vmc.organization.created"
+    assert event["specversion"] == "1.0" and event["source"] == "/registry"
+    assert event["requestid"] == request_id
+    assert event["_key"] == org_id.encode()
+    assert event["data"]["id"] == org_id
+
+
+async def test_generated_request_id_is_echoed_in_problems(anonymous: httpx.AsyncClient):
+    response = await anonymous.get("/api/v1/organizations")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert body["status"] == 401 and body["type"].startswith("urn:vmc:problem:")

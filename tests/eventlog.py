@@ -1,0 +1,39 @@
+"""Reading a topic from the beginning in tests (a fresh consumer group each time)."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+
+async def find_events(bootstrap: str, topic: str, match: Callable[[dict], bool], *, count: int = 1,
+                      timeout: float = 20.0) -> list[dict]:
+    """The first `count` CloudEvents on `topic` for which `match(event)` holds (each with `_raw` bytes)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"test-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(found) < count:
+            batches = await consumer.getmany(timeout_ms=300)
+            for messages in batches.values():
+                for message in messages:
+                    try:
+                        event = orjson.loads(message.value)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(event, dict) and match(event):
+                        event["_raw"] = message.value
+                        event["_key"] = message.key
+                        found.append(event)
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    if len(found) < count:
+        raise AssertionError(f"found {len(found)} of {count} matching events on {topic} within {timeout} s")
+    return found[:count]
