@@ -117,7 +117,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
             for c in spec.consumers
         ]
         app.state.consumers = consumers
-        await topics_task_started(topics_task)
+        await _wait_briefly(topics_task)
         relay.start()
         for c in consumers:
             c.start()
@@ -153,7 +153,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     return app
 
 
-async def topics_task_started(task: asyncio.Task) -> None:
+async def _wait_briefly(task: asyncio.Task) -> None:
     """Give topic creation a moment so the consumers' first subscription finds the topics."""
     try:
         await asyncio.wait_for(asyncio.shield(task), 5)

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from services.registry.migrations import MIGRATIONS
 from services.registry.organizations.endpoints import router as organizations_router
 from services.registry.organizations.models import Organization
-from services.registry.organizations.service import _event
+from services.registry.organizations.service import organization_event
 from services.registry.settings import GDY_ORGANIZATION_ID, RegistrySettings
 from shared.events import REGISTRY_TOPIC
 from shared.outbox import OutboxRecord, add_event
@@ -22,7 +22,7 @@ async def seed(app: FastAPI) -> None:
         org = await session.get(Organization, uuid.UUID(GDY_ORGANIZATION_ID))
         published = (await session.execute(select(OutboxRecord.seq).where(OutboxRecord.key == GDY_ORGANIZATION_ID).limit(1))).first()
         if org is not None and published is None:
-            add_event(session, _event("vmc.organization.created", org))
+            add_event(session, organization_event("vmc.organization.created", org))
             await session.commit()
 
 

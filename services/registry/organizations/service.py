@@ -16,7 +16,7 @@ from shared.logs import request_id_var
 from shared.outbox import add_event
 
 
-def _event(type_: str, org: Organization):
+def organization_event(type_: str, org: Organization):
     payload = OrganizationChanged(
         id=org.id,
         name=org.name,
@@ -58,7 +58,7 @@ async def create_organization(session: AsyncSession, scope: Visibility, data: Or
     await _check_provinces(session, data.province_codes)
     org = Organization(**data.model_dump(exclude={"parent_id"}), parent_id=parent_id)
     session.add(org)
-    add_event(session, _event("vmc.organization.created", org))
+    add_event(session, organization_event("vmc.organization.created", org))
     return org
 
 
@@ -89,5 +89,5 @@ async def update_organization(session: AsyncSession, scope: Visibility, org_id: 
     if org.name is None and org.name_km is None:
         raise ProblemError(422, "name or name_km is required", errors=[{"loc": ["body", "name"], "msg": "name or name_km is required"}])
     org.updated_at = utcnow()
-    add_event(session, _event("vmc.organization.updated", org))
+    add_event(session, organization_event("vmc.organization.updated", org))
     return org
