@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,10 +67,15 @@ class Databases:
         if self.mode == "sqlite":
             return f"sqlite+aiosqlite:///{self.workdir / (component + '.db')}"
         name = f"{self.tag}_{component}"
-        asyncio.run(self._admin(f'CREATE DATABASE "{name}"'))
+        self._run_admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
         server = pg_server_url().rsplit("/", 1)[0]
         return server.replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+
+    def _run_admin(self, sql: str) -> None:
+        """Synchronous, and callable from inside a running event loop (its own loop in a thread)."""
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, self._admin(sql)).result()
 
     async def _admin(self, sql: str) -> None:
         conn = await asyncpg.connect(pg_server_url())
@@ -80,7 +86,7 @@ class Databases:
 
     def drop(self) -> None:
         for name in self.created:
-            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            self._run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()
 
 
