@@ -112,4 +112,43 @@ def require_scope(scope: str):
         return caller
 
     _dep.__name__ = f"require_{scope.replace(':', '_')}"
+    _dep.__vmc_scope__ = scope  # read by annotate_scopes to document the route's scope
     return Depends(_dep)
+
+
+def route_scopes(dependant) -> list[str]:
+    """Scopes required by a route: every `require_scope` among its dependencies, however deep."""
+    found = []
+    for sub in dependant.dependencies:
+        scope = getattr(sub.call, "__vmc_scope__", None)
+        if scope is not None:
+            found.append(scope)
+        found.extend(route_scopes(sub))
+    return sorted(set(found))
+
+
+def annotate_scopes(app) -> None:
+    """Write each route's required scopes into its OpenAPI operation (`x-required-scopes`), since
+    FastAPI does not document what a dependency checks. Call after the routers are included."""
+    from fastapi import routing
+
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        contexts = routing.iter_route_contexts(app.routes) if hasattr(routing, "iter_route_contexts") else app.routes
+        for context in contexts:
+            route = getattr(context, "original_route", context)
+            if not isinstance(route, routing.APIRoute):
+                continue
+            scopes = route_scopes(route.dependant)
+            operations = schema.get("paths", {}).get(getattr(context, "path", route.path), {})
+            for method in route.methods or ():
+                operation = operations.get(method.lower())
+                if scopes and operation is not None:
+                    operation["x-required-scopes"] = scopes
+        return schema
+
+    app.openapi = openapi

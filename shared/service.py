@@ -17,6 +17,7 @@ from starlette.responses import Response
 from shared import consumer as consumer_mod
 from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
+from shared.caller import annotate_scopes
 from shared.consumer import EventConsumer, Handler
 from shared.db import Migration, make_engine, make_sessionmaker, migrate
 from shared.errors import install_error_handlers, problem_response
@@ -150,6 +151,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     app.include_router(operations_router())
     for router in spec.routers:
         app.include_router(router, prefix="/api/v1")
+    annotate_scopes(app)
     return app
 
 
