@@ -62,7 +62,8 @@ def add_event(session: AsyncSession, event_: CloudEvent) -> None:
 
 
 class OutboxRelay:
-    """Background task publishing committed outbox rows; one per process, safe with several replicas."""
+    """Background task publishing committed outbox rows; one per process; with several replicas on
+    PostgreSQL one of them publishes at a time."""
 
     def __init__(
         self,
@@ -85,6 +86,7 @@ class OutboxRelay:
         self._max_backoff = max_backoff
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._leader_conn = None
         self.healthy = False
 
         @event.listens_for(maker.kw["sync_session_class"], "after_commit")
@@ -106,6 +108,7 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 pass
         await self._close_producer()
+        await self._drop_leadership()
 
     async def _run(self) -> None:
         failures = 0
@@ -117,6 +120,9 @@ class OutboxRelay:
                     await self._producer.start()
                     started = True
                     await self._apply_epoch()
+                if not await self._lead():
+                    await asyncio.sleep(self._poll_interval * 4)  # standby replica
+                    continue
                 published = await self.publish_batch()
                 self.healthy = True
                 failures = 0
@@ -162,34 +168,68 @@ class OutboxRelay:
             log.info("new broker epoch: republishing retained outbox", extra={"events": result.rowcount})
 
     async def publish_batch(self) -> int:
+        """Publish the oldest unpublished rows; returns how many were read.
+
+        No database connection is held while waiting for the broker (with SQLite's single
+        connection that would stall every write of the service while the broker is away)."""
         async with self._maker() as session:
-            query = select(OutboxRecord).where(OutboxRecord.published_at.is_(None)).order_by(OutboxRecord.seq)
-            query = query.limit(self._batch_size)
-            if session.bind.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.execute(query)).scalars().all()
+            query = select(OutboxRecord.seq, OutboxRecord.topic, OutboxRecord.key, OutboxRecord.value)
+            query = query.where(OutboxRecord.published_at.is_(None)).order_by(OutboxRecord.seq).limit(self._batch_size)
+            rows = (await session.execute(query)).all()
             if not rows:
                 await self._update_backlog(session)
                 return 0
-            futures = [await self._producer.send(r.topic, value=r.value, key=r.key.encode()) for r in rows]
-            done = []
-            error: BaseException | None = None
-            for row, fut in zip(rows, futures):
-                try:
-                    await fut
-                except Exception as exc:  # noqa: BLE001 - keep the acknowledged prefix, retry the rest
-                    error = exc
-                    break
-                done.append(row.seq)
+        assert self._producer is not None
+        futures = [await self._producer.send(topic, value=value, key=key.encode()) for _, topic, key, value in rows]
+        done: list[int] = []
+        error: BaseException | None = None
+        for (seq, *_), future in zip(rows, futures):
+            try:
+                await future
+            except Exception as exc:  # noqa: BLE001 - keep the acknowledged prefix, retry the rest
+                error = exc
+                break
+            done.append(seq)
+        async with self._maker() as session:
             if done:
                 now = datetime.now(timezone.utc)
                 await session.execute(update(OutboxRecord).where(OutboxRecord.seq.in_(done)).values(published_at=now))
                 await session.commit()
                 self._metrics.outbox_published.labels(self._metrics.service).inc(len(done))
-            if error is not None:
-                raise error
             await self._update_backlog(session)
-            return len(rows)
+        if error is not None:
+            raise error
+        return len(rows)
+
+    async def _lead(self) -> bool:
+        """On PostgreSQL only one replica's relay publishes (keeps per-aggregate order across
+        replicas): it holds a session advisory lock on a connection of its own."""
+        engine = self._maker.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            return True
+        if self._leader_conn is not None:
+            try:
+                await self._leader_conn.execute(text("SELECT 1"))
+                return True
+            except Exception:  # noqa: BLE001 - lost the connection, and with it the lock
+                await self._drop_leadership()
+        conn = await engine.connect()
+        got = (await conn.execute(text("SELECT pg_try_advisory_lock(727272)"))).scalar_one()
+        await conn.commit()
+        if not got:
+            await conn.close()
+            return False
+        self._leader_conn = conn
+        log.info("outbox relay is the publishing replica")
+        return True
+
+    async def _drop_leadership(self) -> None:
+        if self._leader_conn is not None:
+            try:
+                await self._leader_conn.close()
+            except Exception:  # noqa: BLE001 - the connection is already gone
+                log.debug("leader connection close failed", exc_info=True)
+            self._leader_conn = None
 
     async def _update_backlog(self, session: AsyncSession) -> None:
         count = (await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one()
