@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
@@ -40,6 +41,10 @@ class ProcessedEvent(SQLModel, table=True):
 
 
 TABLES = [ProcessedEvent.__table__]
+
+
+# Failures of the infrastructure, not of a message: never a reason to dead-letter.
+TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
 class _Poison(Exception):
@@ -157,6 +162,10 @@ class EventConsumer:
             except Exception as exc:  # noqa: BLE001 - retried a bounded number of times, then dead-lettered
                 error = exc
                 await asyncio.sleep(self._retry_delay * (attempt + 1))
+        if isinstance(error, TRANSIENT):
+            # The database (not the message) is at fault: stop without committing the offset; the
+            # consumer restarts with a backoff and the message is delivered again.
+            raise error
         await self._dead_letter(message, error)
 
     async def _apply(self, messages: list[ConsumerRecord], raise_on_error: bool) -> None:
