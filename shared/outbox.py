@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, event, select, text, update
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
@@ -58,6 +58,19 @@ def add_event(session: AsyncSession, event_: CloudEvent) -> None:
             created_at=datetime.now(timezone.utc),
         )
     )
+    session.info["outbox_dirty"] = True
+
+
+async def add_events(session: AsyncSession, events: list[CloudEvent]) -> None:
+    """Stage many events at once (imports, batches): one Core executemany instead of ORM objects."""
+    if not events:
+        return
+    now = datetime.now(timezone.utc)
+    rows = [
+        {"event_id": e.id, "topic": CATALOGUE[e.type].topic, "key": e.subject, "value": e.to_bytes(), "created_at": now}
+        for e in events
+    ]
+    await session.execute(insert(OutboxRecord.__table__), rows)
     session.info["outbox_dirty"] = True
 
 
