@@ -1,29 +1,44 @@
-"""The gateway: the one public entry (API keys, scopes, limits, routing, docs)."""
+"""The gateway: the one public entry (API keys, scopes, limits, routing, audit, docs)."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
-from sqlalchemy import func, select
-from starlette.types import Receive, Scope, Send
+import aiohttp
+import fastapi_offline
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import func, select, text
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import router as admin_router
+from gateway.audit import AuditWriter
 from gateway.keys import ApiKey, ApiKeyCreate, KeyStore, create_key, split_key
 from gateway.migrations import MIGRATIONS
+from gateway.openapi import MergedOpenApi
 from gateway.proxy import Proxy
+from gateway.ratelimit import make_limiter
 from gateway.routing import owner_of, upstream_urls
 from gateway.settings import GatewaySettings
 from services.registry.settings import GDY_ORGANIZATION_ID
-from shared.caller import SCOPES
+from shared.caller import SCOPES, annotate_scopes
 from shared.db import make_engine, make_sessionmaker, migrate
-from shared.errors import ProblemError, install_error_handlers
+from shared.errors import ProblemError, install_error_handlers, problem_response
 from shared.events import asyncapi_document
 from shared.http import RequestContextMiddleware, send_problem
 from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger(__name__)
+
+# Swagger UI's files, shipped inside the fastapi-offline wheel: the docs page needs no internet.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
 async def bootstrap_admin_key(maker, settings: GatewaySettings) -> str | None:
@@ -45,9 +60,37 @@ async def bootstrap_admin_key(maker, settings: GatewaySettings) -> str | None:
         return key
 
 
+class UpstreamReadiness:
+    """The services' own `/ready`, asked at most once a second (load balancers poll `/ready` often)."""
+
+    def __init__(self, upstreams: dict[str, str]):
+        self.upstreams = upstreams
+        self.checked = 0.0
+        self.states: dict[str, str] = {}
+        self.lock = asyncio.Lock()
+
+    async def states_now(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        async with self.lock:
+            if time.monotonic() - self.checked > 1.0:
+                names = list(self.upstreams)
+                results = await asyncio.gather(*(self._probe(session, self.upstreams[n]) for n in names))
+                self.states = dict(zip(names, results))
+                self.checked = time.monotonic()
+            return self.states
+
+    @staticmethod
+    async def _probe(session: aiohttp.ClientSession, base: str) -> str:
+        try:
+            async with session.get(base + "/ready", timeout=aiohttp.ClientTimeout(total=1)) as response:
+                return "ready" if response.status == 200 else "not ready"
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return "unreachable"
+
+
 def create_app(settings: GatewaySettings | None = None) -> "Gateway":
     settings = settings or GatewaySettings()
     metrics = Metrics("gateway")
+    upstreams = upstream_urls(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,9 +100,12 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
         maker = make_sessionmaker(engine)
         app.state.engine, app.state.maker = engine, maker
         keys = KeyStore(maker, settings.internal_secret, settings.key_cache_seconds)
-        proxy = Proxy(settings, keys, upstream_urls(settings), metrics)
+        proxy = Proxy(settings, keys, upstreams, metrics, limiter=make_limiter(settings.redis_url))
         await proxy.start()
-        app.state.keys, app.state.proxy = keys, proxy
+        audit = AuditWriter(maker)
+        audit.start()
+        proxy.audit = audit
+        app.state.keys, app.state.proxy, app.state.audit = keys, proxy, audit
         gateway.proxy = proxy
         created = await bootstrap_admin_key(maker, settings)
         if created:
@@ -68,6 +114,9 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
         try:
             yield
         finally:
+            gateway.proxy = None
+            await audit.stop()
+            await proxy.limiter.close()
             await proxy.close()
             await engine.dispose()
 
@@ -79,24 +128,60 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
     inner.state.metrics = metrics
     install_error_handlers(inner)
     inner.include_router(admin_router)
+    readiness = UpstreamReadiness(upstreams)
+    merged = MergedOpenApi(inner.openapi, upstreams)
 
-    @inner.get("/health", tags=["operations"])
+    @inner.get("/health", tags=["operations"], summary="Liveness")
     async def health() -> dict:
         return {"status": "ok"}
 
-    @inner.get("/ready", tags=["operations"])
-    async def ready() -> dict:
-        return {"status": "ready"}
+    @inner.get("/ready", tags=["operations"], summary="Readiness: the gateway's database; the services' states")
+    async def ready(request: Request):
+        database = True
+        try:
+            async with request.app.state.maker() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - reported as not ready
+            log.warning("gateway database not reachable", exc_info=True)
+            database = False
+        proxy: Proxy = request.app.state.proxy
+        assert proxy.session is not None
+        services = await readiness.states_now(proxy.session)
+        circuits = {name: "open" if breaker.open else "closed" for name, breaker in proxy.breakers.items()}
+        body = {"checks": {"database": database}, "services": services, "circuits": circuits}
+        # The gateway stays ready while a service is away: it answers that service's routes with a
+        # fast 503 and keeps serving the others.
+        if database:
+            return {"status": "ready", **body}
+        return problem_response(503, "not ready: the gateway database is unreachable", extra=body)
 
-    @inner.get("/metrics", tags=["operations"])
+    @inner.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics_route():
-        from starlette.responses import Response
-
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @inner.get("/api/v1/asyncapi.json", tags=["operations"])
+    @inner.get("/api/v1/openapi.json", tags=["operations"], summary="This document: every service's routes, merged")
+    async def openapi_document(request: Request) -> dict:
+        proxy: Proxy = request.app.state.proxy
+        assert proxy.session is not None
+        return await merged.get(proxy.session)
+
+    @inner.get("/api/v1/asyncapi.json", tags=["operations"], summary="The event catalogue (AsyncAPI 3.0)")
     async def asyncapi() -> dict:
         return asyncapi_document()
+
+    @inner.get("/api/v1/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url="/api/v1/openapi.json",
+            title="VMC Connect API",
+            swagger_js_url="/api/v1/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/api/v1/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/api/v1/docs/assets/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": False, "displayRequestDuration": True},
+        )
+
+    inner.mount("/api/v1/docs/assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    annotate_scopes(inner)
 
     gateway = Gateway(inner, settings, metrics)
     return gateway
@@ -111,7 +196,20 @@ class Gateway:
         self.metrics = metrics
         self.proxy: Proxy | None = None
         self.state = inner.state
-        self._app = RequestContextMiddleware(self._dispatch, metrics, route_of=_route_label)
+        app: ASGIApp = RequestContextMiddleware(self._dispatch, metrics, route_of=_route_label)
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        if origins:
+            # Off unless origins are configured; then only those, and preflights are answered here.
+            app = CORSMiddleware(
+                app,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+                allow_headers=["authorization", "content-type", "idempotency-key", "x-request-id"],
+                expose_headers=["x-request-id", "retry-after", "ratelimit-limit", "ratelimit-remaining",
+                                "ratelimit-reset", "ratelimit-policy"],
+                max_age=600,
+            )
+        self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -125,7 +223,7 @@ class Gateway:
                 await self.proxy(scope, receive, send)
             except ProblemError as exc:
                 headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-                await send_problem(send, exc.status, exc.detail or "", headers, slug=exc.slug)
+                await send_problem(send, exc.status, exc.detail or "", headers, slug=exc.slug, title=exc.title)
             return
         await self.inner(scope, receive, send)
 

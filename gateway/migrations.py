@@ -1,9 +1,10 @@
-"""The gateway's own schema: API keys (and, later, the audit trail)."""
+"""The gateway's own schema: API keys, then the append-only audit trail."""
 from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+from gateway.audit import create_audit_table
 from gateway.keys import ApiKey
 from shared.db import Migration
 
@@ -12,4 +13,7 @@ def _v1(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[ApiKey.__table__])
 
 
-MIGRATIONS = [Migration(1, "api keys", _v1)]
+MIGRATIONS = [
+    Migration(1, "api keys", _v1),
+    Migration(2, "audit trail (append-only: triggers refuse UPDATE and DELETE)", create_audit_table),
+]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from starlette.types import Receive, Scope, Send
 
+from gateway.audit import AuditWriter, classify, entry
 from gateway.keys import KeyStore
 from gateway.ratelimit import ConcurrencyLimiter, LocalRateLimiter
 from gateway.routing import owner_of
@@ -37,12 +38,18 @@ IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 
 @dataclass
 class CircuitBreaker:
-    """Opens after `threshold` consecutive failures; lets one probe through after `cooldown` seconds."""
+    """Per upstream: opens after `threshold` consecutive failed requests, so callers get a 503 at once
+    instead of waiting on a dead service; after `cooldown` seconds one probe request goes through,
+    and its success closes the circuit again."""
 
     threshold: int = 5
     cooldown: float = 5.0
     failures: int = 0
     opened_at: float = field(default=0.0)
+
+    @property
+    def open(self) -> bool:
+        return self.failures >= self.threshold
 
     def allow(self) -> bool:
         if self.failures < self.threshold:
@@ -69,12 +76,16 @@ class Proxy:
         self.metrics = metrics
         self.limiter = limiter or LocalRateLimiter()
         self.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_key)
-        self.breakers = {name: CircuitBreaker() for name in upstreams}
+        self.breakers = {
+            name: CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds) for name in upstreams
+        }
         self.session: aiohttp.ClientSession | None = None
-        self.audit = None  # set by the app: callable(caller, method, path, status)
+        self.audit: AuditWriter | None = None  # set by the app; entries are queued, never awaited
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=30, ttl_dns_cache=300)
+        # Idle pooled connections are dropped after 4 s, before uvicorn's 5 s keep-alive closes them
+        # from the other side (a request sent on a connection being closed would fail).
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, keepalive_timeout=4, ttl_dns_cache=300)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
@@ -91,8 +102,10 @@ class Proxy:
             raise ProblemError(401, "invalid, expired or revoked API key", slug="unauthenticated",
                                headers={"WWW-Authenticate": "Bearer"})
         caller, row = found
-        scope.setdefault("state", {})["caller"] = caller
-        scope["state"]["key_rate_limit"] = row.rate_limit_per_minute or self.settings.rate_limit_per_minute
+        state = scope.setdefault("state", {})
+        state["caller"] = caller
+        state["key_prefix"] = row.prefix
+        state["key_rate_limit"] = row.rate_limit_per_minute or self.settings.rate_limit_per_minute
         return caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,33 +124,46 @@ class Proxy:
             self.metrics.rate_limited.labels("concurrency").inc()
             await send_problem(send, 429, "too many concurrent requests for this API key", [(b"retry-after", b"1")] + rate_headers)
             return
+        status = 500
         try:
             status = await self._forward(scope, receive, send, owner, caller, rate_headers)
+        except ProblemError as exc:
+            status = exc.status
+            raise
         finally:
             self.concurrency.release(caller.key_id)
-        if self.audit is not None:
-            self.audit(caller, scope["method"], path, status)
+            if self.audit is not None:
+                audited = classify(scope["method"], path, scope)
+                if audited is not None:
+                    self.audit.record(entry(caller, scope["state"]["key_prefix"], audited[0], audited[1], status))
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The whole body, within the size limit and the time limit (a client trickling bytes is cut off)."""
         limit = body_limit(scope["path"])
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ProblemError(400, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ProblemError(413, f"the request body exceeds {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.settings.body_read_timeout_seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ProblemError(400, "client disconnected")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProblemError(413, f"the request body exceeds {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            raise ProblemError(408, f"the request body was not received within {self.settings.body_read_timeout_seconds:g} s",
+                               title="Request timeout", slug="request-timeout") from None
 
     async def _forward(self, scope, receive, send, owner: str, caller: CallerContext, extra_headers) -> int:
         breaker = self.breakers[owner]
         if not breaker.allow():
             raise ProblemError(503, f"the {owner} service is unavailable (circuit open); retry shortly",
-                               headers={"Retry-After": str(int(breaker.cooldown))})
+                               headers={"Retry-After": str(max(1, int(breaker.cooldown)))})
+        method = scope["method"]
         body = await self._read_body(scope, receive)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
                    if k not in _DROP_REQUEST and not k.startswith(b"x-vmc-")]
@@ -146,15 +172,16 @@ class Proxy:
         url = self.upstreams[owner] + scope["path"]
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
-        method = scope["method"]
-        timeout = self.settings.import_timeout_seconds if is_import(scope["path"]) else self.settings.upstream_timeout_seconds
+        total = timeout_for(self.settings, method, scope["path"])
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.settings.connect_timeout_seconds)
+        # Only a request the upstream cannot have seen (connection refused or dropped) is tried again,
+        # and only when repeating it is harmless; a timeout is never retried (the work may be under way).
         attempts = 2 if method in IDEMPOTENT else 1
         assert self.session is not None
         for attempt in range(attempts):
             try:
                 async with self.session.request(
-                    method, url, data=body or None, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    method, url, data=body or None, headers=headers, allow_redirects=False, timeout=timeout,
                 ) as response:
                     payload = await response.read()
                     breaker.success()
@@ -165,13 +192,35 @@ class Proxy:
                     await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
                     await send({"type": "http.response.body", "body": payload})
                     return response.status
-            except asyncio.TimeoutError:
+            except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, aiohttp.ConnectionTimeoutError):  # could not even connect: away, not slow
+                    if attempt + 1 < attempts:
+                        continue
+                    raise self._unreachable(owner, breaker, exc) from None
                 breaker.failure()
-                raise ProblemError(504, f"the {owner} service did not answer within {timeout:g} s")
+                log.warning("upstream timed out", extra={"upstream": owner, "timeout_s": total})
+                raise ProblemError(504, f"the {owner} service did not answer within {total:g} s") from None
             except aiohttp.ClientConnectionError as exc:
-                breaker.failure()
                 if attempt + 1 < attempts:
                     continue
-                log.warning("upstream unreachable", extra={"upstream": owner, "error": repr(exc)})
-                raise ProblemError(503, f"the {owner} service is unavailable; retry shortly", headers={"Retry-After": "1"})
+                raise self._unreachable(owner, breaker, exc) from None
+            except aiohttp.ClientError as exc:  # e.g. the answer was cut off half-way
+                breaker.failure()
+                log.warning("upstream answer unusable", extra={"upstream": owner, "error": repr(exc)})
+                raise ProblemError(502, f"the {owner} service sent an incomplete answer") from None
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unreachable(owner: str, breaker: CircuitBreaker, exc: Exception) -> ProblemError:
+        breaker.failure()
+        log.warning("upstream unreachable", extra={"upstream": owner, "error": repr(exc)})
+        return ProblemError(503, f"the {owner} service is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def timeout_for(settings: GatewaySettings, method: str, path: str) -> float:
+    """Per-route time limit: imports and batches may take minutes, exports longer than a read."""
+    if is_import(path) or path.endswith("/batch"):
+        return settings.import_timeout_seconds
+    if "/export/" in path:
+        return settings.export_timeout_seconds
+    return settings.upstream_timeout_seconds

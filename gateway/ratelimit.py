@@ -1,9 +1,18 @@
-"""Per-key rate limits (token bucket: `limit` per minute, bursts up to `limit`) and concurrency caps."""
+"""Per-key rate limits (token bucket: `limit` per minute, bursts up to `limit`) and concurrency caps.
+
+One replica keeps its buckets in memory (`LocalRateLimiter`); several replicas share them in Redis
+(`RedisRateLimiter`, chosen when `VMC_REDIS_URL` is set). If Redis cannot be reached the gateway fails
+open: it logs a warning and limits each replica on its own until Redis answers again, so an outage
+of Redis loosens the limit (to at most replicas × limit) but never refuses partners' requests.
+"""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,7 @@ def _decide(tokens: float, limit: int, allowed: bool) -> Decision:
     return Decision(
         allowed=allowed,
         limit=limit,
-        remaining=max(0, int(tokens)),
+        remaining=max(0, int(tokens + 1e-4)),  # 5.99999 tokens left after float arithmetic are 6
         reset_seconds=math.ceil((limit - tokens) / rate),
         retry_after=0 if allowed else max(1, math.ceil((1 - tokens) / rate)),
     )
@@ -55,6 +64,61 @@ class LocalRateLimiter:
 
     async def close(self) -> None:
         pass
+
+
+# GCRA (the token bucket as one "theoretical arrival time" per key), atomic in Redis, on Redis's
+# clock so replicas whose clocks differ still agree. Returns {allowed, tat - now} as strings
+# (Lua numbers would be truncated to integers on the way out).
+_GCRA = """
+local limit = tonumber(ARGV[1])
+local interval = 60.0 / limit
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > 60.0001 then
+  return {'0', string.format('%.6f', tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {'1', string.format('%.6f', new_tat - now)}
+"""
+
+
+class RedisRateLimiter:
+    """Buckets shared by every gateway replica through Redis; falls back to local ones if Redis is away."""
+
+    def __init__(self, url: str, *, prefix: str = "vmc:ratelimit:", retry_after_failure: float = 1.0, timeout: float = 0.25):
+        import redis.asyncio as redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._script = self._redis.register_script(_GCRA)
+        self._prefix = prefix
+        self._fallback = LocalRateLimiter()
+        self._retry_after_failure = retry_after_failure
+        self._down_until = 0.0
+        self.failures = 0
+
+    async def hit(self, key_id: str, limit: int) -> Decision:
+        if time.monotonic() < self._down_until:
+            return await self._fallback.hit(key_id, limit)
+        try:
+            allowed, ahead = await self._script(keys=[self._prefix + key_id], args=[limit])
+        except Exception as exc:  # noqa: BLE001 - any Redis failure: fail open on the local buckets
+            self.failures += 1
+            # Do not wait on a dead Redis for every request: try again after a short pause.
+            self._down_until = time.monotonic() + self._retry_after_failure
+            log.warning("Redis rate limiter unreachable; limiting per replica meanwhile", extra={"error": repr(exc)})
+            return await self._fallback.hit(key_id, limit)
+        tokens = limit - float(ahead) * limit / 60.0
+        return _decide(max(0.0, tokens), limit, allowed == b"1")
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_limiter(redis_url: str):
+    return RedisRateLimiter(redis_url) if redis_url else LocalRateLimiter()
 
 
 class ConcurrencyLimiter:

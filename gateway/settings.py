@@ -18,9 +18,17 @@ class GatewaySettings(ServiceSettings):
     rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("VMC_RATE_LIMIT_PER_MINUTE"))
     redis_url: str = Field("", validation_alias=AliasChoices("VMC_REDIS_URL"))
     bootstrap_admin_key: str = Field("", validation_alias=AliasChoices("VMC_BOOTSTRAP_ADMIN_KEY"))
-    # How long a looked-up key is trusted before the database is asked again (revocation delay).
+    # How long a looked-up key is trusted before the database is asked again: a revocation or a new
+    # key made on another replica (or with the CLI) takes effect there within this delay.
     key_cache_seconds: float = 2.0
     max_concurrent_per_key: int = 32
+    # Time limits per route: reads and writes, imports and batches, exports (see proxy.timeout_for).
     upstream_timeout_seconds: float = 30.0
     import_timeout_seconds: float = 300.0
+    export_timeout_seconds: float = 120.0
+    connect_timeout_seconds: float = 2.0
+    body_read_timeout_seconds: float = 60.0
+    # A service failing this many requests in a row is not called for `circuit_cooldown_seconds`.
+    circuit_failure_threshold: int = 5
+    circuit_cooldown_seconds: float = 5.0
     cors_origins: str = Field("", validation_alias=AliasChoices("VMC_CORS_ORIGINS"))

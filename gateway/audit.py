@@ -1,0 +1,259 @@
+"""The audit trail (§6): who read personal data, exported figures or changed a key, and when (UTC).
+
+Entries hold ids, prefixes, actions and paths of objects, never the personal data itself. The table
+is append-only: no route updates or deletes it, and database triggers refuse UPDATE and DELETE.
+The proxy never waits on the database: it queues entries and a background writer inserts them in
+batches (flushed on shutdown).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from pydantic import ConfigDict
+from sqlalchemy import Select, and_, insert, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import Field, SQLModel
+from starlette.types import Scope
+
+from shared.caller import CallerContext
+from shared.db import timestamp_field, utcnow
+from shared.logs import request_id_var
+from shared.pagination import decode_cursor, encode_cursor
+
+log = logging.getLogger(__name__)
+
+# The actor of changes made with the command-line tool (it holds no API key).
+CLI_ACTOR = "cli"
+MAX_QUEUED = 100_000
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    at: datetime = timestamp_field(index=True)
+    actor_key_id: uuid.UUID | None = Field(default=None, index=True)
+    actor_prefix: str = Field(max_length=20)
+    organization_id: uuid.UUID | None = Field(default=None, index=True)
+    action: str = Field(max_length=60, index=True)
+    object: str = Field(max_length=200, index=True)
+    status: int
+    request_id: str | None = Field(default=None, max_length=200)
+
+
+class AuditEventPublic(SQLModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    at: datetime
+    actor_key_id: uuid.UUID | None
+    actor_prefix: str
+    organization_id: uuid.UUID | None
+    action: str
+    object: str
+    status: int
+    request_id: str | None
+
+
+def append_only_sql(dialect: str) -> list[str]:
+    """Statements that make the table refuse UPDATE, DELETE (and TRUNCATE on PostgreSQL)."""
+    if dialect == "sqlite":
+        return [
+            f"CREATE TRIGGER IF NOT EXISTS audit_events_no_{verb.lower()} BEFORE {verb} ON audit_events "
+            f"BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+            for verb in ("UPDATE", "DELETE")
+        ]
+    return [
+        "CREATE OR REPLACE FUNCTION audit_events_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$",
+        "CREATE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events "
+        "FOR EACH ROW EXECUTE FUNCTION audit_events_refuse()",
+        "CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_events_refuse()",
+    ]
+
+
+def create_audit_table(conn: Connection) -> None:
+    SQLModel.metadata.create_all(conn, tables=[AuditEvent.__table__])
+    for statement in append_only_sql(conn.dialect.name):
+        conn.exec_driver_sql(statement)
+
+
+def entry(caller: CallerContext | None, prefix: str, action: str, object_: str, status: int) -> dict[str, Any]:
+    """One audit row as a dict (the shape the batch insert takes); `prefix` is the key's public prefix."""
+    return {
+        "id": uuid.uuid4(),
+        "at": utcnow(),
+        "actor_key_id": uuid.UUID(caller.key_id) if caller else None,
+        "actor_prefix": prefix,
+        "organization_id": caller.organization_id if caller else None,
+        "action": action,
+        "object": object_[:200],
+        "status": status,
+        "request_id": request_id_var.get(),
+    }
+
+
+def classify(method: str, path: str, scope: Scope) -> tuple[str, str] | None:
+    """(action, object) when a proxied request must be audited, else None. Cheap: runs per request."""
+    # path is /api/v1/<segment>/...
+    parts = path[8:].rstrip("/").split("/")
+    segment = parts[0]
+    if segment == "volunteers":
+        return _volunteer_action(method, parts)
+    if segment == "analytics" and method == "GET":
+        if len(parts) >= 3 and parts[1] == "export":
+            return f"export.{parts[2]}", "/".join(parts[:3])
+        if _accepts_csv(scope):
+            return "analytics.export", "/".join(parts[:2])
+    return None
+
+
+def _volunteer_action(method: str, parts: list[str]) -> tuple[str, str] | None:
+    n = len(parts)
+    if n == 1:
+        return {"GET": ("volunteer.list", "volunteers"), "POST": ("volunteer.create", "volunteers")}.get(method)
+    second = parts[1]
+    if n == 2:
+        if second == "duplicates" and method == "GET":
+            return "volunteer.duplicates", "volunteers/duplicates"
+        if second == "import" and method == "POST":
+            return "volunteer.import", "volunteers/import"
+        action = {"GET": "volunteer.read", "PATCH": "volunteer.update", "PUT": "volunteer.update", "DELETE": "volunteer.erase"}.get(method)
+        return (action, f"volunteers/{second}") if action else None
+    if n == 3 and parts[2] == "merge" and method == "POST":
+        return "volunteer.merge", f"volunteers/{second}"
+    return None
+
+
+def _accepts_csv(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"accept":
+            return b"text/csv" in value
+    return False
+
+
+class AuditWriter:
+    """Queues entries and inserts them in batches in the background; never blocks a request."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession], batch_size: int = 500):
+        self._maker = maker
+        self._batch_size = batch_size
+        self._queue: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.dropped = 0
+
+    def record(self, row: dict[str, Any]) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            # The database has been away for long: keep the newest entries, say so loudly.
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("audit queue full, oldest entries dropped", extra={"dropped": self.dropped})
+        self._queue.append(row)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except asyncio.TimeoutError:
+                log.error("audit entries not written at shutdown", extra={"queued": len(self._queue)})
+
+    async def flush(self) -> None:
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+            try:
+                async with self._maker() as session:
+                    await session.execute(insert(AuditEvent), batch)
+                    await session.commit()
+            except Exception:
+                self._queue.extendleft(reversed(batch))  # keep them for the next attempt
+                raise
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                await self.flush()
+                delay = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database away: retry with a bounded backoff, entries kept
+                log.warning("audit write failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                if self._stopping and delay >= 1.6:
+                    log.error("audit entries lost at shutdown", extra={"queued": len(self._queue)})
+                    return
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+
+def audit_query(
+    *,
+    organization_id: uuid.UUID | None,
+    actor: str | None,
+    action: str | None,
+    object_: str | None,
+    from_: datetime | None,
+    to: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> Select:
+    """Newest first, keyset on (at, id); `organization_id` None means every organisation."""
+    query = select(AuditEvent)
+    if organization_id is not None:
+        query = query.where(AuditEvent.organization_id == organization_id)
+    if actor:
+        try:
+            query = query.where(AuditEvent.actor_key_id == uuid.UUID(actor))
+        except ValueError:
+            query = query.where(AuditEvent.actor_prefix == actor)
+    if action:
+        if action.endswith("*"):
+            query = query.where(AuditEvent.action.startswith(action[:-1], autoescape=True))
+        else:
+            query = query.where(AuditEvent.action == action)
+    if object_:
+        query = query.where(AuditEvent.object == object_)
+    if from_ is not None:
+        query = query.where(AuditEvent.at >= from_)
+    if to is not None:
+        query = query.where(AuditEvent.at < to)
+    if cursor:
+        stamp, id_ = decode_cursor(cursor)
+        query = query.where(or_(AuditEvent.at < stamp, and_(AuditEvent.at == stamp, AuditEvent.id < id_)))
+    return query.order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(limit + 1)
+
+
+def audit_page(rows: list[AuditEvent], limit: int) -> dict:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "items": [AuditEventPublic.model_validate(r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1].at, rows[-1].id) if more and rows else None,
+    }
+
+
+def add_key_change(
+    session: AsyncSession, caller: CallerContext | None, prefix: str, action: str, key_id: uuid.UUID, status: int
+) -> None:
+    """Audit a key change in the same transaction as the change itself (caller None: the CLI)."""
+    session.add(AuditEvent(**entry(caller, prefix, action, f"api-keys/{key_id}", status)))
