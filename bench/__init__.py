@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of the running system: `make bench` (all) or `make bench BENCH=<name>`."""

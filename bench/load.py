@@ -1,0 +1,120 @@
+"""Load generators: wrk when installed (C, light on the CPU), else a Python one in its own process.
+
+The machine has few cores and the servers need them: the generator always runs as a separate
+process, never inside the harness's or a server's event loop. wrk costs far less CPU per request
+than any Python client, so figures taken with it are closer to what the servers can do; the
+generator used is written into results.json.
+
+Bodies are templates: each `{n}` becomes a per-request number (8 digits, unique within a run from
+`first`), so write benchmarks never send the same phone number or external id twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Load:
+    url: str
+    connections: int
+    seconds: float
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None  # a template: `{n}` → per-request number
+    first: int = 0
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    failures: int  # non-2xx/3xx answers plus socket errors and timeouts
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def generator_name() -> str:
+    if os.environ.get("VMC_BENCH_LOAD") != "python" and shutil.which("wrk"):
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        return (out.stdout or out.stderr).split("Copyright")[0].strip() or "wrk"
+    return "python aiohttp (bench.pyload)"
+
+
+def run_load(load: Load) -> LoadResult:
+    if os.environ.get("VMC_BENCH_LOAD") != "python" and shutil.which("wrk"):
+        return _run_wrk(load)
+    return _run_python(load)
+
+
+def _lua_string(value: str) -> str:
+    if "]==]" in value:
+        raise ValueError("value cannot be quoted as a Lua long string")
+    return f"[==[{value}]==]"
+
+
+def wrk_script(load: Load) -> str:
+    """The Lua script giving wrk the method, headers and per-request body, and printing JSON at the end."""
+    lines = [f"wrk.method = {_lua_string(load.method)}"]
+    lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in load.headers.items()]
+    if load.body is not None and "{n}" in load.body:
+        lines += [
+            f"local counter = {int(load.first)}",
+            f"local template = {_lua_string(load.body)}",
+            "request = function()",
+            "  counter = counter + 1",
+            '  local body = template:gsub("{n}", string.format("%08d", counter))',
+            "  return wrk.format(nil, nil, nil, body)",
+            "end",
+        ]
+    elif load.body is not None:
+        lines.append(f"wrk.body = {_lua_string(load.body)}")
+    lines += [
+        "done = function(summary, latency, requests)",
+        "  local e = summary.errors",
+        '  io.write(string.format("BENCH-RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,',
+        "    e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))",
+        "end",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_wrk(output: str) -> LoadResult:
+    for line in output.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            requests, duration_us, failures, p50_us, p99_us = (int(x) for x in line.split()[1:])
+            return LoadResult(requests, duration_us / 1e6, failures, p50_us / 1000, p99_us / 1000)
+    raise RuntimeError(f"wrk printed no result:\n{output}")
+
+
+def _run_wrk(load: Load) -> LoadResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(wrk_script(load))
+    try:
+        # One wrk thread drives even 32 connections at these rates, and leaves a core to the servers.
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{load.connections}", f"-d{max(1, round(load.seconds))}s", "--timeout", "60s",
+             "-s", script.name, load.url],
+            capture_output=True, text=True, check=True,
+        )
+    finally:
+        Path(script.name).unlink(missing_ok=True)
+    return parse_wrk(out.stdout)
+
+
+def _run_python(load: Load) -> LoadResult:
+    spec = {**load.__dict__}
+    out = subprocess.run([sys.executable, "-m", "bench.pyload"], input=json.dumps(spec), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.pyload failed:\n{out.stderr}")
+    return LoadResult(**json.loads(out.stdout))

@@ -1,0 +1,143 @@
+"""The system under test: the test harness's Stack (broker, services, gateway as real processes).
+
+Benchmarks start one stack per database, with the gateway's rate limit raised so that the limiter
+is still on the path (it is part of what the gateway costs) but never refuses a benchmark request.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+from services.registry.settings import GDY_ORGANIZATION_ID
+from shared.caller import SCOPES, CallerContext, encode_caller
+from tests.harness import Broker, Databases, Stack, new_workdir, pg_server_url, remove_workdir
+
+DATABASES = ("postgresql", "sqlite")
+BENCH_ENV = {"VMC_RATE_LIMIT_PER_MINUTE": "100000000", "VMC_LOG_LEVEL": "WARNING"}
+
+
+def postgresql_reachable() -> bool:
+    host, port = "127.0.0.1", 5432
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def running_stack(database: str) -> Iterator[Stack]:
+    """A fresh stack on `database` ('postgresql' or 'sqlite'), stopped and its databases dropped after."""
+    if database not in DATABASES:
+        raise ValueError(f"database must be one of {DATABASES}")
+    if database == "postgresql" and not os.environ.get("VMC_TEST_DATABASE_URL", "").startswith("postgres") \
+            and not postgresql_reachable():
+        raise RuntimeError("PostgreSQL is not reachable at 127.0.0.1:5432 (set VMC_TEST_DATABASE_URL)")
+    # tests.harness.Databases chooses by VMC_TEST_DATABASE_URL when constructed.
+    saved = os.environ.get("VMC_TEST_DATABASE_URL")
+    if database == "sqlite":
+        os.environ["VMC_TEST_DATABASE_URL"] = "sqlite"
+    elif not (saved or "").startswith("postgres"):
+        os.environ["VMC_TEST_DATABASE_URL"] = pg_server_url()
+    workdir = new_workdir()
+    broker = stack = None
+    try:
+        databases = Databases(workdir)
+        broker = Broker(workdir)
+        stack = Stack(broker=broker, workdir=workdir, databases=databases, extra_env=dict(BENCH_ENV))
+        stack.start()
+        yield stack
+    finally:
+        if stack is not None:
+            stack.close()
+        if broker is not None:
+            broker.close()
+        remove_workdir(workdir)
+        if saved is None:
+            os.environ.pop("VMC_TEST_DATABASE_URL", None)
+        else:
+            os.environ["VMC_TEST_DATABASE_URL"] = saved
+
+
+def gateway_headers(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.admin_key}"}
+
+
+def direct_headers(stack: Stack) -> dict[str, str]:
+    """What the gateway would add for the national admin key: valid for 60 s, so make them per run."""
+    caller = CallerContext(
+        key_id="bench-direct", organization_id=uuid.UUID(GDY_ORGANIZATION_ID), scopes=frozenset(SCOPES), national=True,
+    )
+    return encode_caller(caller, stack.secret)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float = 60.0) -> None:
+    """Wait until the stack's processes are nearly idle (outbox relays and consumers caught up).
+
+    So that one run's after-effects (events still being published and projected) are not charged
+    to the next run. Gives up after `timeout` seconds: a busy stack is then measured as it is.
+    """
+    pids = [proc.pid for proc in stack.procs.values()]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(_cpu_seconds(pid) for pid in pids)
+        time.sleep(window)
+        if sum(_cpu_seconds(pid) for pid in pids) - before < quiet * window:
+            return
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    memory_gib = 0.0
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:  # not Linux: keep what platform knows
+        cpu = platform.processor() or cpu
+    from bench.load import generator_name
+
+    return {
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": memory_gib,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "postgresql": postgresql_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "load_generator": generator_name(),
+    }
+
+
+def postgresql_version() -> str:
+    async def ask() -> str:
+        conn = await asyncpg.connect(pg_server_url(), timeout=2)
+        try:
+            return await conn.fetchval("SHOW server_version")
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(ask())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+        return "unreachable"
