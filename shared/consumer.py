@@ -79,6 +79,7 @@ class EventConsumer:
         self._producer: AIOKafkaProducer | None = None
         self.last_event_time: datetime | None = None
         self.healthy = False
+        metrics.dead_letters.labels(name)  # exported as 0 from the start, so alerts see the series
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
