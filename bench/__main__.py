@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import gateway_overhead, registrations, volunteer_import
-from bench.stack import machine
+from bench.stack import machine, machine_busy
 from bench.stats import format_table, merge_results
 
 BENCHMARKS = {
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "volunteer_import": volunteer_import.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
+BUSY_WARNING = 0.15
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names or BENCHMARKS:
         began = time.monotonic()
         print(f"\n{name}: {sys.modules[BENCHMARKS[name].__module__].__doc__.splitlines()[0]}", flush=True)
+        busy = machine_busy()
+        if busy > BUSY_WARNING:
+            print(f"warning: the machine is {busy:.0%} busy before the benchmark starts: figures will be low and noisy", flush=True)
         figures = BENCHMARKS[name]()
         print(format_table(name, figures))
         print(f"({time.monotonic() - began:.0f} s)", flush=True)

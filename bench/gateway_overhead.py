@@ -12,7 +12,7 @@ import secrets
 
 from bench.load import Load, LoadResult, run_load
 from bench.payloads import volunteer_template
-from bench.stack import direct_headers, gateway_headers, running_stack, settle
+from bench.stack import cpu_seconds, direct_headers, gateway_headers, running_stack, settle
 from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
 
@@ -39,6 +39,7 @@ def run(seconds: float = SECONDS) -> dict[str, float]:
         for label, method, path, body in routes(run_id):
             for clients in CLIENTS:
                 results: dict[str, LoadResult] = {}
+                cpu: dict[str, dict[str, float]] = {}
                 for via, base in bases.items():
                     for duration in (WARMUP_SECONDS, seconds):
                         # Direct callers carry the signed context the gateway would add (valid 60 s).
@@ -46,14 +47,16 @@ def run(seconds: float = SECONDS) -> dict[str, float]:
                         load = Load(base + path, clients, duration, method, {**headers, **(JSON if body else {})}, body, first)
                         first += 1_000_000  # a run sends far fewer requests: bodies stay unique
                         settle(stack)
+                        cpu_before = {name: cpu_seconds(stack, name) for name in ("registry", "gateway")}
                         results[via] = run_load(load)
+                        cpu[via] = {name: cpu_seconds(stack, name) - cpu_before[name] for name in cpu_before}
                     if results[via].failures:
                         raise RuntimeError(f"{label} {via} at {clients} clients: {results[via].failures} failed requests")
-                figures.update(compare(f"{label}, {clients} client{'s' if clients > 1 else ''}", results))
+                figures.update(compare(f"{label}, {clients} client{'s' if clients > 1 else ''}", results, cpu))
     return figures
 
 
-def compare(row: str, results: dict[str, LoadResult]) -> dict[str, float]:
+def compare(row: str, results: dict[str, LoadResult], cpu: dict[str, dict[str, float]]) -> dict[str, float]:
     direct, gateway = results["direct"], results["gateway"]
     return {
         figure(row, "direct rps"): round(direct.rps),
@@ -65,4 +68,7 @@ def compare(row: str, results: dict[str, LoadResult]) -> dict[str, float]:
         figure(row, "direct p99 ms"): round(direct.p99_ms, 3),
         figure(row, "gateway p99 ms"): round(gateway.p99_ms, 3),
         figure(row, "added p99 ms"): round(gateway.p99_ms - direct.p99_ms, 3),
+        # CPU time per request does not depend on what else the machine runs: it says where time goes.
+        figure(row, "service CPU ms/req"): round(cpu["direct"]["registry"] * 1000 / direct.requests, 3),
+        figure(row, "gateway CPU ms/req"): round(cpu["gateway"]["gateway"] * 1000 / gateway.requests, 3),
     }

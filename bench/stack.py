@@ -86,6 +86,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def cpu_seconds(stack: Stack, name: str) -> float:
+    """CPU time (user + system) a part of the stack has used so far: a figure the machine's noise does not move."""
+    return _cpu_seconds(stack.procs[name].pid)
+
+
 def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float = 60.0) -> None:
     """Wait until the stack's processes are nearly idle (outbox relays and consumers caught up).
 
@@ -99,6 +104,19 @@ def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float
         time.sleep(window)
         if sum(_cpu_seconds(pid) for pid in pids) - before < quiet * window:
             return
+
+
+def machine_busy(window: float = 1.0) -> float:
+    """Share of the machine's CPU time spent busy over `window` seconds (before a benchmark: others' load)."""
+    def sample() -> tuple[int, int]:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    busy0, total0 = sample()
+    time.sleep(window)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
 
 
 def machine() -> dict:
