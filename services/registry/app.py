@@ -8,6 +8,9 @@ from sqlalchemy import select
 
 from services.registry.migrations import MIGRATIONS
 from services.registry.organizations.endpoints import router as organizations_router
+from services.registry.locations.endpoints import router as locations_router
+from services.registry.programs.endpoints import router as programs_router
+from services.registry.projects.endpoints import router as projects_router
 from services.registry.organizations.models import Organization
 from services.registry.organizations.service import organization_event
 from services.registry.settings import GDY_ORGANIZATION_ID, RegistrySettings
@@ -32,7 +35,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             name="registry",
             settings=settings or RegistrySettings(),
             migrations=MIGRATIONS,
-            routers=[organizations_router],
+            routers=[organizations_router, locations_router, programs_router, projects_router],
             publishes=[REGISTRY_TOPIC],
             on_startup=seed,
             description="Locations, organisations, programmes, projects, volunteers and enrolments.",

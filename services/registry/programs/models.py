@@ -1,6 +1,7 @@
 """Programmes: the database row and the wire shapes (create, public)."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 
@@ -12,7 +13,7 @@ from shared.text import clean_text
 
 # Uppercase letters, digits and hyphens, starting with a letter or digit: codes appear in analytics
 # dimensions (`program=VMC`) and DHIS2 mappings, so they must stay URL- and CSV-safe.
-CODE_PATTERN = r"^[A-Z0-9][A-Z0-9-]{0,19}$"
+CODE_PATTERN = re.compile(r"[A-Z0-9][A-Z0-9-]{0,19}")
 
 
 class Program(SQLModel, table=True):
@@ -29,9 +30,16 @@ class Program(SQLModel, table=True):
 class ProgramCreate(SQLModel):
     model_config = ConfigDict(extra="forbid")
 
-    code: str = Field(min_length=1, max_length=20, schema_extra={"pattern": CODE_PATTERN})
+    code: str = Field(min_length=1, max_length=20, schema_extra={"pattern": f"^{CODE_PATTERN.pattern}$"}, description="e.g. VMC, AYRG, NYVP")
     name: str | None = Field(default=None, min_length=1, max_length=300)
     name_km: str | None = Field(default=None, min_length=1, max_length=300)
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code(cls, value: object) -> object:
+        if isinstance(value, str) and not CODE_PATTERN.fullmatch(value):
+            raise ValueError("must be 1-20 upper-case letters A-Z, digits or hyphens, not starting with a hyphen (e.g. VMC)")
+        return value
 
     @field_validator("name", "name_km")
     @classmethod
