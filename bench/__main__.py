@@ -12,11 +12,8 @@ from bench import gateway_overhead, registrations, volunteer_import
 from bench.stack import machine, machine_busy
 from bench.stats import format_table, merge_results
 
-BENCHMARKS = {
-    "gateway_overhead": gateway_overhead.run,
-    "registrations": registrations.run,
-    "volunteer_import": volunteer_import.run,
-}
+# name → module with a docstring and `run() -> {figure: value}`
+BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, registrations, volunteer_import)}
 RESULTS = Path(__file__).with_name("results.json")
 BUSY_WARNING = 0.15
 
@@ -25,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-save", action="store_true", help="print the figures without writing results.json")
+    parser.add_argument("--show", action="store_true", help="print results.json as Markdown tables (for the README); run nothing")
     args = parser.parse_args(argv)
+    if args.show:
+        print(show(json.loads(RESULTS.read_text())))
+        return 0
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
@@ -34,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
           " (on the same cores as the servers)", flush=True)
     for name in args.names or BENCHMARKS:
         began = time.monotonic()
-        print(f"\n{name}: {sys.modules[BENCHMARKS[name].__module__].__doc__.splitlines()[0]}", flush=True)
+        print(f"\n{name}: {BENCHMARKS[name].__doc__.splitlines()[0]}", flush=True)
         busy = machine_busy()
         if busy > BUSY_WARNING:
             print(f"warning: the machine is {busy:.0%} busy before the benchmark starts: figures will be low and noisy", flush=True)
-        figures = BENCHMARKS[name]()
+        figures = BENCHMARKS[name].run()
         print(format_table(name, figures))
         print(f"({time.monotonic() - began:.0f} s)", flush=True)
         if not args.no_save:
@@ -46,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
             RESULTS.write_text(json.dumps(merge_results(existing, name, figures, where, date), indent=2, ensure_ascii=False) + "\n")
     return 0
+
+
+def show(results: dict) -> str:
+    where = results["machine"]
+    lines = [f"Measured on {where['cpus']} × {where['cpu']}, {where['memory_gib']} GiB, {where['os']}, Python {where['python']}, "
+             f"PostgreSQL {where['postgresql']}, SQLite {where['sqlite']}; load from {where['load_generator']} on the same machine."]
+    for name, figures in results.items():
+        if name not in ("machine", "date", "dates"):
+            lines += ["", f"{name} ({results['dates'].get(name, '?')})", "", format_table(name, figures)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
