@@ -25,6 +25,10 @@ class CommonSettings(BaseSettings):
     # Tansu rejects idempotent producers; Apache Kafka wants them (the production default).
     kafka_idempotence: bool = _common("kafka_idempotence", False)
     kafka_acks: str = _common("kafka_acks", "all")
+    # Tansu makes a joining consumer wait about half of this, and a member of generation 0 never
+    # leaves its group on close (aiokafka sends no LeaveGroup then): a restarted consumer resumes
+    # only after the old member's session expired. Tests shorten it; 10 s suits production.
+    kafka_session_timeout_ms: int = _common("kafka_session_timeout_ms", 10_000)
     # Set by the embedded launcher each time it starts a broker whose storage is empty: a new epoch
     # makes every service re-publish its retained outbox so nothing the broker lost stays lost.
     broker_epoch: str = _common("broker_epoch", "")
