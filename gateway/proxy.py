@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ class Proxy:
         }
         self.session: aiohttp.ClientSession | None = None
         self.audit: AuditWriter | None = None  # set by the app; entries are queued, never awaited
+        self._auth_blocked: dict[str, float] = {}  # client address → monotonic time its 429s end
 
     async def start(self) -> None:
         # Idle pooled connections are dropped after 4 s, before uvicorn's 5 s keep-alive closes them
@@ -97,8 +99,15 @@ class Proxy:
         if not auth or not auth[:7].lower() == "bearer ":
             raise ProblemError(401, "missing API key: send Authorization: Bearer <key>", slug="unauthenticated",
                                headers={"WWW-Authenticate": "Bearer"})
+        address = (scope.get("client") or ("unknown",))[0]
+        # A throttled address is refused before its key is looked at, so a guess that happens to be
+        # right is not confirmed either.
+        blocked_for = self._auth_blocked.get(address, 0.0) - time.monotonic()
+        if blocked_for > 0:
+            raise self._throttled(math.ceil(blocked_for))
         found = await self.keys.authenticate(auth[7:].strip())
         if found is None:
+            await self._failed_authentication(address)
             raise ProblemError(401, "invalid, expired or revoked API key", slug="unauthenticated",
                                headers={"WWW-Authenticate": "Bearer"})
         caller, row = found
@@ -107,6 +116,23 @@ class Proxy:
         state["key_prefix"] = row.prefix
         state["key_rate_limit"] = row.rate_limit_per_minute or self.settings.rate_limit_per_minute
         return caller
+
+    async def _failed_authentication(self, address: str) -> None:
+        """Wrong keys spend the address's own bucket (shared by replicas when Redis is used); once it is
+        empty the address is throttled until a token is back."""
+        decision = await self.limiter.hit("auth-failures:" + address, self.settings.failed_auth_per_minute)
+        if decision.allowed:
+            return
+        now = time.monotonic()
+        if len(self._auth_blocked) > 10_000:  # bounded memory under a distributed attack
+            self._auth_blocked = {a: t for a, t in self._auth_blocked.items() if t > now}
+        self._auth_blocked[address] = now + decision.retry_after
+        raise self._throttled(decision.retry_after)
+
+    def _throttled(self, retry_after: int) -> ProblemError:
+        self.metrics.rate_limited.labels("authentication").inc()
+        return ProblemError(429, "too many wrong API keys from this address; retry later",
+                            headers={"Retry-After": str(max(1, retry_after))})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
@@ -174,8 +200,9 @@ class Proxy:
             url += "?" + scope["query_string"].decode("latin-1")
         total = timeout_for(self.settings, method, scope["path"])
         timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.settings.connect_timeout_seconds)
-        # Only a request the upstream cannot have seen (connection refused or dropped) is tried again,
-        # and only when repeating it is harmless; a timeout is never retried (the work may be under way).
+        # Retries are bounded to one, for idempotent methods only, and never after a timeout (the work
+        # may be under way): aiohttp itself sends an idempotent request again once if the connection
+        # drops before the answer; this loop tries once more, a moment later, if the connection is refused.
         attempts = 2 if method in IDEMPOTENT else 1
         assert self.session is not None
         for attempt in range(attempts):
@@ -200,9 +227,12 @@ class Proxy:
                 breaker.failure()
                 log.warning("upstream timed out", extra={"upstream": owner, "timeout_s": total})
                 raise ProblemError(504, f"the {owner} service did not answer within {total:g} s") from None
-            except aiohttp.ClientConnectionError as exc:
+            except aiohttp.ClientConnectorError as exc:  # refused: the service never saw the request
                 if attempt + 1 < attempts:
+                    await asyncio.sleep(0.05)
                     continue
+                raise self._unreachable(owner, breaker, exc) from None
+            except aiohttp.ClientConnectionError as exc:  # dropped mid-request (aiohttp retried if idempotent)
                 raise self._unreachable(owner, breaker, exc) from None
             except aiohttp.ClientError as exc:  # e.g. the answer was cut off half-way
                 breaker.failure()

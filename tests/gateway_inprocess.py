@@ -72,10 +72,12 @@ class SilentUpstream:
 
 
 class TinyUpstream:
-    """A minimal HTTP/1.1 server on a given port answering every request 200 `{"ok": true}`."""
+    """A minimal HTTP/1.1 server on a given port answering every request 200 `{"ok": true}`; the next
+    `drop` requests are read and then the connection is closed without an answer (a crash mid-request)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, drop: int = 0):
         self.port = port
+        self.drop = drop
         self.server: asyncio.base_events.Server | None = None
         self.requests = 0
 
@@ -91,6 +93,9 @@ class TinyUpstream:
                     if length:
                         await reader.readexactly(length)
                     self.requests += 1
+                    if self.drop > 0:
+                        self.drop -= 1
+                        return
                     body = b'{"ok": true}'
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                                  + str(len(body)).encode() + b"\r\n\r\n" + body)
