@@ -12,6 +12,8 @@ from services.registry.organizations.models import Organization
 from services.registry.programs.models import Program
 from services.registry.projects.models import Project
 from services.registry.settings import GDY_ORGANIZATION_ID
+from services.registry.enrollments.models import Enrollment
+from services.registry.volunteers.models import Volunteer, VolunteerExternalId
 from shared.db import Migration, utcnow
 from shared.service import shared_tables
 
@@ -39,11 +41,18 @@ def _v1(conn: Connection) -> None:
     )
 
 
+def _v2(conn: Connection) -> None:
+    SQLModel.metadata.create_all(
+        conn, tables=[Volunteer.__table__, VolunteerExternalId.__table__, Enrollment.__table__]
+    )
+
+
 def _v3(conn: Connection) -> None:
     SQLModel.metadata.create_all(conn, tables=[Program.__table__, Project.__table__])
 
 
 MIGRATIONS = [
     Migration(1, "gazetteer provinces, organisations, outbox", _v1),
+    Migration(2, "volunteers, their external ids, enrolments", _v2),
     Migration(3, "programmes and projects", _v3),
 ]

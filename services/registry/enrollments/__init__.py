@@ -1,0 +1,1 @@
+"""Enrolments of volunteers in projects."""

@@ -1,0 +1,1 @@
+"""Volunteers: registration, search, duplicates and merge, erasure, CSV import."""

@@ -1,0 +1,140 @@
+"""HTTP surface of volunteers: CRUD, search, duplicates, merge, erasure and CSV import."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from services.registry.scope import VisibilityDep
+from services.registry.volunteers import importer, service
+from services.registry.volunteers.models import (
+    DuplicatePair, ImportSummary, MergeRequest, VolunteerCreate, VolunteerPublic, VolunteerUpdate,
+)
+from shared.caller import require_scope
+from shared.errors import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
+from shared.idempotency import IdempotencyDep
+from shared.pagination import Cursor, Limit, Page
+from shared.service import SessionDep
+
+router = APIRouter(prefix="/volunteers", tags=["volunteers"], responses=PROBLEM_RESPONSES)
+
+
+def conflict(description: str) -> dict:
+    return {409: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": description}}
+
+
+def as_utc_query(moment: datetime | None) -> datetime | None:
+    """`updated_since` without an offset is read as UTC (naive times cannot be compared)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+@router.post("", status_code=201, response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
+             summary="Register a volunteer", responses=conflict("An external id belongs to another volunteer"))
+async def register_volunteer(body: VolunteerCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
+    if replay := await idem.check(session, body):
+        return replay
+    row = await service.register(session, scope, body)
+    public = await service.public(session, row)
+    if replay := await idem.remember(session, 201, public):
+        return replay
+    await session.commit()
+    return public
+
+
+@router.get("", response_model=Page[VolunteerPublic], dependencies=[require_scope("registry:read")],
+            summary="List and search volunteers (merged duplicates are left out; erased records stay, for sync)")
+async def list_volunteers(
+    session: SessionDep,
+    scope: VisibilityDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    organization_id: uuid.UUID | None = None,
+    province: Annotated[str | None, Query(pattern=r"^[0-9]{2}$", description="Residence province code")] = None,
+    program_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200, description="Name (Latin or Khmer, any part) or phone")] = None,
+    external_system: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    external_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    updated_since: datetime | None = None,
+):
+    return await service.search(
+        session, scope, limit, cursor, q,
+        organization_id=organization_id, province=province, program_id=program_id, project_id=project_id,
+        external_system=external_system, external_id=external_id, updated_since=as_utc_query(updated_since),
+    )
+
+
+@router.get("/duplicates", response_model=Page[DuplicatePair], dependencies=[require_scope("registry:read")],
+            summary="Probable duplicates: pairs sharing a phone, or a normalised name and a birth date")
+async def list_duplicates(session: SessionDep, scope: VisibilityDep, limit: Limit = 50, cursor: Cursor = None):
+    return await service.duplicates(session, scope, limit, cursor)
+
+
+@router.post(
+    "/import", response_model=ImportSummary, dependencies=[require_scope("registry:write")],
+    summary="Import volunteers from CSV (UTF-8, header of wire names; rows matched on external id)",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                                           "required": ["file"]}},
+    }}},
+)
+async def import_volunteers(request: Request, session: SessionDep, scope: VisibilityDep, dry_run: bool = False):
+    job = await importer.start(session, scope, await _csv_bytes(request))
+    for chunk in job.chunks():
+        await job.apply(session, chunk, dry_run=dry_run)
+        if not dry_run:
+            await session.commit()  # one transaction per chunk; the summary says which rows were taken
+    return job.summary(dry_run)
+
+
+async def _csv_bytes(request: Request) -> bytes:
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media in ("text/csv", "text/plain"):
+        return await request.body()
+    if media == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ProblemError(422, "the multipart body needs the CSV in a file field named 'file'",
+                               errors=[{"loc": ["body", "file"], "msg": "missing file"}])
+        return await upload.read()
+    raise ProblemError(415, "send the CSV as text/csv, or as multipart/form-data with a field named 'file'")
+
+
+@router.get("/{volunteer_id}", response_model=VolunteerPublic, dependencies=[require_scope("registry:read")],
+            summary="One volunteer (an erased one has its personal fields null; a merged one names its survivor)")
+async def get_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: VisibilityDep):
+    return await service.public(session, await service.get_visible(session, scope, volunteer_id))
+
+
+@router.patch("/{volunteer_id}", response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
+              summary="Change some fields (null clears an optional one; external_ids replaces the list)",
+              responses=conflict("Erased or merged volunteer, or an external id belongs to another volunteer"))
+async def update_volunteer(volunteer_id: uuid.UUID, body: VolunteerUpdate, session: SessionDep, scope: VisibilityDep):
+    row = await service.update(session, scope, volunteer_id, body)
+    public = await service.public(session, row)
+    await session.commit()
+    return public
+
+
+@router.delete("/{volunteer_id}", status_code=204, dependencies=[require_scope("registry:write")],
+               summary="Erase a volunteer's personal data (the pseudonymous record stays for statistics)")
+async def erase_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: VisibilityDep):
+    await service.erase(session, scope, volunteer_id)
+    await session.commit()
+    return Response(status_code=204)
+
+
+@router.post("/{volunteer_id}/merge", response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
+             summary="Merge a duplicate into this volunteer (it keeps both records' external ids and enrolments)",
+             responses=conflict("One of the two is erased or already merged"))
+async def merge_volunteers(volunteer_id: uuid.UUID, body: MergeRequest, session: SessionDep, scope: VisibilityDep):
+    survivor = await service.merge(session, scope, volunteer_id, body.duplicate_id)
+    public = await service.public(session, survivor)
+    await session.commit()
+    return public
