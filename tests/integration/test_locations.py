@@ -1,6 +1,7 @@
 """The gazetteer through the gateway: listing and search in both scripts, and the national CSV import."""
 from __future__ import annotations
 
+import asyncio
 import random
 
 import httpx
@@ -202,3 +203,13 @@ async def test_large_import_is_published_in_chunks_of_at_most_1000(admin: httpx.
     assert sizes == [len(rows) - 1000, 1000]
     codes = [loc["code"] for e in events for loc in e["data"]["locations"]]
     assert sorted(codes) == sorted(row.split(",")[0] for row in rows)
+
+
+async def test_concurrent_imports_of_one_file_create_each_entry_once(admin: httpx.AsyncClient):
+    district = await fresh_district(admin)
+    body = csv_body(f"{district},district,D,,{district[:2]}", *(f"{district}{c:02d},commune,C{c},,{district}" for c in range(1, 41)))
+    answers = await asyncio.gather(*(post_csv(admin, body) for _ in range(3)))
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    assert sorted(a.json()["created"] for a in answers if a.status_code == 200)[-1] == 41
+    assert sum(a.json()["created"] for a in answers if a.status_code == 200) == 41
+    assert len(await walk(admin, "/locations", parent=district)) == 40

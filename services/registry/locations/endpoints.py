@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.datastructures import UploadFile
 
 from services.registry.locations import repository, service
-from services.registry.locations.models import LocationLevel, LocationPublic
+from services.registry.locations.models import ImportSummaryPublic, LocationLevel, LocationPublic
 from shared.caller import Caller, require_scope
 from shared.errors import PROBLEM_RESPONSES, ProblemError
 from shared.http import IMPORT_LIMIT
@@ -17,7 +17,7 @@ from shared.service import SessionDep
 
 router = APIRouter(prefix="/locations", tags=["locations"], responses=PROBLEM_RESPONSES)
 
-CodeParam = Annotated[str, Path(pattern=r"^\d{1,8}$", description="Gazetteer code (2, 4, 6 or 8 digits)")]
+CodeParam = Annotated[str, Path(pattern=r"^[0-9]{1,8}$", description="Gazetteer code (2, 4, 6 or 8 digits)")]
 
 _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
@@ -41,7 +41,7 @@ async def list_locations(
     limit: Limit = 50,
     cursor: Cursor = None,
     level: LocationLevel | None = None,
-    parent: Annotated[str | None, Query(pattern=r"^\d{2}(\d{2}){0,2}$", description="Parent code: children of it")] = None,
+    parent: Annotated[str | None, Query(pattern=r"^[0-9]{2}([0-9]{2}){0,2}$", description="Parent code: children of it")] = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200, description="Name, Latin or Khmer script")] = None,
     updated_since: datetime | None = None,
 ):
@@ -67,9 +67,10 @@ async def get_location(code: CodeParam, session: SessionDep):
     return await service.get_location(session, code)
 
 
-@router.post("/import", dependencies=[require_scope("registry:write")], openapi_extra=_IMPORT_BODY,
-             summary="Import districts, communes and villages from CSV")
-async def import_locations(request: Request, session: SessionDep, caller: Caller, dry_run: bool = False) -> dict:
+@router.post("/import", response_model=ImportSummaryPublic, response_model_exclude_none=True,
+             dependencies=[require_scope("registry:write")], openapi_extra=_IMPORT_BODY,
+             summary="Import districts, communes and villages from CSV (national keys)")
+async def import_locations(request: Request, session: SessionDep, caller: Caller, dry_run: bool = False):
     raw = await _csv_bytes(request)
     summary = await service.import_locations(session, caller, service.decode_csv(raw), dry_run=dry_run)
     if not dry_run:

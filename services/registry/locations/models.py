@@ -38,3 +38,21 @@ class LocationPublic(SQLModel):
     parent_code: str | None
     created_at: datetime
     updated_at: datetime
+
+
+class ImportItem(SQLModel):
+    index: int
+    status: str  # created | updated | ignored | error
+    code: str | None = None
+    errors: list[dict] | None = None
+
+
+class ImportSummaryPublic(SQLModel):
+    """DHIS2-like import summary; `index` is the spreadsheet row number (the header is row 1)."""
+
+    created: int
+    updated: int
+    ignored: int
+    errors: int
+    dry_run: bool
+    items: list[ImportItem]

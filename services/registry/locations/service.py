@@ -7,6 +7,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.registry.gazetteer import LocationRow, parse_location_csv
@@ -178,8 +179,14 @@ async def import_locations(session: AsyncSession, caller: CallerContext, text: s
         changed.append(LocationRecord(code=code, level=row["level"], parent_code=parent))
 
     if not dry_run:
-        await repository.insert_many(session, inserts)
-        await repository.update_many(session, updates)
+        try:
+            await repository.insert_many(session, inserts)
+            await repository.update_many(session, updates)
+        except IntegrityError as exc:
+            # Another import added one of these codes since we read the gazetteer.
+            await session.rollback()
+            raise ProblemError(409, "the gazetteer changed during this import (a concurrent import?); send the file again",
+                               slug="concurrent-import") from exc
         for start in range(0, len(changed), EVENT_CHUNK):
             payload = LocationsImported(locations=changed[start:start + EVENT_CHUNK])
             add_event(session, new_event("vmc.locations.imported", GAZETTEER_SUBJECT, payload, request_id_var.get()))

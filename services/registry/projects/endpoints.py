@@ -40,7 +40,7 @@ async def list_projects(
     program_id: uuid.UUID | None = None,
     organization_id: uuid.UUID | None = None,
     focus_area: FocusArea | None = None,
-    location: Annotated[str | None, Query(pattern=r"^\d{2}(\d{2}){0,3}$",
+    location: Annotated[str | None, Query(pattern=r"^[0-9]{2}([0-9]{2}){0,3}$",
                                           description="Gazetteer code: projects in it or in a place below it")] = None,
     updated_since: datetime | None = None,
 ):
