@@ -22,6 +22,9 @@ class GatewaySettings(ServiceSettings):
     # key made on another replica (or with the CLI) takes effect there within this delay.
     key_cache_seconds: float = 2.0
     max_concurrent_per_key: int = 32
+    # Wrong keys one client address may present a minute (bursts up to as many); beyond, that address
+    # is answered 429 for a while, whatever key it sends (guessing keys stays slow).
+    failed_auth_per_minute: int = 30
     # Time limits per route: reads and writes, imports and batches, exports (see proxy.timeout_for).
     upstream_timeout_seconds: float = 30.0
     import_timeout_seconds: float = 300.0
