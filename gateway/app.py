@@ -129,7 +129,7 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
     install_error_handlers(inner)
     inner.include_router(admin_router)
     readiness = UpstreamReadiness(upstreams)
-    merged = MergedOpenApi(inner.openapi, upstreams)
+    merged = MergedOpenApi(lambda: inner.openapi(), upstreams)  # late: annotate_scopes wraps it below
 
     @inner.get("/health", tags=["operations"], summary="Liveness")
     async def health() -> dict:
