@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH ?=
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The docs test renders /api/v1/docs in a real headless Chromium (Debian's package). Installed only
+# for the tests, only when missing, and only where apt-get can (root): `make run` never needs it.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
 run: install
 	$(PY) -m deploy.embedded
 
 # Whole suite on PostgreSQL (when 127.0.0.1:5432 answers), then the integration tests again on SQLite,
 # so both dialects pass on every run.
-test: install
+test: install browser
 	$(PY) -m pytest -q
 	VMC_TEST_DATABASE_URL=sqlite $(PY) -m pytest -q tests/integration
 
