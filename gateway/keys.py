@@ -1,6 +1,7 @@
 """API keys: generated once, stored as an HMAC of the secret part, looked up by a public prefix."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -123,31 +124,45 @@ async def create_key(session: AsyncSession, data: ApiKeyCreate, server_secret: s
 
 
 class KeyStore:
-    """Authenticates keys; a positive or negative answer is cached for `ttl` seconds at most."""
+    """Authenticates keys; a positive or negative answer is cached for `ttl` seconds at most.
+
+    Concurrent requests with a key not in the cache share one database lookup (a partner opening 32
+    connections at once costs one query, not 32 pooled connections).
+    """
 
     def __init__(self, maker: async_sessionmaker[AsyncSession], server_secret: str, ttl: float):
         self._maker = maker
         self._secret = server_secret
         self._ttl = ttl
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._pending: dict[str, asyncio.Task] = {}
 
     def invalidate(self) -> None:
         self._cache.clear()
 
     async def authenticate(self, key: str) -> tuple[CallerContext, ApiKey] | None:
-        now = time.monotonic()
         digest = hash_secret(key, self._secret)  # the cache never holds a key in clear
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             row = cached[1]
         else:
-            row = await self._lookup(key, digest)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self._ttl, row)
+            task = self._pending.get(digest)
+            if task is None:
+                task = asyncio.create_task(self._lookup(key, digest))
+                self._pending[digest] = task
+                task.add_done_callback(lambda done: self._remember(digest, done))
+            row = await asyncio.shield(task)  # one caller going away does not cancel the others' lookup
         if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
             return None
         return CallerContext(str(row.id), row.organization_id, frozenset(row.scopes), row.national), row
+
+    def _remember(self, digest: str, task: asyncio.Task) -> None:
+        self._pending.pop(digest, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + self._ttl, task.result())
 
     async def _lookup(self, key: str, expected: str) -> ApiKey | None:
         parsed = split_key(key)
