@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from contextlib import asynccontextmanager
 from datetime import date, datetime, timezone
 
@@ -157,3 +158,45 @@ async def registry_events(stack, match, count: int = 1, timeout: float = 20.0) -
     assert len(found) >= count, f"found {len(found)} of {count} matching events on {REGISTRY_TOPIC} within {timeout} s"
     # Order across partitions is not defined; by event time it is the order they were made in.
     return sorted(found, key=lambda e: e["time"])[:count]
+
+
+# ---- CSV imports ----------------------------------------------------------------------------------
+IMPORT_HEADER = ("external_system", "external_id", "name_latin", "name_km", "sex", "date_of_birth", "phone", "email",
+                 "residence_province", "residence_commune", "education_level", "disability", "consent_given",
+                 "consent_given_at", "guardian_name", "guardian_relation")
+
+
+def import_row(system: str, n: int, **overrides) -> dict:
+    """Row `n` of a file: alternating sexes and scripts, every third a minor with a guardian,
+    every fourth phone in Khmer digits."""
+    minor = n % 3 == 0
+    # Numbers and Khmer names of one file do not meet another file's (no duplicate pairs across tests).
+    file_tag = zlib.crc32(system.encode())
+    number = f"{(file_tag + n) % 10**7:07d}"
+    phone = f"097 {number[:3]} {number[3:]}"
+    row = {
+        "external_system": system, "external_id": f"{system}-{n}", "name_latin": f"Dara {system} {n}",
+        "name_km": f"ដារា{file_tag}x{n}".translate(KHMER_DIGITS).replace("x", "ក"), "sex": ("female", "Male")[n % 2],
+        "date_of_birth": years_ago(16 if minor else 22, 1 + n % 12, 1 + n % 28),
+        "phone": phone.translate(KHMER_DIGITS) if n % 4 == 0 else phone, "email": "",
+        "residence_province": f"{1 + n % 25:02d}", "residence_commune": "", "education_level": "upper_secondary",
+        "disability": "no", "consent_given": "yes", "consent_given_at": "",
+        "guardian_name": f"Guardian {n}" if minor else "", "guardian_relation": "father" if minor else "",
+    }
+    row.update(overrides)
+    return row
+
+
+def csv_file(rows: list[dict], header: tuple[str, ...] = IMPORT_HEADER, *, bom: bool = True, newline: str = "\n") -> bytes:
+    import csv
+    import io
+
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator=newline)
+    writer.writerow(header)
+    writer.writerows([[row.get(column, "") for column in header] for row in rows])
+    return ("\ufeff" if bom else "").encode() + out.getvalue().encode("utf-8")
+
+
+async def post_import(client: httpx.AsyncClient, body: bytes, **params) -> httpx.Response:
+    return await client.post("/volunteers/import", content=body, params=params, headers={"Content-Type": "text/csv"})

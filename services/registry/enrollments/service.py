@@ -52,7 +52,8 @@ async def enrol(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UUI
     if volunteer.erased:
         raise ProblemError(409, f"volunteer {volunteer.id} was erased and cannot be enrolled", slug="volunteer-erased")
     project = await repository.project(session, data.project_id)
-    if project is None:
+    # A project the key cannot see (another organisation's tree) is answered like one that does not exist.
+    if project is None or not scope.can_see(project.organization_id):
         raise _invalid("project_id", "project not found")
     if project.start_date is not None and data.started_on < project.start_date:
         raise _invalid("started_on", f"before the project's start ({project.start_date.isoformat()})")

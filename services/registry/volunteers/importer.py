@@ -35,7 +35,7 @@ from services.registry.scope import Visibility
 from services.registry.volunteers import repository
 from services.registry.volunteers.models import ImportItem, ImportSummary, VolunteerCreate
 from services.registry.volunteers.rules import PersonFacts, check_person, local_date, local_today
-from services.registry.volunteers.service import commune_errors, name_errors, name_key, statistics_of, volunteer_event
+from services.registry.volunteers.service import commune_errors, name_keys, statistics_of, volunteer_event
 from shared.db import utcnow
 from shared.errors import ProblemError
 from shared.events import CloudEvent
@@ -131,8 +131,24 @@ def _column_of(loc: tuple) -> str:
     return _LOC_TO_COLUMN.get(tuple(loc)) or _LOC_TO_COLUMN.get(tuple(loc[:1])) or str(loc[0])
 
 
-def parse_row(columns: list[str], cells: list[str]) -> tuple[VolunteerCreate | None, list[dict]]:
-    """A row as the wire model (or its errors by column); needs no database."""
+@dataclass(frozen=True)
+class ParsedRow:
+    number: int
+    data: VolunteerCreate
+    latin_key: str | None
+    km_key: str | None
+
+    @property
+    def external(self) -> tuple[str, str] | None:
+        return (self.data.external_ids[0].system, self.data.external_ids[0].id) if self.data.external_ids else None
+
+    @property
+    def identity(self) -> tuple:
+        return self.latin_key, self.km_key, self.data.date_of_birth
+
+
+def parse_row(columns: list[str], number: int, cells: list[str]) -> tuple[ParsedRow | None, list[dict]]:
+    """A row as the wire model with its name keys (or its errors by column); needs no database."""
     errors: list[dict] = []
     if any(cell.strip() for cell in cells[len(columns):]):
         errors.append(_error("row", f"row has {len(cells)} cells but the header has {len(columns)} columns"))
@@ -154,9 +170,9 @@ def parse_row(columns: list[str], cells: list[str]) -> tuple[VolunteerCreate | N
         for err in exc.errors():
             errors.append(_error(_column_of(err["loc"]), err["msg"]))
         return None, errors
-    errors += name_errors(data.name_latin, data.name_km)
-    errors += commune_errors(data.residence_province, data.residence_commune)
-    return (None if errors else data), errors
+    latin_key, km_key, name_errors = name_keys(data.name_latin, data.name_km)
+    errors += name_errors + commune_errors(data.residence_province, data.residence_commune)
+    return (None if errors else ParsedRow(number, data, latin_key, km_key)), errors
 
 
 @dataclass
@@ -222,64 +238,61 @@ class ImportJob:
         now = utcnow()
         today = local_today(now)
         planned = _Planned()
-        parsed: list[tuple[int, VolunteerCreate]] = []
+        parsed: list[ParsedRow] = []
         for number, cells in chunk:
-            data, errors = parse_row(self.columns, cells)
-            if data is not None:
-                errors = self._row_errors(data)
-                errors += [_located(e) for e in check_person(_facts(data), registered_on=today, now=now)]
-                if data.external_ids:
-                    pair = (data.external_ids[0].system, data.external_ids[0].id)
-                    first = self.first_row_of_external_id.setdefault(pair, number)
+            row, errors = parse_row(self.columns, number, cells)
+            if row is not None:
+                errors = self._row_errors(row.data)
+                errors += [_located(e) for e in check_person(_facts(row.data), registered_on=today, now=now)]
+                if row.external is not None:
+                    first = self.first_row_of_external_id.setdefault(row.external, number)
                     if first != number:
                         errors.append(_error("external_id", f"the same external id is already on row {first}"))
             if errors:
                 planned.items.append(ImportItem(index=number, status="error", errors=errors))
             else:
-                parsed.append((number, data))
+                parsed.append(row)
 
-        pairs = {(d.external_ids[0].system, d.external_ids[0].id) for _, d in parsed if d.external_ids}
-        owners = await repository.owners_of_external_ids(session, pairs)
+        owners = await repository.owners_of_external_ids(session, {r.external for r in parsed if r.external})
         existing = await repository.rows_by_ids(session, set(owners.values()))
-        unmatched = [d for _, d in parsed if not d.external_ids]
+        unmatched = [r for r in parsed if r.external is None]
         candidates = await repository.identity_matches(
-            session, self.scope.orgs,
-            {k for d in unmatched if (k := name_key(d.name_latin))}, {k for d in unmatched if (k := name_key(d.name_km))},
+            session, self.scope.orgs, {r.latin_key for r in unmatched if r.latin_key}, {r.km_key for r in unmatched if r.km_key}
         )
         known = {(c["name_latin_key"], c["name_km_key"], c["date_of_birth"]): c["id"] for c in candidates}
 
-        for number, data in parsed:
-            if data.external_ids:
-                owner = owners.get((data.external_ids[0].system, data.external_ids[0].id))
+        for row in parsed:
+            if row.external is not None:
+                owner = owners.get(row.external)
                 if owner is not None:
-                    self._plan_update(planned, number, data, existing.get(owner), now)
+                    self._plan_update(planned, row, existing.get(owner), now)
                     continue
             else:
-                identity = (name_key(data.name_latin), name_key(data.name_km), data.date_of_birth)
-                same = self.identities.get(identity) or planned.identities.get(identity) or known.get(identity)
+                same = self.identities.get(row.identity) or planned.identities.get(row.identity) or known.get(row.identity)
                 if same is not None:
-                    planned.items.append(ImportItem(index=number, status="duplicate", id=same))
+                    planned.items.append(ImportItem(index=row.number, status="duplicate", id=same))
                     continue
-            self._plan_insert(planned, number, data, now)
+            self._plan_insert(planned, row, now)
         planned.items.sort(key=lambda item: item.index)
         return planned
 
-    def _plan_insert(self, planned: _Planned, number: int, data: VolunteerCreate, now: datetime) -> None:
+    def _plan_insert(self, planned: _Planned, row: ParsedRow, now: datetime) -> None:
         volunteer_id = uuid.uuid4()
-        values = {"id": volunteer_id, **_person_values(data, now), "erased": False, "merged_into": None,
+        values = {"id": volunteer_id, **_person_values(row, now), "erased": False, "merged_into": None,
                   "created_at": now, "updated_at": now}
         if values["organization_id"] is None:
             values["organization_id"] = self.scope.caller.organization_id
         planned.inserts.append(values)
-        for external in data.external_ids:
-            planned.external_ids.append({"system": external.system, "external_id": external.id,
+        if row.external is not None:
+            planned.external_ids.append({"system": row.external[0], "external_id": row.external[1],
                                          "volunteer_id": volunteer_id, "created_at": now})
-        if not data.external_ids:
-            planned.identities[(values["name_latin_key"], values["name_km_key"], data.date_of_birth)] = volunteer_id
+        else:
+            planned.identities[row.identity] = volunteer_id
         planned.events.append(volunteer_event("vmc.volunteer.registered", values))
-        planned.items.append(ImportItem(index=number, status="created", id=volunteer_id))
+        planned.items.append(ImportItem(index=row.number, status="created", id=volunteer_id))
 
-    def _plan_update(self, planned: _Planned, number: int, data: VolunteerCreate, current: dict | None, now: datetime) -> None:
+    def _plan_update(self, planned: _Planned, row: ParsedRow, current: dict | None, now: datetime) -> None:
+        number, data = row.number, row.data
         if current is None or not self.scope.can_see(current["organization_id"]):
             planned.items.append(ImportItem(index=number, status="error", errors=[
                 _error("external_id", "this external id belongs to a volunteer of another organisation")]))
@@ -288,7 +301,7 @@ class ImportJob:
             planned.items.append(ImportItem(index=number, status="error", errors=[
                 _error("external_id", "this external id belongs to an erased or merged volunteer")]))
             return
-        given = _person_values(data, now)
+        given = _person_values(row, now)
         new = dict(current)
         for name in repository.PERSON_COLUMNS:
             if _column_in_file(name, self.columns):
@@ -302,7 +315,8 @@ class ImportJob:
             PersonFacts(new["date_of_birth"], new["consent_given"], new["consent_given_at"],
                         new["guardian_name"], new["guardian_relation"]),
             registered_on=local_date(current["created_at"]), now=now)]
-        errors += name_errors(new["name_latin"], new["name_km"])
+        if new["name_latin"] is None and new["name_km"] is None:
+            errors.append(_error("name_latin", "name_latin or name_km is required (the file empties the name this volunteer has)"))
         if errors:
             planned.items.append(ImportItem(index=number, status="error", errors=errors))
             return
@@ -360,11 +374,10 @@ def _column_in_file(name: str, columns: list[str]) -> bool:
     return name in columns
 
 
-def _person_values(data: VolunteerCreate, now: datetime) -> dict:
-    c = data.consent
+def _person_values(row: ParsedRow, now: datetime) -> dict:
+    data, c = row.data, row.data.consent
     return {
-        "name_latin": data.name_latin, "name_km": data.name_km,
-        "name_latin_key": name_key(data.name_latin), "name_km_key": name_key(data.name_km),
+        "name_latin": data.name_latin, "name_km": data.name_km, "name_latin_key": row.latin_key, "name_km_key": row.km_key,
         "sex": data.sex, "date_of_birth": data.date_of_birth, "phone": data.phone, "email": data.email,
         "residence_province": data.residence_province, "residence_commune": data.residence_commune,
         "education_level": data.education_level, "disability": data.disability,

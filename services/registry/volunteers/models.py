@@ -191,7 +191,7 @@ class _PersonFields(_Input):
 
 
 class VolunteerCreate(_PersonFields):
-    """At least one of the names is required: checked with the other rules (service.name_errors)."""
+    """At least one of the names is required: checked with the other rules (service.name_keys)."""
 
     name_latin: str | None = Field(default=None, max_length=NAME_MAX)
     name_km: str | None = Field(default=None, max_length=NAME_MAX)

@@ -53,19 +53,15 @@ def volunteer_event(type_: str, row: Volunteer | dict) -> CloudEvent:
 
 # ---- validation helpers shared with the importer ----------------------------------------------
 
-def name_key(name: str | None) -> str | None:
-    return (normalize_name(name) or None) if name is not None else None
-
-
-def name_errors(name_latin: str | None, name_km: str | None) -> list[dict]:
-    """At least one name, and each name must hold something searchable (not only punctuation)."""
+def name_keys(name_latin: str | None, name_km: str | None) -> tuple[str | None, str | None, list[dict]]:
+    """The search keys of both names, and errors: at least one name, each with something searchable in it."""
     if name_latin is None and name_km is None:
-        return [{"loc": ["name_latin"], "msg": "name_latin or name_km is required"}]
-    return [
-        {"loc": [field], "msg": "must contain letters"}
-        for field, value in (("name_latin", name_latin), ("name_km", name_km))
-        if value is not None and not normalize_name(value)
-    ]
+        return None, None, [{"loc": ["name_latin"], "msg": "name_latin or name_km is required"}]
+    latin_key = normalize_name(name_latin) if name_latin is not None else None
+    km_key = normalize_name(name_km) if name_km is not None else None
+    errors = [{"loc": [field], "msg": "must contain letters"}
+              for field, key in (("name_latin", latin_key), ("name_km", km_key)) if key == ""]
+    return latin_key or None, km_key or None, errors
 
 
 def commune_errors(province: str, commune: str | None) -> list[dict]:
@@ -183,7 +179,7 @@ async def register(session: AsyncSession, scope: Visibility, data: VolunteerCrea
     org_id = data.organization_id or scope.caller.organization_id
     now = utcnow()
     consent = data.consent
-    errors = name_errors(data.name_latin, data.name_km)
+    latin_key, km_key, errors = name_keys(data.name_latin, data.name_km)
     errors += check_person(
         PersonFacts(data.date_of_birth, consent.given, consent.given_at, consent.guardian_name, consent.guardian_relation),
         registered_on=local_today(now), now=now,
@@ -196,7 +192,7 @@ async def register(session: AsyncSession, scope: Visibility, data: VolunteerCrea
     await _claim_external_ids(session, scope, pairs, owner=None)
     row = Volunteer(
         **data.model_dump(exclude={"consent", "external_ids", "organization_id"}),
-        name_latin_key=name_key(data.name_latin), name_km_key=name_key(data.name_km), organization_id=org_id,
+        name_latin_key=latin_key, name_km_key=km_key, organization_id=org_id,
         consent_given=consent.given, consent_given_at=consent.given_at or now,
         guardian_name=consent.guardian_name, guardian_relation=consent.guardian_relation,
         created_at=now, updated_at=now,
@@ -223,7 +219,7 @@ async def update(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UU
     state = {name: getattr(row, name) for name in repository.PERSON_COLUMNS}
     state.update(changes)
     state.update({f"consent_{k}" if k in ("given", "given_at") else k: v for k, v in consent.items()})
-    errors = name_errors(state["name_latin"], state["name_km"])
+    state["name_latin_key"], state["name_km_key"], errors = name_keys(state["name_latin"], state["name_km"])
     errors += check_person(
         PersonFacts(state["date_of_birth"], state["consent_given"], state["consent_given_at"],
                     state["guardian_name"], state["guardian_relation"]),
@@ -238,7 +234,6 @@ async def update(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UU
 
     before = statistics_of(row)
     changed = False
-    state["name_latin_key"], state["name_km_key"] = name_key(state["name_latin"]), name_key(state["name_km"])
     for name, value in state.items():
         if getattr(row, name) != value:
             setattr(row, name, value)
