@@ -34,7 +34,8 @@ _ERRORS = {
     503: "The service behind this route is unavailable (retry after `Retry-After` seconds)",
     504: "The service behind this route did not answer in time",
 }
-_BODY_ERRORS = {413: "The body is too large (JSON 2 MiB, CSV imports 50 MiB)", 415: "Unsupported media type"}
+_BODY_ERRORS = {400: "The body cannot be parsed (not JSON, or not UTF-8)",
+                413: "The body is too large (JSON 2 MiB, CSV imports 50 MiB)", 415: "Unsupported media type"}
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 DESCRIPTION = f"""The public API of VMC Connect, the integration backend of Cambodia's national youth
@@ -83,6 +84,8 @@ def _document_operation(path: str, operation: dict) -> None:
     errors = dict(_ERRORS)
     if "requestBody" in operation:
         errors.update(_BODY_ERRORS)
+    if any(str(p.get("name", "")).lower() == "idempotency-key" for p in operation.get("parameters", [])):
+        errors[409] = "This Idempotency-Key was already used with another request body"
     for status, description in errors.items():
         existing = responses.get(str(status))
         if existing is None:
@@ -151,23 +154,29 @@ def _problem_schema() -> dict:
 
 
 class MergedOpenApi:
-    """Fetches the services' documents once (again later if one was missing) and keeps the merge."""
+    """Fetches the services' documents and keeps the merge: for 5 minutes, or 5 s while one is missing."""
 
-    def __init__(self, gateway_doc, upstreams: dict[str, str], retry_seconds: float = 5.0):
+    def __init__(self, gateway_doc, upstreams: dict[str, str], retry_seconds: float = 5.0, max_age_seconds: float = 300.0):
         self._gateway_doc = gateway_doc  # a callable: the gateway app's own openapi()
         self._upstreams = upstreams
         self._retry_seconds = retry_seconds
+        self._max_age_seconds = max_age_seconds  # services redeployed with new routes show up within this
         self._document: dict | None = None
         self._complete = False
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
 
+    def _fresh(self) -> bool:
+        if self._document is None:
+            return False
+        age = time.monotonic() - self._fetched_at
+        return age < (self._max_age_seconds if self._complete else self._retry_seconds)
+
     async def get(self, session: aiohttp.ClientSession) -> dict:
-        if self._document is not None and (self._complete or time.monotonic() - self._fetched_at < self._retry_seconds):
-            return self._document
-        async with self._lock:
-            if self._document is None or not self._complete:
-                await self._refresh(session)
+        if not self._fresh():
+            async with self._lock:
+                if not self._fresh():
+                    await self._refresh(session)
         assert self._document is not None
         return self._document
 

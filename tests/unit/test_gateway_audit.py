@@ -1,9 +1,15 @@
 """Which proxied requests the audit trail records, and as what (never the personal data itself)."""
 from __future__ import annotations
 
-import pytest
+import uuid
 
-from gateway.audit import classify
+import pytest
+from sqlalchemy import text
+
+from gateway.audit import AuditWriter, classify, entry
+from gateway.migrations import MIGRATIONS
+from shared.caller import CallerContext
+from shared.db import make_engine, make_sessionmaker, migrate
 
 VID = "0b6f7a8e-2f7e-4c55-9a39-6f2f1a0f4b11"
 
@@ -35,3 +41,20 @@ def test_classify(method, path, expected):
 
 def test_analytics_as_csv_is_an_export():
     assert classify("GET", "/api/v1/analytics/hours", scope(b"text/csv")) == ("analytics.export", "analytics/hours")
+
+
+async def test_queued_entries_are_written_in_batches_and_flushed_at_shutdown(tmp_path):
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    try:
+        await migrate(engine, MIGRATIONS)
+        writer = AuditWriter(make_sessionmaker(engine), batch_size=7)
+        caller = CallerContext(str(uuid.uuid4()), uuid.uuid4(), frozenset({"registry:read"}))
+        writer.start()
+        for i in range(20):  # queued without waiting: the hot path never awaits the database
+            writer.record(entry(caller, "abcd1234", "volunteer.read", f"volunteers/{i}", 200))
+        await writer.stop()
+        async with engine.connect() as conn:
+            stored = (await conn.execute(text("SELECT count(*), count(DISTINCT object) FROM audit_events"))).one()
+        assert tuple(stored) == (20, 20)
+    finally:
+        await engine.dispose()
