@@ -12,7 +12,7 @@ from bench import gateway_overhead, registrations, volunteer_import
 from bench.stack import machine, machine_busy
 from bench.stats import format_table, merge_results
 
-# name → module with a docstring and `run() -> {figure: value}`
+# name → module with a docstring and `run(quick) -> {figure: value}`
 BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, registrations, volunteer_import)}
 RESULTS = Path(__file__).with_name("results.json")
 BUSY_WARNING = 0.15
@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-save", action="store_true", help="print the figures without writing results.json")
+    parser.add_argument("--quick", action="store_true", help="short runs to check that everything works (not saved)")
     parser.add_argument("--show", action="store_true", help="print results.json as Markdown tables (for the README); run nothing")
     args = parser.parse_args(argv)
     if args.show:
@@ -39,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         busy = machine_busy()
         if busy > BUSY_WARNING:
             print(f"warning: the machine is {busy:.0%} busy before the benchmark starts: figures will be low and noisy", flush=True)
-        figures = BENCHMARKS[name].run()
+        figures = BENCHMARKS[name].run(quick=args.quick)
         print(format_table(name, figures))
         print(f"({time.monotonic() - began:.0f} s)", flush=True)
-        if not args.no_save:
+        if not (args.no_save or args.quick):
             existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
             date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
             RESULTS.write_text(json.dumps(merge_results(existing, name, figures, where, date), indent=2, ensure_ascii=False) + "\n")

@@ -38,6 +38,7 @@ class LoadResult:
     failures: int  # non-2xx/3xx answers plus socket errors and timeouts
     p50_ms: float
     p99_ms: float
+    first_failure: str = ""  # what the first failed answer said, if any
 
     @property
     def rps(self) -> float:
@@ -80,20 +81,36 @@ def wrk_script(load: Load) -> str:
     elif load.body is not None:
         lines.append(f"wrk.body = {_lua_string(load.body)}")
     lines += [
+        # Only the first failed answer is kept (in the thread's Lua state), to say what went wrong.
+        "threads = {}",
+        "setup = function(thread) table.insert(threads, thread) end",
+        "response = function(status, headers, body)",
+        '  if status >= 400 and first_failure == nil then first_failure = status .. " " .. (body or ""):sub(1, 300) end',
+        "end",
         "done = function(summary, latency, requests)",
         "  local e = summary.errors",
         '  io.write(string.format("BENCH-RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,',
         "    e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))",
+        "  for _, thread in ipairs(threads) do",
+        '    local failure = thread:get("first_failure")',
+        '    if failure then io.write("BENCH-FAILURE " .. failure:gsub("\\n", " ") .. "\\n") end',
+        "  end",
+        '  io.write(string.format("BENCH-SOCKET-ERRORS connect %d, read %d, write %d, timeout %d\\n",',
+        "    e.connect, e.read, e.write, e.timeout))",
         "end",
     ]
     return "\n".join(lines) + "\n"
 
 
 def parse_wrk(output: str) -> LoadResult:
-    for line in output.splitlines():
+    lines = output.splitlines()
+    for line in lines:
         if line.startswith("BENCH-RESULT "):
             requests, duration_us, failures, p50_us, p99_us = (int(x) for x in line.split()[1:])
-            return LoadResult(requests, duration_us / 1e6, failures, p50_us / 1000, p99_us / 1000)
+            failure = next((x.split(" ", 1)[1] for x in lines if x.startswith("BENCH-FAILURE ")), "")
+            if failures and not failure:
+                failure = next((x.split(" ", 1)[1] for x in lines if x.startswith("BENCH-SOCKET-ERRORS ")), "")
+            return LoadResult(requests, duration_us / 1e6, failures, p50_us / 1000, p99_us / 1000, failure)
     raise RuntimeError(f"wrk printed no result:\n{output}")
 
 

@@ -21,6 +21,7 @@ async def generate(spec: dict) -> dict:
     counter = [int(spec.get("first", 0))]
     latencies: list[float] = []
     failures = 0
+    first_failure = ""
 
     def next_body() -> bytes | None:
         if template is None:
@@ -29,15 +30,17 @@ async def generate(spec: dict) -> dict:
         return template.replace("{n}", f"{counter[0]:08d}").encode()
 
     async def client(session: aiohttp.ClientSession, deadline: float) -> None:
-        nonlocal failures
+        nonlocal failures, first_failure
         while (start := time.perf_counter()) < deadline:
             try:
                 async with session.request(method, url, data=next_body(), headers=spec["headers"]) as response:
-                    await response.read()
+                    answer = await response.read()
                     if response.status >= 400:
                         failures += 1
-            except aiohttp.ClientError:
+                        first_failure = first_failure or f"{response.status} {answer[:300].decode(errors='replace')}"
+            except aiohttp.ClientError as exc:
                 failures += 1
+                first_failure = first_failure or repr(exc)
             latencies.append(time.perf_counter() - start)
 
     connector = aiohttp.TCPConnector(limit=connections, force_close=False)
@@ -53,6 +56,7 @@ async def generate(spec: dict) -> dict:
         "failures": failures,
         "p50_ms": percentile(latencies, 50) * 1000 if latencies else 0.0,
         "p99_ms": percentile(latencies, 99) * 1000 if latencies else 0.0,
+        "first_failure": first_failure,
     }
 
 

@@ -1,7 +1,8 @@
 """The system under test: the test harness's Stack (broker, services, gateway as real processes).
 
-Benchmarks start one stack per database, with the gateway's rate limit raised so that the limiter
-is still on the path (it is part of what the gateway costs) but never refuses a benchmark request.
+Benchmarks start one stack per database, with the gateway's rate limit and per-key concurrency cap
+raised so that the limiters are still on the path (they are part of what the gateway costs) but
+never refuse a benchmark request.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import platform
 import socket
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +25,13 @@ from shared.caller import SCOPES, CallerContext, encode_caller
 from tests.harness import Broker, Databases, Stack, new_workdir, pg_server_url, remove_workdir
 
 DATABASES = ("postgresql", "sqlite")
-BENCH_ENV = {"VMC_RATE_LIMIT_PER_MINUTE": "100000000", "VMC_LOG_LEVEL": "WARNING"}
+BENCH_ENV = {
+    "VMC_RATE_LIMIT_PER_MINUTE": "100000000",
+    # The per-key cap (32) counts a request until its handler returns, after the answer is sent: a
+    # client with 32 keep-alive connections that sends again at once gets 429s. Twice the clients.
+    "VMC_GATEWAY_MAX_CONCURRENT_PER_KEY": "64",
+    "VMC_LOG_LEVEL": "WARNING",
+}
 
 
 def postgresql_reachable() -> bool:
@@ -57,6 +65,9 @@ def running_stack(database: str) -> Iterator[Stack]:
         stack = Stack(broker=broker, workdir=workdir, databases=databases, extra_env=dict(BENCH_ENV))
         stack.start()
         yield stack
+    except BaseException:
+        print_errors(workdir)
+        raise
     finally:
         if stack is not None:
             stack.close()
@@ -67,6 +78,14 @@ def running_stack(database: str) -> Iterator[Stack]:
             os.environ.pop("VMC_TEST_DATABASE_URL", None)
         else:
             os.environ["VMC_TEST_DATABASE_URL"] = saved
+
+
+def print_errors(workdir: Path, lines: int = 5) -> None:
+    """The last error records of each process, before its logs are removed with the stack."""
+    for log in sorted(workdir.glob("*.log")):
+        errors = [line for line in log.read_text(errors="replace").splitlines() if '"level":"error"' in line or "Traceback" in line]
+        for line in errors[-lines:]:
+            print(f"{log.stem}: {line[:2000]}", file=sys.stderr)
 
 
 def gateway_headers(stack: Stack) -> dict[str, str]:

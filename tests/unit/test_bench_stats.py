@@ -92,9 +92,18 @@ def test_parse_wrk_reads_the_result_line():
     output = "Running 5s test @ http://h\n  1 threads\nBENCH-RESULT 10000 5000000 3 450 2100\n"
     result = parse_wrk(output)
     assert result == LoadResult(requests=10000, seconds=5.0, failures=3, p50_ms=0.45, p99_ms=2.1)
+    assert result.first_failure == ""
     assert result.rps == 2000
     with pytest.raises(RuntimeError):
         parse_wrk("Running 5s test\n")
+
+
+def test_parse_wrk_says_what_the_first_failure_was():
+    answered = parse_wrk("BENCH-RESULT 10 1000000 2 450 2100\nBENCH-FAILURE 429 {\"status\":429}\n"
+                         "BENCH-SOCKET-ERRORS connect 0, read 0, write 0, timeout 0\n")
+    assert answered.failures == 2 and answered.first_failure == '429 {"status":429}'
+    timed_out = parse_wrk("BENCH-RESULT 10 1000000 1 450 2100\nBENCH-SOCKET-ERRORS connect 0, read 0, write 0, timeout 1\n")
+    assert timed_out.first_failure == "connect 0, read 0, write 0, timeout 1"
 
 
 def test_volunteer_bodies_differ_per_request_and_keep_a_valid_phone():
