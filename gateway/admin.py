@@ -20,7 +20,14 @@ router = APIRouter(prefix="/api/v1/admin", tags=["administration"], responses=PR
 
 
 async def admin_caller(request: Request) -> CallerContext:
-    caller = await request.app.state.proxy.authenticate(request.scope)
+    """The authenticated admin caller, counted against its key's rate limit like any request."""
+    proxy = request.app.state.proxy
+    caller = await proxy.authenticate(request.scope)
+    decision = await proxy.limiter.hit(caller.key_id, request.scope["state"]["key_rate_limit"])
+    if not decision.allowed:
+        proxy.metrics.rate_limited.labels("rate").inc()
+        raise ProblemError(429, f"rate limit of {decision.limit} requests a minute exceeded",
+                           headers={k.decode(): v.decode() for k, v in decision.headers()})
     caller.require("admin")
     return caller
 

@@ -9,6 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from gateway.keys import ApiKey
@@ -117,3 +118,30 @@ async def test_cli_key_works_on_the_running_gateway_and_revocation_bites_within_
 
     audit = (await admin.get("/admin/audit-events", params={"actor": "cli", "object": f"api-keys/{created['id']}"})).json()
     assert sorted(e["action"] for e in audit["items"]) == ["api_key.create", "api_key.revoke"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"scopes": ["registry:read", "root"]}, "scopes"),
+        ({"scopes": []}, "scopes"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+        ({"expires_at": "2030-01-01T00:00:00"}, "expires_at"),
+        ({"rate_limit_per_minute": 0}, "rate_limit_per_minute"),
+        ({"organization_id": "GDY"}, "organization_id"),
+        ({"key_hash": "0" * 64}, "key_hash"),
+    ],
+)
+async def test_bad_key_requests_are_422_naming_the_field(admin, overrides, field):
+    answer = await admin.post("/admin/api-keys", json=key_body(**overrides))
+    assert answer.status_code == 422 and answer.headers["content-type"] == "application/problem+json"
+    assert any(field in err["loc"] for err in answer.json()["errors"]), answer.json()
+
+
+async def test_admin_routes_count_against_the_keys_rate_limit(stack, admin):
+    body = (await admin.post("/admin/api-keys", json=key_body(scopes=["admin"], rate_limit_per_minute=2))).json()
+    async with httpx.AsyncClient(base_url=stack.api, headers={"Authorization": f"Bearer {body['key']}"}) as client:
+        statuses = [(await client.get("/admin/api-keys")).status_code for _ in range(3)]
+        refused = await client.get("/admin/audit-events")
+    assert statuses == [200, 200, 429]
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
