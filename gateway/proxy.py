@@ -10,8 +10,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import aiohttp
+import yarl
 from starlette.types import Receive, Scope, Send
 
 from gateway.audit import AuditWriter, classify, entry
@@ -137,7 +139,8 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         owner = owner_of(path)
-        if owner is None:
+        # Dot segments (plain or percent-encoded) would climb out of /api/v1 to a service's internal routes.
+        if owner is None or any(segment in (".", "..") for segment in path.split("/")):
             raise ProblemError(404, f"no such route: {path}")
         caller = await self.authenticate(scope)
         decision = await self.limiter.hit(caller.key_id, scope["state"]["key_rate_limit"])
@@ -195,9 +198,11 @@ class Proxy:
                    if k not in _DROP_REQUEST and not k.startswith(b"x-vmc-")]
         headers.extend(encode_caller(caller, self.settings.internal_secret).items())
         headers.append(("x-request-id", request_id_var.get() or ""))
-        url = self.upstreams[owner] + scope["path"]
+        # The path as the client encoded it: decoded, %3F, %23 or %2F would change the query or the route.
+        raw = (scope.get("raw_path") or quote(scope["path"]).encode()).decode("latin-1")
         if scope.get("query_string"):
-            url += "?" + scope["query_string"].decode("latin-1")
+            raw += "?" + scope["query_string"].decode("latin-1")
+        url = yarl.URL(self.upstreams[owner] + raw, encoded=True)
         total = timeout_for(self.settings, method, scope["path"])
         timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.settings.connect_timeout_seconds)
         # Retries are bounded to one, for idempotent methods only, and never after a timeout (the work

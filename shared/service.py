@@ -140,6 +140,8 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
+        # A trailing-slash redirect would point clients at the service's own (internal) address.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.metrics = metrics
