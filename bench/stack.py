@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import socket
 import sqlite3
 import sys
 import time
@@ -34,35 +33,19 @@ BENCH_ENV = {
 }
 
 
-def postgresql_reachable() -> bool:
-    host, port = "127.0.0.1", 5432
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def running_stack(database: str) -> Iterator[Stack]:
-    """A fresh stack on `database` ('postgresql' or 'sqlite'), stopped and its databases dropped after."""
+    """A fresh stack on `database` ('postgresql' or 'sqlite'), stopped and its databases dropped after.
+
+    PostgreSQL is the server of VMC_TEST_DATABASE_URL, else 127.0.0.1:5432 (as for the tests).
+    """
     if database not in DATABASES:
         raise ValueError(f"database must be one of {DATABASES}")
-    if database == "postgresql" and not os.environ.get("VMC_TEST_DATABASE_URL", "").startswith("postgres") \
-            and not postgresql_reachable():
-        raise RuntimeError("PostgreSQL is not reachable at 127.0.0.1:5432 (set VMC_TEST_DATABASE_URL)")
-    # tests.harness.Databases chooses by VMC_TEST_DATABASE_URL when constructed.
-    saved = os.environ.get("VMC_TEST_DATABASE_URL")
-    if database == "sqlite":
-        os.environ["VMC_TEST_DATABASE_URL"] = "sqlite"
-    elif not (saved or "").startswith("postgres"):
-        os.environ["VMC_TEST_DATABASE_URL"] = pg_server_url()
     workdir = new_workdir()
     broker = stack = None
     try:
-        databases = Databases(workdir)
         broker = Broker(workdir)
-        stack = Stack(broker=broker, workdir=workdir, databases=databases, extra_env=dict(BENCH_ENV))
+        stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir, database), extra_env=dict(BENCH_ENV))
         stack.start()
         yield stack
     except BaseException:
@@ -74,10 +57,6 @@ def running_stack(database: str) -> Iterator[Stack]:
         if broker is not None:
             broker.close()
         remove_workdir(workdir)
-        if saved is None:
-            os.environ.pop("VMC_TEST_DATABASE_URL", None)
-        else:
-            os.environ["VMC_TEST_DATABASE_URL"] = saved
 
 
 def print_errors(workdir: Path, lines: int = 5) -> None:

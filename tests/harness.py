@@ -57,8 +57,8 @@ def pg_server_url() -> str:
 class Databases:
     """Fresh databases, one per component, created on demand and dropped at close."""
 
-    def __init__(self, workdir: Path):
-        self.mode = database_mode()
+    def __init__(self, workdir: Path, mode: str | None = None):
+        self.mode = mode or database_mode()  # 'postgresql' or 'sqlite'; bench/ runs both in one process
         self.workdir = workdir
         self.created: list[str] = []
         self.tag = "vmct_" + secrets.token_hex(4)
