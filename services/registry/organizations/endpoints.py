@@ -4,10 +4,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from sqlalchemy import select
 
-from services.registry.organizations.models import Organization, OrganizationCreate, OrganizationPublic, OrganizationUpdate
+from services.registry.organizations.models import (
+    Organization, OrganizationCreate, OrganizationKind, OrganizationPublic, OrganizationUpdate,
+)
 from services.registry.organizations import service
 from services.registry.scope import VisibilityDep
 from shared.caller import require_scope
@@ -38,7 +40,7 @@ async def list_organizations(
     limit: Limit = 50,
     cursor: Cursor = None,
     parent_id: uuid.UUID | None = None,
-    kind: str | None = Query(default=None, max_length=50),
+    kind: OrganizationKind | None = None,  # an unknown kind is a 422 naming the allowed ones
     updated_since: datetime | None = None,
 ):
     query = select(Organization)
