@@ -220,8 +220,12 @@ KINDS: dict[str, Kind] = {
 
 @pytest.fixture(scope="module")
 async def world(stack: Stack):
-    async with client(stack, stack.admin_key) as admin:
-        gdy = (await admin.get("/organizations", params={"limit": 1})).json()["items"][0]["id"]
+    async with client(stack, stack.admin_key) as bootstrap:
+        gdy = (await bootstrap.get("/organizations", params={"limit": 1})).json()["items"][0]["id"]
+        # A national admin key of its own, limited high: these tests send hundreds of requests and must
+        # not spend the bootstrap key's budget that other tests share.
+        national = (await new_key(bootstrap, gdy, national=True, rate_limit_per_minute=1_000_000))["key"]
+    async with client(stack, national) as admin:
         parent = (await admin.post("/organizations", json={"name": unique("P"), "kind": "ngo", "parent_id": gdy})).json()["id"]
         a = (await admin.post("/organizations", json={"name": unique("A"), "kind": "ngo", "parent_id": parent})).json()["id"]
         b = (await admin.post("/organizations", json={"name": unique("B"), "kind": "ngo", "parent_id": parent})).json()["id"]
@@ -280,10 +284,10 @@ async def test_api1_every_route_with_an_id_hides_other_organisations_objects(wor
     assert not failures, "\n".join(failures)
 
 
-async def _all_pages(c: httpx.AsyncClient, path: str, pages: int = 40) -> list[dict]:
+async def _all_pages(c: httpx.AsyncClient, path: str, pages: int = 40, **filters: str) -> list[dict]:
     items, cursor = [], None
     for _ in range(pages):
-        answer = await c.get(path, params={"limit": 500, **({"cursor": cursor} if cursor else {})})
+        answer = await c.get(path, params={"limit": 500, **filters, **({"cursor": cursor} if cursor else {})})
         assert answer.status_code == 200, f"GET {path}: {answer.status_code} {answer.text[:300]}"
         page = answer.json()
         items.extend(page["items"])
@@ -350,35 +354,77 @@ async def test_api1_filters_naming_another_organisations_object_reveal_nothing(w
     assert not failures, "\n".join(failures)
 
 
+def batch_item_schema(op: Operation) -> dict | None:
+    """The schema of one item when the body is a batch `{"items": [...]}`, else None."""
+    items = op.resolve((op.json_body_schema() or {}).get("properties", {}).get("items", {}))
+    item = op.resolve(items.get("items", {})) if items.get("type") == "array" else {}
+    return item if item.get("properties") else None
+
+
 async def test_api1_bodies_cannot_point_at_another_organisations_objects(world: World):
-    """A body naming B's organisation, volunteer or project (create, enrol, merge, move) is refused
-    with a 404 or a 422, and nothing is created in B's tree."""
+    """A body (or a batch item) naming B's organisation, volunteer or project — create, enrol, merge,
+    move — is refused: a 404 or 422, or in a batch that item's error."""
     w = world
     owned_a, owned_b = await w.all_owned(w.a), await w.all_owned(w.b)
     failures, covered = [], []
     async with client(w.stack, w.keys["a"]) as as_a:
         for op in [op for op in w.routes if op.method in ("POST", "PUT", "PATCH") and op.json_body_schema()]:
-            schema = op.json_body_schema() or {}
+            if op.path.startswith("/admin/"):
+                continue  # API keys: the organisation rules are test_api5_*
             if any(resource_kind(op, p) not in KINDS or KINDS[resource_kind(op, p)].public for p in op.path_params):
                 continue  # unknown kinds fail test_api1_every_route_*; national data is not A's to change
-            properties = schema.get("properties", {})
-            for name in sorted(set(properties) & set(REFERENCE_FIELDS)):
+            item_schema = batch_item_schema(op)
+            target = item_schema or op.json_body_schema() or {}
+            for name in sorted(set(target.get("properties", {})) & set(REFERENCE_FIELDS)):
                 kind = REFERENCE_FIELDS[name]
                 if kind not in owned_b:
                     continue
-                if op.path.startswith("/admin/"):
-                    continue  # API keys: organisation rules tested in test_api5_*
                 values = await path_values(w, op, w.a)
-                body = example_body(op, w.filler(owned_a, w.a))
+                body = example_body(op, w.filler(owned_a, w.a), target)
                 body[name] = owned_b[kind] if kind != "organizations" else w.b
-                answer = await as_a.request(op.method, op.url(values), json=body)
-                where = f"{op} with {name}=<B's {kind}>"
-                if answer.status_code not in (404, 422):
+                answer = await as_a.request(op.method, op.url(values), json={"items": [body]} if item_schema else body)
+                where = f"{op} with {'an item' if item_schema else 'a body'} naming {name}=<B's {kind}>"
+                if item_schema and answer.status_code == 200:
+                    item = answer.json()["items"][0]
+                    if item["status"] != "error":
+                        failures.append(f"{where}: item {item}")
+                elif answer.status_code not in (404, 422):
                     failures.append(f"{where}: {answer.status_code} (want 404 or 422) {answer.text[:200]}")
                 covered.append(where)
     print("\nbody references covered:\n  " + "\n  ".join(covered))
     assert covered, "no body field references another object: the route table looks empty"
     assert not failures, "\n".join(failures)
+
+
+# CSV rows per import route: one the caller's own organisation may hold, one naming another's.
+def _volunteer_rows(mine: str, theirs: str) -> bytes:
+    tag = uuid.uuid4().hex[:8]
+    rows = ["name_latin,sex,date_of_birth,residence_province,consent_given,organization_id",
+            f"Mine Row{tag},female,2000-01-01,12,true,{mine}", f"Theirs Row{tag},male,2000-01-01,12,true,{theirs}"]
+    return "\n".join(rows).encode()
+
+
+IMPORT_ROWS: dict[str, Callable[[str, str], bytes]] = {"/volunteers/import": _volunteer_rows}
+
+
+async def test_api1_import_rows_cannot_land_in_another_organisation(world: World):
+    """A's import file with a row for B: that row (3, as a spreadsheet numbers it) is an error naming
+    organization_id, A's row is created, and B's tree is unchanged."""
+    w = world
+    imports = [op for op in w.routes if op.method == "POST" and op.path.endswith("/import") and op.path not in ("/locations/import",)]
+    assert imports, "no import routes in the OpenAPI documents"
+    async with client(w.stack, w.keys["a"]) as as_a:
+        for op in imports:
+            assert op.path in IMPORT_ROWS, f"{op}: add rows for this import to IMPORT_ROWS"
+            before = len(await _all_pages(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
+            answer = await as_a.post(op.path, content=IMPORT_ROWS[op.path](w.a, w.b), headers={"Content-Type": "text/csv"})
+            assert answer.status_code == 200, answer.text
+            summary = answer.json()
+            assert (summary["created"], summary["errors"]) == (1, 1), summary
+            row = next(i for i in summary["items"] if i["index"] == 3)
+            assert row["status"] == "error" and "organization_id" in {str(p) for e in row["errors"] for p in e["loc"]}, row
+            after = len(await _all_pages(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
+            assert after == before, f"{op}: B's tree grew by {after - before}"
 
 
 async def test_organisation_isolation_ancestors_and_national_keys_read_down_the_tree(world: World):
