@@ -112,7 +112,11 @@ async def get_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: Vis
     return await service.public(session, await service.get_visible(session, scope, volunteer_id))
 
 
-@router.patch("/{volunteer_id}", response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
+# PATCH and merge answer with the whole person: a write-only key must not read one back through them.
+READ_WRITE = [require_scope("registry:write"), require_scope("registry:read")]
+
+
+@router.patch("/{volunteer_id}", response_model=VolunteerPublic, dependencies=READ_WRITE,
               summary="Change some fields (null clears an optional one; external_ids replaces the list)",
               responses=conflict("Erased or merged volunteer, or an external id belongs to another volunteer"))
 async def update_volunteer(volunteer_id: uuid.UUID, body: VolunteerUpdate, session: SessionDep, scope: VisibilityDep):
@@ -130,7 +134,7 @@ async def erase_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: V
     return Response(status_code=204)
 
 
-@router.post("/{volunteer_id}/merge", response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
+@router.post("/{volunteer_id}/merge", response_model=VolunteerPublic, dependencies=READ_WRITE,
              summary="Merge a duplicate into this volunteer (it keeps both records' external ids and enrolments)",
              responses=conflict("One of the two is erased or already merged"))
 async def merge_volunteers(volunteer_id: uuid.UUID, body: MergeRequest, session: SessionDep, scope: VisibilityDep):
