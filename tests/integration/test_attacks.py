@@ -138,6 +138,8 @@ class World:
                 return owned[REFERENCE_FIELDS[name]]
             if name == "program_id" and ("programs", None) in self.objects:
                 return self.objects[("programs", None)]
+            if name == "activity_type" and ("activity-types", None) in self.objects:
+                return self.objects[("activity-types", None)]
             if name in ("location_code", "residence_province"):
                 return "12"
             if name in ("location_codes", "province_codes"):
@@ -190,6 +192,20 @@ async def _enrollment(w: World, org: str) -> str:
                          {"project_id": project, "role": "member", "started_on": "2026-01-15"}))["id"]
 
 
+async def _activity_type(w: World, org: str) -> str:
+    listed = (await w.admin.get("/activity-types")).json()
+    return (listed["items"] if isinstance(listed, dict) else listed)[0]["code"]
+
+
+async def _activity(w: World, org: str) -> str:
+    await w.owned("enrollments", org)  # the volunteer takes part in the project
+    body = {"volunteer_id": await w.owned("volunteers", org), "project_id": await w.owned("projects", org),
+            "activity_type": await w.owned("activity-types", None), "date": "2026-02-02", "hours": 2,
+            "location_code": "12", "beneficiaries": {"female": 1, "male": 1, "other": 0, "children": 0},
+            "description": "attack fixture", "client_reference": unique("ref")}
+    return (await w.post("/activities", body))["id"]
+
+
 async def _api_key(w: World, org: str) -> str:
     return (await new_key(w.admin, org, ["registry:read"]))["id"]
 
@@ -212,7 +228,9 @@ KINDS: dict[str, Kind] = {
     "volunteers": Kind("volunteers", _volunteer),
     "projects": Kind("projects", _project),
     "enrollments": Kind("enrollments", _enrollment),
+    "activities": Kind("activities", _activity),
     "api-keys": Kind("admin", _api_key),
+    "activity-types": Kind("activity-types", _activity_type, public="the catalogue of activity types is national"),
     "programs": Kind("programs", _program, public="programmes are national: every key reads them, national keys create them"),
     "locations": Kind("locations", _location, public="the gazetteer is public reference data, the same for everyone"),
 }
@@ -579,10 +597,11 @@ async def test_api3_a_key_without_registry_read_never_sees_personal_data(world: 
     key = (await new_key(w.admin, w.a, [s for s in SCOPES if s != "registry:read"]))["key"]
     failures, checked = [], []
     async with client(w.stack, key) as c:
-        for op in [op for op in w.routes if op.method == "GET"]:
+        # Reads, and empty updates (a write-only key must not read a person back through PATCH).
+        for op in [op for op in w.routes if op.method == "GET" or (op.method == "PATCH" and op.path_params)]:
             values = {p: await w.owned(resource_kind(op, p), w.a) for p in op.path_params}
-            answer = await c.get(op.url(values))
-            if op.path.startswith(("/volunteers", "/enrollments")) and answer.status_code != 403:
+            answer = await c.request(op.method, op.url(values), json={} if op.method == "PATCH" else None)
+            if op.method == "GET" and op.path.startswith(("/volunteers", "/enrollments")) and answer.status_code != 403:
                 failures.append(f"{op}: {answer.status_code} (want 403 without registry:read)")
             leaked = [s for s in secrets_ if s in answer.text]
             if leaked:
