@@ -95,7 +95,7 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging("gateway", settings.log_level)
-        engine = make_engine(settings.resolved_database_url())
+        engine = make_engine(settings.resolved_database_url(), pool_size=settings.database_pool_size)
         await migrate(engine, MIGRATIONS)
         maker = make_sessionmaker(engine)
         app.state.engine, app.state.maker = engine, maker

@@ -90,7 +90,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(spec.name, settings.log_level)
-        engine = make_engine(settings.resolved_database_url())
+        engine = make_engine(settings.resolved_database_url(), pool_size=settings.database_pool_size)
         await migrate(engine, spec.migrations)
         maker: async_sessionmaker[AsyncSession] = make_sessionmaker(engine)
         app.state.engine, app.state.maker = engine, maker

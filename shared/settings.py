@@ -51,6 +51,7 @@ class ServiceSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = 8001
     database_url: str = ""
+    database_pool_size: int = 10  # PostgreSQL connections kept per process (+5 overflow)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
