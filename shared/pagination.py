@@ -32,7 +32,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         stamp, id_ = orjson.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(stamp), uuid.UUID(id_)
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None:  # never one of ours (they are UTC); a naive time cannot be compared
+            raise ValueError("cursor time without an offset")
+        return moment, uuid.UUID(id_)
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise ProblemError(422, "invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from exc
 

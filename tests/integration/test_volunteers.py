@@ -60,6 +60,10 @@ BAD_INPUT = [
     ("unknown consent field", {"consent": {"given": True, "signed": True}}, ["body", "consent", "signed"]),
     ("minor without a guardian", {"date_of_birth": years_ago(15), "consent": {"given": True}},
      ["body", "consent", "guardian_name"]),
+    ("consent time in the future", {"consent": {"given": True, "given_at": "2999-01-01T00:00:00Z"}}, ["body", "consent", "given_at"]),
+    ("consent time out of range", {"consent": {"given": True, "given_at": "9999-12-31T23:59:59-14:00"}},
+     ["body", "consent", "given_at"]),
+    ("a NUL in a name", {"name_latin": "Sok\u0000ha"}, ["body", "name_latin"]),
     ("bad email", {"email": "sokha at example.org"}, ["body", "email"]),
     ("unknown education level", {"education_level": "phd"}, ["body", "education_level"]),
     ("unknown organisation", {"organization_id": str(uuid.uuid4())}, ["body", "organization_id"]),
@@ -96,6 +100,23 @@ async def test_idempotency_key_replays_a_registration(admin: httpx.AsyncClient):
     assert_problem(await admin.post("/volunteers", json={**body, "sex": "male"}, headers={"Idempotency-Key": key}), 409)
     external = body["external_ids"][0]
     assert len(await walk(admin, "/volunteers", external_system=external["system"], external_id=external["id"])) == 1
+
+
+BAD_QUERIES = [
+    ({"external_system": "ngo\u0000"}, ["query", "external_system"]),
+    ({"updated_since": "9999-12-31T23:59:59-14:00"}, ["query", "updated_since"]),
+    ({"updated_since": "yesterday"}, ["query", "updated_since"]),
+    ({"province": "១២"}, ["query", "province"]),
+    ({"organization_id": "org-1"}, ["query", "organization_id"]),
+    ({"limit": 0}, ["query", "limit"]),
+    # A cursor holding a time without an offset (never one of ours).
+    ({"cursor": "WyIyMDIwLTAxLTAxVDAwOjAwOjAwIiwiMDAwMDAwMDAtMDAwMC00MDAwLTgwMDAtMDAwMDAwMDAwMDAxIl0"}, ["query", "cursor"]),
+]
+
+
+@pytest.mark.parametrize(("params", "loc"), BAD_QUERIES, ids=[str(p) for p, _ in BAD_QUERIES])
+async def test_bad_query_parameters_are_a_422_naming_them(admin: httpx.AsyncClient, params: dict, loc: list):
+    assert_problem(await admin.get("/volunteers", params=params), 422, loc)
 
 
 # ---- search, filters, pagination ----------------------------------------------------------------

@@ -1,8 +1,9 @@
 """HTTP surface of volunteers: CRUD, search, duplicates, merge, erasure and CSV import."""
 from __future__ import annotations
 
+import unicodedata
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,6 +13,7 @@ from services.registry.volunteers import importer, service
 from services.registry.volunteers.models import (
     DuplicatePair, ImportSummary, MergeRequest, VolunteerCreate, VolunteerPublic, VolunteerUpdate,
 )
+from services.registry.volunteers.rules import as_utc
 from shared.caller import require_scope
 from shared.errors import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from shared.idempotency import IdempotencyDep
@@ -25,11 +27,22 @@ def conflict(description: str) -> dict:
     return {409: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": description}}
 
 
-def as_utc_query(moment: datetime | None) -> datetime | None:
-    """`updated_since` without an offset is read as UTC (naive times cannot be compared)."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
+def as_utc_query(moment: datetime | None, name: str = "updated_since") -> datetime | None:
+    """A time query parameter in UTC; one without an offset is read as UTC (naive times cannot be compared)."""
+    if moment is None:
+        return None
+    try:
+        return as_utc(moment)
+    except ValueError as exc:
+        raise ProblemError(422, f"{name}: {exc}", errors=[{"loc": ["query", name], "msg": str(exc)}]) from exc
+
+
+def text_query(value: str | None, name: str) -> str | None:
+    """Free-text query parameters refuse control characters (PostgreSQL cannot even compare a NUL)."""
+    if value is not None and any(unicodedata.category(ch) == "Cc" for ch in value):
+        raise ProblemError(422, f"{name}: control characters are not allowed",
+                           errors=[{"loc": ["query", name], "msg": "control characters are not allowed"}])
+    return value
 
 
 @router.post("", status_code=201, response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
@@ -64,7 +77,8 @@ async def list_volunteers(
     return await service.search(
         session, scope, limit, cursor, q,
         organization_id=organization_id, province=province, program_id=program_id, project_id=project_id,
-        external_system=external_system, external_id=external_id, updated_since=as_utc_query(updated_since),
+        external_system=text_query(external_system, "external_system"), external_id=text_query(external_id, "external_id"),
+        updated_since=as_utc_query(updated_since),
     )
 
 

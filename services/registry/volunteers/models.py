@@ -84,6 +84,13 @@ def _clean(value: str | None) -> str | None:
         raise PydanticCustomError("text", str(exc)) from exc
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    try:
+        return None if value is None else as_utc(value)
+    except ValueError as exc:
+        raise PydanticCustomError("datetime", str(exc)) from exc
+
+
 def _code(value: str | None, digits: int, level: str) -> str | None:
     # isascii: str.isdigit alone accepts Khmer digits, which gazetteer codes never use.
     if value is not None and not (len(value) == digits and value.isascii() and value.isdigit()):
@@ -121,7 +128,7 @@ class ConsentIn(_Input):
     @field_validator("given_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        return _utc(value)
 
 
 class ConsentUpdate(_Input):
@@ -138,7 +145,7 @@ class ConsentUpdate(_Input):
     @field_validator("given_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else as_utc(value)
+        return _utc(value)
 
 
 class _PersonFields(_Input):

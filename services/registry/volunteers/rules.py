@@ -85,8 +85,16 @@ def check_person(facts: PersonFacts, registered_on: date, now: datetime | None =
 
 
 def as_utc(moment: datetime) -> datetime:
-    """Times without an offset are taken as UTC (the wire format is RFC 3339 UTC)."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    """Times without an offset are taken as UTC (the wire format is RFC 3339 UTC).
+
+    Raises ValueError for a time that has no UTC equivalent (year 9999 at -14:00 is past year 9999).
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError as exc:
+        raise ValueError("time out of range") from exc
 
 
 def is_plausible_email(value: str) -> bool:
