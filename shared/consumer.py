@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
@@ -161,13 +161,22 @@ class EventConsumer:
                 error = exc
                 break
             except Exception as exc:  # noqa: BLE001 - retried a bounded number of times, then dead-lettered
+                if isinstance(exc, TRANSIENT) or not await self._database_reachable():
+                    # The database (not the message) is at fault: stop without committing the offset;
+                    # the consumer restarts with a backoff and the message is delivered again. A
+                    # database refusing connections raises a plain DBAPIError, hence the probe.
+                    raise
                 error = exc
                 await asyncio.sleep(self._retry_delay * (attempt + 1))
-        if isinstance(error, TRANSIENT):
-            # The database (not the message) is at fault: stop without committing the offset; the
-            # consumer restarts with a backoff and the message is delivered again.
-            raise error
         await self._dead_letter(message, error)
+
+    async def _database_reachable(self) -> bool:
+        try:
+            async with self._maker() as session:
+                await session.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the database is away
+            return False
 
     async def _apply(self, messages: list[ConsumerRecord], raise_on_error: bool) -> None:
         events: list[tuple[CloudEvent, Payload | None]] = []
