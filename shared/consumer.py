@@ -123,6 +123,7 @@ class EventConsumer:
                 await asyncio.sleep(delay)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        partitions: dict[str, int] = {}
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             self.healthy = True
@@ -134,6 +135,19 @@ class EventConsumer:
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(
                         max(0, highwater - (messages[-1].offset + 1))
                     )
+            self._check_partitions(consumer, partitions)
+
+    def _check_partitions(self, consumer: AIOKafkaConsumer, known: dict[str, int]) -> None:
+        """Restart when a topic's partition count changed (an empty broker re-created the topic).
+
+        Tansu hands a member that rejoins in the same generation its previous assignment, so the
+        new partitions would never be read; a new member gets a fresh assignment."""
+        for topic in self.topics:
+            count = len(consumer.partitions_for_topic(topic) or ())
+            if count and known.get(topic, count) != count:
+                raise RuntimeError(f"{topic} now has {count} partitions, not {known[topic]}: rejoining as a new member")
+            if count:
+                known[topic] = count
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
