@@ -14,7 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import func, select, text
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import router as admin_router
@@ -155,7 +155,7 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
             return {"status": "ready", **body}
         return problem_response(503, "not ready: the gateway database is unreachable", extra=body)
 
-    @inner.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @inner.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def metrics_route():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
