@@ -224,6 +224,9 @@ class Gateway:
             except ProblemError as exc:
                 headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
                 await send_problem(send, exc.status, exc.detail or "", headers, slug=exc.slug, title=exc.title)
+            except Exception:  # noqa: BLE001 - a bug still answers problem+json (no trace), and is logged
+                log.exception("unhandled error on a proxied route")
+                await send_problem(send, 500, "an unexpected error occurred; it has been logged with this request id")
             return
         await self.inner(scope, receive, send)
 

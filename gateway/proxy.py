@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import aiohttp
 import yarl
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from gateway.audit import AuditWriter, classify, entry
@@ -107,7 +108,11 @@ class Proxy:
         blocked_for = self._auth_blocked.get(address, 0.0) - time.monotonic()
         if blocked_for > 0:
             raise self._throttled(math.ceil(blocked_for))
-        found = await self.keys.authenticate(auth[7:].strip())
+        try:
+            found = await self.keys.authenticate(auth[7:].strip())
+        except (OSError, SQLAlchemyError) as exc:  # the key database is away: say so, retryable
+            log.warning("API keys cannot be checked", extra={"error": repr(exc)})
+            raise ProblemError(503, "API keys cannot be checked right now; retry shortly", headers={"Retry-After": "1"}) from None
         if found is None:
             await self._failed_authentication(address)
             raise ProblemError(401, "invalid, expired or revoked API key", slug="unauthenticated",
