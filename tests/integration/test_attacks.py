@@ -988,3 +988,20 @@ async def test_api8_paths_cannot_reach_a_services_internal_routes(world: World, 
     assert headers["content-type"].startswith(PROBLEM)
     assert "location" not in headers
     assert b"vmc_http_requests_total" not in body and b'"openapi"' not in body
+
+
+async def test_api8_the_key_database_away_is_a_503_problem(stack: Stack):
+    """With its key database unreachable, the gateway answers a retryable 503 problem, not a crash."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    from tests.gateway_inprocess import running_gateway, settings_for
+
+    dead = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    try:
+        async with running_gateway(settings_for(stack)) as (app, c):
+            app.state.keys._maker = async_sessionmaker(dead)
+            answer = await c.get("/api/v1/organizations", headers={"Authorization": f"Bearer vmc_{uuid.uuid4().hex[:8]}_{uuid.uuid4().hex}"})
+            assert_problem(answer, 503)
+            assert answer.headers["retry-after"] == "1" and "Traceback" not in answer.text
+    finally:
+        await dead.dispose()
