@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench import gateway_overhead, registrations, volunteer_import
 from bench.stack import machine, machine_busy
-from bench.stats import format_table, merge_results
+from bench.stats import METADATA, format_table, merge_results
 
 # name → module with a docstring and `run(quick) -> {figure: value}`
 BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, registrations, volunteer_import)}
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"({time.monotonic() - began:.0f} s)", flush=True)
         if not (args.no_save or args.quick):
             existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            date = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-            RESULTS.write_text(json.dumps(merge_results(existing, name, figures, where, date), indent=2, ensure_ascii=False) + "\n")
+            run = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "machine_busy_before": round(busy, 2)}
+            RESULTS.write_text(json.dumps(merge_results(existing, name, figures, where, run), indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -55,8 +55,10 @@ def show(results: dict) -> str:
     lines = [f"Measured on {where['cpus']} × {where['cpu']}, {where['memory_gib']} GiB, {where['os']}, Python {where['python']}, "
              f"PostgreSQL {where['postgresql']}, SQLite {where['sqlite']}; load from {where['load_generator']} on the same machine."]
     for name, figures in results.items():
-        if name not in ("machine", "date", "dates"):
-            lines += ["", f"{name} ({results['dates'].get(name, '?')})", "", format_table(name, figures)]
+        if name not in METADATA:
+            run = results["runs"].get(name, {})
+            lines += ["", f"{name} ({run.get('date', '?')}; machine {run.get('machine_busy_before', 0):.0%} busy before)", "",
+                      format_table(name, figures)]
     return "\n".join(lines)
 
 

@@ -76,15 +76,18 @@ def format_table(name: str, figures: dict[str, object]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
-def merge_results(existing: dict, name: str, figures: dict[str, object], machine: dict, date: str) -> dict:
+def merge_results(existing: dict, name: str, figures: dict[str, object], machine: dict, run: dict) -> dict:
     """results.json after a run of benchmark `name`.
 
-    Figures measured on another machine are dropped rather than mixed into one table; each
-    benchmark keeps the date it was measured (`dates`), `date` is the latest run.
+    `run` says when and in what conditions it ran (`date`, `machine_busy_before`); `date` at the top
+    is the latest run. Figures measured on another machine are dropped rather than mixed into one table.
     """
     same_machine = existing.get("machine") == machine
-    merged = {key: value for key, value in existing.items() if same_machine and key not in ("machine", "date", "dates")}
-    dates = dict(existing.get("dates", {})) if same_machine else {}
+    merged = {key: value for key, value in existing.items() if same_machine and key not in METADATA}
+    runs = dict(existing.get("runs", {})) if same_machine else {}
     merged[name] = figures
-    dates[name] = date
-    return {"machine": machine, "date": date, "dates": dict(sorted(dates.items())), **dict(sorted(merged.items()))}
+    runs[name] = run
+    return {"machine": machine, "date": run["date"], "runs": dict(sorted(runs.items())), **dict(sorted(merged.items()))}
+
+
+METADATA = ("machine", "date", "runs")

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench.__main__ import show
 from bench.load import Load, LoadResult, parse_wrk, wrk_script
 from bench.payloads import IMPORT_COLUMNS, fill, volunteer_csv, volunteer_template
 from bench.stats import figure, format_table, format_value, merge_results, percentile
@@ -63,20 +64,30 @@ def test_table_of_plain_figures_is_one_row_named_after_the_benchmark():
     assert [c.strip() for c in lines[2].strip("|").split("|")] == ["rebuild", "33,000", "30.3"]
 
 
+def run_at(date: str) -> dict:
+    return {"date": date, "machine_busy_before": 0.02}
+
+
 def test_merge_keeps_other_benchmarks_of_the_same_machine():
-    first = merge_results({}, "registrations", {"postgresql | registrations/s": 700}, MACHINE, "2026-03-01T10:00Z")
-    second = merge_results(first, "gateway_overhead", {"added p50 ms": 0.2}, MACHINE, "2026-03-02T10:00Z")
+    first = merge_results({}, "registrations", {"postgresql | registrations/s": 700}, MACHINE, run_at("2026-03-01T10:00Z"))
+    second = merge_results(first, "gateway_overhead", {"added p50 ms": 0.2}, MACHINE, run_at("2026-03-02T10:00Z"))
     assert second["registrations"] == {"postgresql | registrations/s": 700}
     assert second["gateway_overhead"] == {"added p50 ms": 0.2}
     assert second["date"] == "2026-03-02T10:00Z"
-    assert second["dates"] == {"gateway_overhead": "2026-03-02T10:00Z", "registrations": "2026-03-01T10:00Z"}
+    assert second["runs"] == {"gateway_overhead": run_at("2026-03-02T10:00Z"), "registrations": run_at("2026-03-01T10:00Z")}
     assert second["machine"] == MACHINE
 
 
+def test_merge_replaces_a_benchmarks_figures_when_it_runs_again():
+    first = merge_results({}, "registrations", {"a": 1, "b": 2}, MACHINE, run_at("2026-03-01T10:00Z"))
+    again = merge_results(first, "registrations", {"a": 3}, MACHINE, run_at("2026-03-02T10:00Z"))
+    assert again["registrations"] == {"a": 3} and again["runs"]["registrations"]["date"] == "2026-03-02T10:00Z"
+
+
 def test_merge_drops_figures_from_another_machine():
-    old = merge_results({}, "registrations", {"x": 1}, {**MACHINE, "cpus": 8}, "2026-03-01T10:00Z")
-    new = merge_results(old, "gateway_overhead", {"y": 2}, MACHINE, "2026-03-02T10:00Z")
-    assert "registrations" not in new and new["dates"] == {"gateway_overhead": "2026-03-02T10:00Z"}
+    old = merge_results({}, "registrations", {"x": 1}, {**MACHINE, "cpus": 8}, run_at("2026-03-01T10:00Z"))
+    new = merge_results(old, "gateway_overhead", {"y": 2}, MACHINE, run_at("2026-03-02T10:00Z"))
+    assert "registrations" not in new and list(new["runs"]) == ["gateway_overhead"]
 
 
 def test_wrk_script_sets_headers_and_numbers_each_body():
@@ -121,3 +132,11 @@ def test_import_file_has_the_contract_header_and_distinct_valid_rows():
     assert len(phones) == 1000 and len({row["external_id"] for row in rows}) == 1000
     minors = [row for row in rows if row["guardian_name"]]
     assert minors and all(row["guardian_relation"] for row in minors)
+
+
+def test_show_renders_the_results_file_for_the_readme():
+    results = merge_results({}, "registrations", {figure("postgresql", "registrations/s"): 700}, MACHINE, run_at("2026-03-01T10:00Z"))
+    shown = show({**results, "machine": {**MACHINE, "os": "Linux", "python": "3.11", "postgresql": "15", "sqlite": "3.40",
+                                         "load_generator": "wrk"}})
+    assert "2 × AMD EPYC" in shown and "registrations (2026-03-01T10:00Z; machine 2% busy before)" in shown
+    assert "| postgresql    |             700 |" in shown
