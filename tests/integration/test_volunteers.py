@@ -8,7 +8,7 @@ import pytest
 
 from tests.harness import unique
 from tests.integration.volunteer_factories import (
-    KHMER_DIGITS, SREI, SREI_TYPED_OUT_OF_ORDER, assert_problem, create_org, create_project, e164, khmer_tag,
+    KHMER_DIGITS, SREI, SREI_TYPED_OUT_OF_ORDER, assert_problem, create_org, create_project, khmer_tag,
     minor_body, org_key, personal_strings, register, registry_events, volunteer_body, walk, years_ago,
 )
 

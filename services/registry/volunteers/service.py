@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import date, datetime
+from datetime import datetime
 
 import orjson
 from sqlalchemy.exc import IntegrityError
@@ -331,8 +331,3 @@ async def duplicates(session: AsyncSession, scope: Visibility, limit: int, curso
     rows = await repository.by_ids(session, {v for pair in pairs for v in pair})
     items = [DuplicatePair(volunteer_ids=[a, b], reasons=duplicate_reasons(rows[a], rows[b])) for a, b in pairs]
     return {"items": items, "next_cursor": _encode_pair(pairs[-1]) if more and pairs else None}
-
-
-def registered_on(row: Volunteer | dict) -> date:
-    created = row["created_at"] if isinstance(row, dict) else row.created_at
-    return local_date(created)
