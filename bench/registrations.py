@@ -24,11 +24,12 @@ def run(quick: bool = False) -> dict[str, float]:
         with running_stack(database) as stack:
             body = volunteer_template(secrets.token_hex(3))
             headers = {**gateway_headers(stack), "Content-Type": "application/json"}
-            for first, duration in ((0, WARMUP_SECONDS), (1_000_000, seconds)):
+            for first, duration in ((0, WARMUP_SECONDS), (1_000_000, seconds)):  # the warm-up, then the figures
                 settle(stack)
                 result = run_load(Load(stack.api + "/volunteers", CLIENTS, duration, "POST", headers, body, first))
-            if result.failures:
-                raise RuntimeError(f"registrations on {database}: {result.failures} failed requests, the first: {result.first_failure}")
+                if result.failures:
+                    raise RuntimeError(f"registrations on {database}: {result.failures} failed requests, "
+                                       f"the first: {result.first_failure}")
             figures[figure(database, "registrations/s")] = round(result.rps)
             figures[figure(database, "p50 ms")] = round(result.p50_ms, 2)
             figures[figure(database, "p99 ms")] = round(result.p99_ms, 2)
