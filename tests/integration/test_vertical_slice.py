@@ -77,3 +77,14 @@ async def test_generated_request_id_is_echoed_in_problems(anonymous: httpx.Async
     body = response.json()
     assert body["request_id"] == response.headers["x-request-id"]
     assert body["status"] == 401 and body["type"].startswith("urn:vmc:problem:")
+
+
+async def test_patch_cannot_null_required_fields(admin: httpx.AsyncClient):
+    org = (await admin.post("/organizations", json={"name": unique("ngo"), "kind": "ngo", "province_codes": ["12"]})).json()
+    for field in ("kind", "province_codes"):
+        response = await admin.patch(f"/organizations/{org['id']}", json={field: None})
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"] == [{"loc": ["body", field], "msg": "cannot be null"}]
+    both_names = await admin.patch(f"/organizations/{org['id']}", json={"name": None})
+    assert both_names.status_code == 422  # it has no Khmer name: a nameless organisation is refused
+    assert (await admin.get(f"/organizations/{org['id']}")).json() == org

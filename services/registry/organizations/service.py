@@ -72,8 +72,9 @@ async def get_visible(session: AsyncSession, scope: Visibility, org_id: uuid.UUI
 async def update_organization(session: AsyncSession, scope: Visibility, org_id: uuid.UUID, data: OrganizationUpdate) -> Organization:
     org = await get_visible(session, scope, org_id)
     changes = data.model_dump(exclude_unset=True)
-    if "kind" in changes and changes["kind"] is None:
-        raise ProblemError(422, "kind cannot be null", errors=[{"loc": ["body", "kind"], "msg": "cannot be null"}])
+    for required in ("kind", "province_codes"):
+        if required in changes and changes[required] is None:
+            raise ProblemError(422, f"{required} cannot be null", errors=[{"loc": ["body", required], "msg": "cannot be null"}])
     if "parent_id" in changes:
         new_parent = changes["parent_id"]
         if org.id == scope.caller.organization_id and not scope.caller.national:
