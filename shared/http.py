@@ -1,6 +1,7 @@
 """Pure ASGI middleware shared by the services and the gateway: request ids, limits, metrics, origin."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from shared.caller import CALLER_HEADER, SIGNATURE_HEADER, decode_caller
 from shared.errors import ProblemError, problem_body, PROBLEM_JSON
 from shared.logs import request_id_var
 from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 JSON_LIMIT = 2 * 1024 * 1024
 IMPORT_LIMIT = 50 * 1024 * 1024
@@ -78,11 +81,13 @@ class RequestContextMiddleware:
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status_holder = [500]
+        started: list[bool] = []
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                started.append(True)
                 message["headers"] = list(message.get("headers", [])) + [rid_header]
             await send(message)
 
@@ -109,6 +114,14 @@ class RequestContextMiddleware:
             except ProblemError as exc:  # raised while the app was still reading the body
                 status_holder[0] = exc.status
                 await send_problem(send, exc.status, exc.detail or "", [rid_header])
+            except Exception:
+                # Handled here, not by Starlette's outermost handler, so that the answer and the log line
+                # still carry the request id (the outer handler runs after it is reset).
+                if started:
+                    raise
+                log.exception("unhandled error")
+                status_holder[0] = 500
+                await send_problem(send, 500, "an unexpected error occurred; it has been logged with this request id", [rid_header])
         finally:
             route = self.route_of(scope)
             method = scope["method"]
