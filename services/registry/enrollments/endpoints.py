@@ -55,7 +55,8 @@ async def get_enrollment(enrollment_id: uuid.UUID, session: SessionDep, scope: V
 
 
 @router.post("/enrollments/{enrollment_id}/end", response_model=EnrollmentPublic, dependencies=[require_scope("registry:write")],
-             summary="End an enrolment")
+             summary="End an enrolment",
+             responses={409: PROBLEM_RESPONSES[404] | {"description": "The enrolment has already ended"}})
 async def end_enrollment(enrollment_id: uuid.UUID, body: EnrollmentEnd, session: SessionDep, scope: VisibilityDep):
     row = await service.end(session, scope, enrollment_id, body)
     public = EnrollmentPublic.model_validate(row, from_attributes=True)
