@@ -1005,3 +1005,28 @@ async def test_api8_the_key_database_away_is_a_503_problem(stack: Stack):
             assert answer.headers["retry-after"] == "1" and "Traceback" not in answer.text
     finally:
         await dead.dispose()
+
+
+async def test_api8_an_unexpected_error_is_a_500_problem_with_its_request_id():
+    """A bug in a route: the answer is a problem without internals, carrying the request id that the
+    log line carries too (so support can find it)."""
+    from fastapi import FastAPI
+
+    from shared.errors import install_error_handlers
+    from shared.http import RequestContextMiddleware
+    from shared.metrics import Metrics
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=Metrics("attack-test"))
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("internal detail /srv/secret.py line 42")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service.test") as c:
+        answer = await c.get("/boom", headers={"X-Request-ID": "attack-500"})
+    body = assert_problem(answer, 500)
+    assert body["request_id"] == answer.headers["x-request-id"] == "attack-500"
+    assert "secret" not in answer.text and "RuntimeError" not in answer.text
