@@ -29,7 +29,6 @@ from tests.harness import Stack, unique
 from tests.integration.openapi_routes import MISSING, Operation, example_body, route_table
 
 PROBLEM = "application/problem+json"
-WRITES = ("POST", "PUT", "PATCH", "DELETE")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -103,9 +102,6 @@ class World:
     routes: list[Operation]
     objects: dict[tuple[str, str | None], str] = field(default_factory=dict)
     people: dict[str, dict] = field(default_factory=dict)  # volunteer id → the body it was created with
-
-    def has(self, method: str, path: str) -> bool:
-        return any(op.method == method and op.path == path for op in self.routes)
 
     def collection_exists(self, collection: str) -> bool:
         return any(op.path.strip("/").split("/")[0] == collection or f"/{collection}" in op.path for op in self.routes)
