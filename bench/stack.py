@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.load import generator_name
 from services.registry.settings import GDY_ORGANIZATION_ID
 from shared.caller import SCOPES, CallerContext, encode_caller
 from tests.harness import Broker, Databases, Stack, new_workdir, pg_server_url, remove_workdir
@@ -118,25 +119,15 @@ def machine_busy(window: float = 1.0) -> float:
 
 
 def machine() -> dict:
-    """What the figures were measured on."""
-    cpu = "unknown"
-    memory_gib = 0.0
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:  # not Linux: keep what platform knows
-        cpu = platform.processor() or cpu
-    from bench.load import generator_name
-
+    """What the figures were measured on (Linux: the harness reads /proc throughout)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.machine())
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    memory_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
     return {
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)),
         "cpu": cpu,
-        "memory_gib": memory_gib,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "postgresql": postgresql_version(),
