@@ -24,8 +24,8 @@ from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.harness import Stack
 
-SECONDS = 5
-ROUNDS = 3
+SECONDS = 4
+ROUNDS = 5
 WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
 VIAS = ("direct", "gateway")
