@@ -153,20 +153,22 @@ def scoped_app() -> FastAPI:
     return app
 
 
+# Headers are made when the test runs: contexts signed at collection time expire (60 s) before a
+# whole-suite run reaches the unit tests.
 @pytest.mark.parametrize(
     "headers, status",
     [
-        ({}, 401),
-        (encode_caller(caller(("registry:read",)), SECRET), 403),
-        (encode_caller(caller(("registry:write",)), "wrong-secret"), 401),
-        (encode_caller(caller(("registry:write",)), SECRET), 200),
+        (lambda: {}, 401),
+        (lambda: encode_caller(caller(("registry:read",)), SECRET), 403),
+        (lambda: encode_caller(caller(("registry:write",)), "wrong-secret"), 401),
+        (lambda: encode_caller(caller(("registry:write",)), SECRET), 200),
     ],
     ids=["no-context", "missing-scope", "forged", "allowed"],
 )
 async def test_require_scope_guards_a_route(headers, status):
     transport = httpx.ASGITransport(app=scoped_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
-        response = await client.get("/write", headers=headers)
+        response = await client.get("/write", headers=headers())
     assert response.status_code == status, response.text
     if status != 200:
         assert response.headers["content-type"] == "application/problem+json"
