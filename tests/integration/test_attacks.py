@@ -532,6 +532,7 @@ async def test_api2_timing_does_not_reveal_whether_a_key_prefix_exists(world: Wo
                     unknown.append(await timed(c, uuid.uuid4().hex[:8]))
         a, b = statistics.median(real), statistics.median(unknown)
         verdicts.append((a * 1000, b * 1000))
+        print(f"\nwrong-key medians (ms): real prefix {a * 1000:.2f}, unknown prefix {b * 1000:.2f}")
         if abs(a - b) < max(0.002, 0.3 * max(a, b)):
             return
     raise AssertionError(f"medians (ms) real prefix vs unknown prefix differ in every round: {verdicts}")
