@@ -49,11 +49,24 @@ def _decide(tokens: float, limit: int, allowed: bool) -> Decision:
 class LocalRateLimiter:
     """In-process buckets: right for one gateway replica (the embedded default)."""
 
+    # Buckets idle this long are full again and can be forgotten (bounds memory under many
+    # addresses hitting the failed-authentication bucket).
+    PRUNE_AFTER_SECONDS = 120.0
+
     def __init__(self):
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._pruned_at = time.monotonic()
+
+    def _prune(self, now: float) -> None:
+        if now - self._pruned_at < self.PRUNE_AFTER_SECONDS:
+            return
+        self._pruned_at = now
+        cutoff = now - self.PRUNE_AFTER_SECONDS
+        self._buckets = {key: bucket for key, bucket in self._buckets.items() if bucket[1] >= cutoff}
 
     async def hit(self, key_id: str, limit: int) -> Decision:
         now = time.monotonic()
+        self._prune(now)
         tokens, stamp = self._buckets.get(key_id, (float(limit), now))
         tokens = min(float(limit), tokens + (now - stamp) * limit / 60.0)
         allowed = tokens >= 1.0

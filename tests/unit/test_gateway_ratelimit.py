@@ -69,3 +69,18 @@ def test_concurrency_cap_is_per_key_and_released():
     assert cap.acquire("b")
     cap.release("a")
     assert cap.acquire("a")
+
+
+async def test_local_buckets_idle_long_enough_are_forgotten(monkeypatch):
+    from gateway import ratelimit
+
+    clock = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock[0])
+    limiter = ratelimit.LocalRateLimiter()
+    for address in range(100):
+        await limiter.hit(f"auth-failures:10.0.0.{address}", 30)
+    assert len(limiter._buckets) == 100
+    clock[0] += limiter.PRUNE_AFTER_SECONDS + 1
+    decision = await limiter.hit("key-a", 5)
+    assert decision.allowed and decision.remaining == 4
+    assert list(limiter._buckets) == ["key-a"]
