@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy import select, text
@@ -47,6 +47,27 @@ TABLES = [ProcessedEvent.__table__]
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+class _Membership(ConsumerRebalanceListener):
+    """Counts rebalances so that an offset read before one is never committed after it.
+
+    After a rebalance the partition may belong to another member, or (Tansu on memory storage
+    restarted empty) the offset may belong to a log that no longer exists: aiokafka retries a
+    commit with the member id it has *now*, and committing such an offset would skip as many new
+    messages. Not committing only means a redelivery, which the processed-events record absorbs."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.pending: asyncio.Future | None = None
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        self.generation += 1
+        if self.pending is not None:
+            self.pending.cancel()
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        return None
+
+
 class _Poison(Exception):
     """A message that will never succeed (not an envelope, or its payload breaks the schema)."""
 
@@ -77,6 +98,7 @@ class EventConsumer:
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._membership = _Membership()
         self.last_event_time: datetime | None = None
         self.healthy = False
         metrics.dead_letters.labels(name)  # exported as 0 from the start, so alerts see the series
@@ -109,6 +131,7 @@ class EventConsumer:
                 self._producer = self._producer_factory()
                 await self._producer.start()
                 self._consumer = self._consumer_factory(self.name, self.topics)
+                self._consumer.subscribe(self.topics, listener=self._membership)
                 await self._consumer.start()
                 failures = 0
                 await self._consume(self._consumer)
@@ -126,10 +149,11 @@ class EventConsumer:
         partitions: dict[str, int] = {}
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            generation = self._membership.generation
             self.healthy = True
             for tp, messages in batches.items():
                 await self._process(messages)
-                await self._commit(consumer, tp, messages[-1].offset + 1)
+                await self._commit(consumer, tp, messages[-1].offset + 1, generation)
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(
@@ -149,13 +173,24 @@ class EventConsumer:
             if count:
                 known[topic] = count
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, generation: int) -> None:
+        if generation != self._membership.generation:
+            log.info("offset not committed: the group rebalanced since it was read", extra={"consumer": self.name})
+            return
+        commit = asyncio.ensure_future(consumer.commit({tp: offset}))
+        self._membership.pending = commit
         try:
-            await consumer.commit({tp: offset})
+            await commit
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise
+            log.info("offset commit abandoned: the group rebalanced", extra={"consumer": self.name, "partition": str(tp)})
         except CommitFailedError:
             # The partition moved to another member; it resumes from the last committed offset and
             # the processed-events record makes the overlap harmless.
             log.info("offset commit lost to a rebalance", extra={"consumer": self.name, "partition": str(tp)})
+        finally:
+            self._membership.pending = None
 
     async def _process(self, messages: list[ConsumerRecord]) -> None:
         """All of a partition's batch in one transaction; on any failure, one message at a time."""

@@ -363,18 +363,18 @@ class Killed(BaseException):
 class DiesBeforeOffsetCommit(EventConsumer):
     """Applies its first batch (database committed), then dies instead of committing the offset."""
 
-    async def _commit(self, consumer, tp, offset):
+    async def _commit(self, *args):
         raise Killed
 
 
 class CommitFailsOnce(EventConsumer):
     failures = 0
 
-    async def _commit(self, consumer, tp, offset):
+    async def _commit(self, *args):
         if not self.failures:
             self.failures += 1
             raise KafkaConnectionError("simulated: the broker connection dropped before the offset commit")
-        await super()._commit(consumer, tp, offset)
+        await super()._commit(*args)
 
 
 async def test_consumer_killed_between_db_commit_and_offset_commit_applies_nothing_twice(rig: Rig):
