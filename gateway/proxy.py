@@ -159,13 +159,20 @@ class Proxy:
             await send_problem(send, 429, "too many concurrent requests for this API key", [(b"retry-after", b"1")] + rate_headers)
             return
         status = 500
+        slot = [True]  # held until the answer's last bytes are handed over (see _forward)
+
+        def release() -> None:
+            if slot:
+                slot.clear()
+                self.concurrency.release(caller.key_id)
+
         try:
-            status = await self._forward(scope, receive, send, owner, caller, rate_headers)
+            status = await self._forward(scope, receive, send, owner, caller, rate_headers, release)
         except ProblemError as exc:
             status = exc.status
             raise
         finally:
-            self.concurrency.release(caller.key_id)
+            release()
             if self.audit is not None:
                 audited = classify(scope["method"], path, scope)
                 if audited is not None:
@@ -192,7 +199,7 @@ class Proxy:
             raise ProblemError(408, f"the request body was not received within {self.settings.body_read_timeout_seconds:g} s",
                                title="Request timeout", slug="request-timeout") from None
 
-    async def _forward(self, scope, receive, send, owner: str, caller: CallerContext, extra_headers) -> int:
+    async def _forward(self, scope, receive, send, owner: str, caller: CallerContext, extra_headers, release) -> int:
         breaker = self.breakers[owner]
         if not breaker.allow():
             raise ProblemError(503, f"the {owner} service is unavailable (circuit open); retry shortly",
@@ -227,6 +234,9 @@ class Proxy:
                     out_headers.append((b"content-length", str(len(payload)).encode()))
                     out_headers.extend(extra_headers)
                     await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+                    # Free the key's slot before the last send: a client with exactly `cap` keep-alive
+                    # connections may send its next request before this coroutine resumes.
+                    release()
                     await send({"type": "http.response.body", "body": payload})
                     return response.status
             except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
