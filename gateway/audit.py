@@ -142,8 +142,9 @@ def _accepts_csv(scope: Scope) -> bool:
 class AuditWriter:
     """Queues entries and inserts them in batches in the background; never blocks a request."""
 
-    def __init__(self, maker: async_sessionmaker[AsyncSession], batch_size: int = 500):
+    def __init__(self, maker: async_sessionmaker[AsyncSession], batch_size: int = 500, linger: float = 0.25):
         self._maker = maker
+        self._linger = linger
         self._batch_size = batch_size
         self._queue: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
@@ -192,6 +193,9 @@ class AuditWriter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
+            if not self._stopping and len(self._queue) < self._batch_size:
+                # Linger so that busy minutes cost one insert per batch, not one per request.
+                await asyncio.sleep(self._linger)
             try:
                 await self.flush()
                 delay = 0.2
