@@ -92,7 +92,7 @@ def decode_caller(value: str | None, signature: str | None, secret: str, now: fl
     return caller
 
 
-def current_caller(request: Request) -> CallerContext:
+async def current_caller(request: Request) -> CallerContext:
     caller = getattr(request.state, "caller", None)
     if caller is None:
         secret = request.app.state.settings.internal_secret
@@ -107,7 +107,7 @@ Caller = Annotated[CallerContext, Depends(current_caller)]
 def require_scope(scope: str):
     """Dependency: the caller, after checking it holds `scope`."""
 
-    def _dep(caller: Caller) -> CallerContext:
+    async def _dep(caller: Caller) -> CallerContext:
         caller.require(scope)
         return caller
 

@@ -36,7 +36,9 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 5) -> AsyncEn
 
         return engine
     # Modest per-process pools: several replicas of four components share one server's connection limit.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+    # No pre-ping (a round trip on every checkout); a connection found dead is invalidated on use and
+    # the request answers 503 (see shared/errors.py), the next one gets a fresh connection.
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

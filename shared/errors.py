@@ -8,6 +8,8 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -27,6 +29,13 @@ _SLUGS = {
     406: "not-acceptable", 409: "conflict", 413: "payload-too-large", 415: "unsupported-media-type",
     422: "validation", 429: "rate-limited", 500: "internal", 502: "bad-gateway", 503: "unavailable",
     504: "timeout",
+}
+
+
+# Driver errors (by class name, to stay driver-agnostic) that mean "the database is away", not "bug".
+_UNAVAILABLE = {
+    "TooManyConnectionsError", "CannotConnectNowError", "ConnectionDoesNotExistError", "InvalidCatalogNameError",
+    "ConnectionFailureError", "AdminShutdownError", "CrashShutdownError",
 }
 
 
@@ -132,6 +141,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else None
         return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    @app.exception_handler(ConnectionError)
+    async def _database_away(_: Request, exc: Exception):
+        # The database is unreachable, restarting or out of connections: retryable, not a bug.
+        log.warning("database unavailable", extra={"error": repr(exc)[:500]})
+        return problem_response(503, "the database is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError):
+        if exc.connection_invalidated or type(exc.orig).__name__ in _UNAVAILABLE:
+            return await _database_away(request, exc)
+        raise exc
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):

@@ -83,7 +83,7 @@ class Idempotency:
         return None
 
 
-def idempotency(
+async def idempotency(
     request: Request,
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
