@@ -11,11 +11,11 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.engine import Connection
@@ -204,7 +204,7 @@ class Rig:
         value = self.metrics.registry.get_sample_value("vmc_outbox_published_total", {"service": self.metrics.service})
         return int(value or 0)
 
-    async def has_effects(self, count: int) -> Callable:
+    def has_effects(self, count: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return len(await self.effect_rows()) >= count
 
@@ -264,7 +264,7 @@ async def test_relay_publishes_each_committed_event_and_consumer_applies_it_once
     consumer = rig.consumer()
     consumer.start()
 
-    await eventually(await rig.has_effects(30), 30, what="30 effects")
+    await eventually(rig.has_effects(30), 30, what="30 effects")
     rows = await rig.effect_rows()
     assert sorted(r["event_id"] for r in rows) == sorted(e.id for e in events)
     assert await rig.processed() == Counter(applied=30)
@@ -305,7 +305,7 @@ async def test_relay_retries_while_broker_is_down_and_keeps_per_aggregate_order(
     await rig.create_topic(3)
     consumer = rig.consumer()
     consumer.start()
-    await eventually(await rig.has_effects(24), 45, what="24 effects after the broker came back")
+    await eventually(rig.has_effects(24), 45, what="24 effects after the broker came back")
     rows = await rig.effect_rows()
     assert [r["code"] for r in rows if r["subject"] == str(first)] == [f"a{i:02}" for i in range(12)]
     assert [r["code"] for r in rows if r["subject"] == str(second)] == [f"b{i:02}" for i in range(12)]
@@ -323,7 +323,7 @@ async def test_new_broker_epoch_republishes_retained_outbox_and_nothing_is_appli
     first.start()
     consumer = rig.consumer()
     consumer.start()
-    await eventually(await rig.has_effects(10), 30, what="10 effects")
+    await eventually(rig.has_effects(10), 30, what="10 effects")
     await first.stop()
 
     # The same epoch again (a service restart, same broker): nothing is published a second time.
@@ -433,7 +433,7 @@ async def test_malformed_messages_are_dead_lettered_with_their_error_and_later_o
     )
     consumer = rig.consumer()
     consumer.start()
-    await eventually(await rig.has_effects(10), 30, what="the 10 valid events applied")
+    await eventually(rig.has_effects(10), 30, what="the 10 valid events applied")
 
     dead = await read_topic(rig.settings, dead_letter_topic(rig.group), 2)
     assert len(dead) == 2
@@ -473,7 +473,7 @@ async def test_handler_failing_every_time_is_retried_a_bounded_number_of_times_t
     await rig.produce(keyed(events))
     consumer = rig.consumer(handler=handler, max_retries=4)
     consumer.start()
-    await eventually(await rig.has_effects(7), 30, what="the 7 other events applied")
+    await eventually(rig.has_effects(7), 30, what="the 7 other events applied")
 
     dead = await read_topic(rig.settings, dead_letter_topic(rig.group), 1)
     assert len(dead) == 1
@@ -513,7 +513,7 @@ async def test_member_leaving_mid_stream_hands_its_partitions_over_and_every_eve
     applied_by_a = Counter(r["member"] for r in await rig.effect_rows())["a"]
     await rig.produce(keyed(second))
 
-    await eventually(await rig.has_effects(90), 45, what="all 90 events applied")
+    await eventually(rig.has_effects(90), 45, what="all 90 events applied")
     rows = await rig.effect_rows()
     assert len(rows) == 90
     assert {r["event_id"] for r in rows} == {e.id for e in [*first, *second]}

@@ -1,12 +1,10 @@
-"""Platform faults through the real processes: the broker stops (and comes back empty) while writes
-go on, a service's database goes away. Asserted as counts of what analytics applied, exactly once.
+"""Platform faults through the real processes: broker down while writing, broker back empty, database away.
 
-The module runs a stack of its own (broker, databases, services, gateway), so stopping its broker
-disturbs no other test.
+Asserted as counts of what analytics applied, exactly once. The module runs a stack of its own
+(broker, databases, services, gateway), so stopping its broker disturbs no other test.
 """
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
