@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,16 +14,25 @@ from services.registry.locations.models import Location, LocationLevel
 _IN_CHUNK = 1000
 
 
+# Codes known to exist, per database: gazetteer entries are never deleted and a code's level never
+# changes, so a positive answer stays true; a miss is always asked of the database (another replica
+# may have imported it). Saves a query on most writes that name a place.
+_known_codes: WeakKeyDictionary = WeakKeyDictionary()
+
+
 async def missing_codes(session: AsyncSession, codes: Iterable[str], level: str | None = None) -> list[str]:
     """The codes (of `level`, if given) that the gazetteer does not hold, sorted."""
     wanted = set(codes)
     if not wanted:
         return []
-    query = select(Location.code).where(Location.code.in_(wanted))
-    if level is not None:
-        query = query.where(Location.level == level)
-    found = set((await session.execute(query)).scalars())
-    return sorted(wanted - found)
+    known = _known_codes.setdefault(session.bind.sync_engine, {})
+    unknown = {code for code in wanted if known.get(code) is None or (level is not None and known[code] != level)}
+    if not unknown:
+        return []
+    query = select(Location.code, Location.level).where(Location.code.in_(unknown))
+    found = {code: lvl.value if hasattr(lvl, "value") else lvl for code, lvl in (await session.execute(query)).all()}
+    known.update(found)
+    return sorted(code for code in unknown if code not in found or (level is not None and found[code] != level))
 
 
 async def get(session: AsyncSession, code: str) -> Location | None:
