@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -100,6 +101,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._leader_conn = None
+        self._backlog_counted_at = 0.0
         self.healthy = False
 
         @event.listens_for(maker.kw["sync_session_class"], "after_commit")
@@ -190,7 +192,7 @@ class OutboxRelay:
             query = query.where(OutboxRecord.published_at.is_(None)).order_by(OutboxRecord.seq).limit(self._batch_size)
             rows = (await session.execute(query)).all()
             if not rows:
-                await self._update_backlog(session)
+                await self._update_backlog(session, empty=True)
                 return 0
         assert self._producer is not None
         futures = [await self._producer.send(topic, value=value, key=key.encode()) for _, topic, key, value in rows]
@@ -244,9 +246,18 @@ class OutboxRelay:
                 log.debug("leader connection close failed", exc_info=True)
             self._leader_conn = None
 
-    async def _update_backlog(self, session: AsyncSession) -> None:
-        count = (await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one()
-        self._metrics.outbox_backlog.labels(self._metrics.service).set(count)
+    async def _update_backlog(self, session: AsyncSession, empty: bool = False) -> None:
+        """Refresh the backlog gauge: free when nothing is pending, else counted at most once a second
+        (a count per published batch was a query per write at low rates)."""
+        gauge = self._metrics.outbox_backlog.labels(self._metrics.service)
+        if empty:
+            gauge.set(0)
+            return
+        now = time.monotonic()
+        if now - self._backlog_counted_at < 1.0:
+            return
+        self._backlog_counted_at = now
+        gauge.set((await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one())
 
     async def backlog(self) -> int:
         async with self._maker() as session:
