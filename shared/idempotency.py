@@ -3,6 +3,8 @@ same key with another body is a 409. The record is written in the create's own t
 from __future__ import annotations
 
 import hashlib
+import inspect
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -40,8 +42,8 @@ def _hash(payload: Any) -> str:
 
 
 class Idempotency:
-    """Use in a create endpoint: `replay = await idem.check(session, body)`, then after the change
-    `replay = await idem.remember(session, 201, public)` and commit. Without the header both are no-ops."""
+    """Use in a create endpoint: `return await idem.create(session, body, make, PublicModel)`. Without
+    the header it just makes, presents and commits."""
 
     def __init__(self, key_id: str, route: str, key: str | None):
         self.key_id, self.route, self.key = key_id, route, key
@@ -81,6 +83,27 @@ class Idempotency:
                                    slug="idempotency-key-reused")
             return self._response(record)
         return None
+
+    async def create(
+        self,
+        session: AsyncSession,
+        body: Any,
+        make: Callable[[], Awaitable[Any]],
+        present: Callable[[Any], Any],
+        status_code: int = 201,
+    ) -> Any:
+        """A create endpoint's whole unit of work: the replay of an earlier answer, or `make()` the
+        object, `present` it (a wire model class, or a function, possibly async), remember, commit."""
+        if replay := await self.check(session, body):
+            return replay
+        made = await make()
+        public = present.model_validate(made, from_attributes=True) if isinstance(present, type) else present(made)
+        if inspect.isawaitable(public):
+            public = await public
+        if replay := await self.remember(session, status_code, public):
+            return replay
+        await session.commit()
+        return public
 
 
 async def idempotency(

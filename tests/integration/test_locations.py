@@ -9,6 +9,7 @@ import pytest
 
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.eventlog import find_events
+from tests.api import walk
 from tests.harness import unique
 
 HEADER = "code,level,name_en,name_km,parent_code"
@@ -37,18 +38,6 @@ async def key_client(stack, admin: httpx.AsyncClient, scopes: list[str], nationa
         "name": unique("key"), "organization_id": GDY_ORGANIZATION_ID, "scopes": scopes, "national": national})
     assert created.status_code == 201, created.text
     return httpx.AsyncClient(base_url=stack.api, headers={"Authorization": f"Bearer {created.json()['key']}"}, timeout=30)
-
-
-async def walk(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        page = await client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
-        body = page.json()
-        items += body["items"]
-        cursor = body["next_cursor"]
-        if not cursor:
-            return items
 
 
 async def test_provinces_are_seeded_and_pages_follow_code_order(admin: httpx.AsyncClient):

@@ -10,6 +10,7 @@ import pytest
 
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.eventlog import find_events
+from tests.api import assert_problem, walk
 from tests.harness import unique
 
 WRITER = ["registry:read", "registry:write"]
@@ -53,27 +54,6 @@ async def org_key(stack, admin: httpx.AsyncClient, organization_id: str, scopes=
     async with httpx.AsyncClient(base_url=stack.api, headers={"Authorization": f"Bearer {created.json()['key']}"},
                                  timeout=30) as client:
         yield client
-
-
-async def walk(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        page = await client.get(path, params={"limit": 500, **params, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
-        items += page.json()["items"]
-        cursor = page.json()["next_cursor"]
-        if not cursor:
-            return items
-
-
-def assert_problem(answer: httpx.Response, status: int, loc: list | None = None, says: str | None = None) -> None:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"] == "application/problem+json"
-    problem = answer.json()
-    if loc is not None:
-        assert loc in [e["loc"] for e in problem["errors"]], problem
-    if says is not None:
-        assert says in answer.text, problem
 
 
 # ---- programmes ---------------------------------------------------------------------------------

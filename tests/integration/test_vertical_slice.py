@@ -4,18 +4,13 @@ from __future__ import annotations
 import httpx
 
 from tests.conftest import eventually
+from tests.api import walk
 from tests.eventlog import find_events
 from tests.harness import unique
 
 
 async def registry_count(client: httpx.AsyncClient) -> int:
-    count, cursor = 0, None
-    while True:
-        page = (await client.get("/organizations", params={"limit": 500, **({"cursor": cursor} if cursor else {})})).json()
-        count += len(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return count
+    return len(await walk(client, "/organizations"))
 
 
 async def analytics_count(client: httpx.AsyncClient) -> int:

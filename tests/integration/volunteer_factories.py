@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.registry.settings import GDY_ORGANIZATION_ID
 from shared.events import REGISTRY_TOPIC
+from tests.api import assert_problem, walk  # noqa: F401 - re-exported for the volunteer tests
 from tests.harness import unique
 
 WRITER = ["registry:read", "registry:write"]
@@ -108,28 +109,6 @@ async def create_project(admin: httpx.AsyncClient, organization_id: str, **overr
     project = await admin.post("/projects", json=body)
     assert project.status_code == 201, project.text
     return project.json()
-
-
-async def walk(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
-    items, cursor = [], None
-    while True:
-        page = await client.get(path, params={"limit": 500, **params, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
-        items += page.json()["items"]
-        cursor = page.json()["next_cursor"]
-        if not cursor:
-            return items
-
-
-def assert_problem(answer: httpx.Response, status: int, loc: list | None = None, says: str | None = None) -> dict:
-    assert answer.status_code == status, answer.text
-    assert answer.headers["content-type"] == "application/problem+json", answer.headers
-    problem = answer.json()
-    if loc is not None:
-        assert loc in [e["loc"] for e in problem.get("errors") or []], problem
-    if says is not None:
-        assert says in answer.text, problem
-    return problem
 
 
 async def registry_events(stack, match, count: int = 1, timeout: float = 20.0) -> list[dict]:

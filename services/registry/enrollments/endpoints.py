@@ -25,14 +25,7 @@ router = APIRouter(tags=["enrolments"], responses=PROBLEM_RESPONSES)
     responses={409: PROBLEM_RESPONSES[404] | {"description": "Already enrolled (open), or the volunteer was erased or merged"}},
 )
 async def enrol(volunteer_id: uuid.UUID, body: EnrollmentCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
-    if replay := await idem.check(session, body):
-        return replay
-    row = await service.enrol(session, scope, volunteer_id, body)
-    public = EnrollmentPublic.model_validate(row, from_attributes=True)
-    if replay := await idem.remember(session, 201, public):
-        return replay
-    await session.commit()
-    return public
+    return await idem.create(session, body, lambda: service.enrol(session, scope, volunteer_id, body), EnrollmentPublic)
 
 
 @router.get(

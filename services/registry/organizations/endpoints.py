@@ -23,14 +23,7 @@ router = APIRouter(prefix="/organizations", tags=["organizations"], responses=PR
 
 @router.post("", status_code=201, response_model=OrganizationPublic, dependencies=[require_scope("registry:write")])
 async def create_organization(body: OrganizationCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
-    if replay := await idem.check(session, body):
-        return replay
-    org = await service.create_organization(session, scope, body)
-    public = OrganizationPublic.model_validate(org, from_attributes=True)
-    if replay := await idem.remember(session, 201, public):
-        return replay
-    await session.commit()
-    return public
+    return await idem.create(session, body, lambda: service.create_organization(session, scope, body), OrganizationPublic)
 
 
 @router.get("", response_model=Page[OrganizationPublic], dependencies=[require_scope("registry:read")])

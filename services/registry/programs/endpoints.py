@@ -21,14 +21,7 @@ router = APIRouter(prefix="/programs", tags=["programmes"], responses=PROBLEM_RE
 @router.post("", status_code=201, response_model=ProgramPublic, dependencies=[require_scope("registry:write")],
              responses={409: PROBLEM_RESPONSES[422] | {"description": "Conflict"}})
 async def create_program(body: ProgramCreate, session: SessionDep, caller: Caller, idem: IdempotencyDep):
-    if replay := await idem.check(session, body):
-        return replay
-    program = await service.create_program(session, caller, body)
-    public = ProgramPublic.model_validate(program, from_attributes=True)
-    if replay := await idem.remember(session, 201, public):
-        return replay
-    await session.commit()
-    return public
+    return await idem.create(session, body, lambda: service.create_program(session, caller, body), ProgramPublic)
 
 
 @router.get("", response_model=Page[ProgramPublic], dependencies=[require_scope("registry:read")])

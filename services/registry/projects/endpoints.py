@@ -21,14 +21,7 @@ router = APIRouter(prefix="/projects", tags=["projects"], responses=PROBLEM_RESP
 
 @router.post("", status_code=201, response_model=ProjectPublic, dependencies=[require_scope("registry:write")])
 async def create_project(body: ProjectCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
-    if replay := await idem.check(session, body):
-        return replay
-    project = await service.create_project(session, scope, body)
-    public = ProjectPublic.model_validate(project, from_attributes=True)
-    if replay := await idem.remember(session, 201, public):
-        return replay
-    await session.commit()
-    return public
+    return await idem.create(session, body, lambda: service.create_project(session, scope, body), ProjectPublic)
 
 
 @router.get("", response_model=Page[ProjectPublic], dependencies=[require_scope("registry:read")])

@@ -48,14 +48,8 @@ def text_query(value: str | None, name: str) -> str | None:
 @router.post("", status_code=201, response_model=VolunteerPublic, dependencies=[require_scope("registry:write")],
              summary="Register a volunteer", responses=conflict("An external id belongs to another volunteer"))
 async def register_volunteer(body: VolunteerCreate, session: SessionDep, scope: VisibilityDep, idem: IdempotencyDep):
-    if replay := await idem.check(session, body):
-        return replay
-    row = await service.register(session, scope, body)
-    public = await service.public(session, row)
-    if replay := await idem.remember(session, 201, public):
-        return replay
-    await session.commit()
-    return public
+    return await idem.create(session, body, lambda: service.register(session, scope, body),
+                             lambda row: service.public(session, row))
 
 
 @router.get("", response_model=Page[VolunteerPublic], dependencies=[require_scope("registry:read")],
