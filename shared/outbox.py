@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, String, event, insert, select, text, update
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import Depends
 
 from services.registry.organizations.repository import subtree_ids
 from shared.caller import Caller, CallerContext
