@@ -1,0 +1,165 @@
+"""The gateway's upstream HTTP client against a real local asyncio HTTP server."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.upstream import ConnectFailed, Incomplete, ReadTimeout, UpstreamClient
+
+
+class Server:
+    """A tiny HTTP/1.1 server: each request is answered by `answer(path)`, which returns raw bytes
+    (or None to close the connection without answering)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                path = lines[0].split(" ")[1]
+                length = next((int(line.split(":")[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+                body = await reader.readexactly(length)
+                answer = await self.answer(path, body)
+                if answer is None:
+                    writer.close()
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if path.startswith("/close"):  # the answer as written, then the connection ends
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def fixed(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-length: " + str(len(body)).encode() + b"\r\nx-test: yes\r\n" + extra + b"\r\n" + body
+
+
+async def echo(path: str, body: bytes) -> bytes:
+    return fixed(path.encode() + b"|" + body)
+
+
+async def call(client, server, method="GET", target="/a", body=b"", timeout=2.0):
+    return await client.request(method, "127.0.0.1", server.port, target, [(b"x-one", b"1")], body,
+                                timeout=timeout, connect_timeout=1.0)
+
+
+async def test_content_length_answer_and_keep_alive_reuse():
+    client = UpstreamClient()
+    async with Server(echo) as server:
+        first = await call(client, server, "POST", "/a?b=%2F", b"hello")
+        second = await call(client, server, "GET", "/c")
+        assert (first.status, first.body) == (200, b"/a?b=%2F|hello")
+        assert (b"x-test", b"yes") in first.headers
+        assert second.body == b"/c|"
+        assert server.connections == 1
+    await client.close()
+
+
+async def test_chunked_answer():
+    async def chunked(path, body):
+        return b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+    client = UpstreamClient()
+    async with Server(chunked) as server:
+        response = await call(client, server)
+        again = await call(client, server)
+        assert (response.status, response.body, again.body) == (201, b"hello world", b"hello world")
+        assert server.connections == 1
+    await client.close()
+
+
+async def test_connection_close_is_honoured():
+    async def closing(path, body):
+        return fixed(b"bye", b"connection: close\r\n")
+
+    client = UpstreamClient()
+    async with Server(closing) as server:
+        assert (await call(client, server)).body == b"bye"
+        assert (await call(client, server)).body == b"bye"
+        assert server.connections == 2
+    await client.close()
+
+
+async def test_idle_connection_closed_by_server_is_retried_for_get_only():
+    async def once_then_close(path, body):
+        return fixed(b"ok", b"") if path == "/first" else None
+
+    client = UpstreamClient()
+    async with Server(once_then_close) as server:
+        await call(client, server, target="/first")
+        # The server drops the kept-alive connection when the next request arrives on it: a GET is
+        # sent again on a fresh connection (which the server also drops, so the error surfaces).
+        with pytest.raises(Exception) as raised:
+            await call(client, server, target="/second")
+        assert server.connections == 2
+        assert not isinstance(raised.value, ReadTimeout)
+
+    served = []
+
+    async def close_idle_once(path, body):
+        served.append(path)
+        if len(served) == 2:
+            return None
+        return fixed(path.encode())
+
+    async with Server(close_idle_once) as server:
+        await call(client, server, target="/one")
+        assert (await call(client, server, target="/two")).body == b"/two"  # retried transparently
+        assert server.connections == 2
+        await call(client, server, target="/three")
+        served.clear()
+        served.append("x")  # the next request on the kept connection is dropped
+        with pytest.raises(Exception):
+            await call(client, server, "POST", "/post", b"{}")  # not idempotent: no retry
+        assert server.connections == 2
+    await client.close()
+
+
+async def test_refused_connection():
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    with pytest.raises(ConnectFailed):
+        await UpstreamClient().request("GET", "127.0.0.1", port, "/", [], timeout=1.0, connect_timeout=0.5)
+
+
+async def test_read_timeout_and_cut_off_answer():
+    async def slow(path, body):
+        await asyncio.sleep(5)
+        return fixed(b"late")
+
+    client = UpstreamClient()
+    async with Server(slow) as server:
+        with pytest.raises(ReadTimeout):
+            await call(client, server, target="/slow", timeout=0.2)
+
+    async def cut(path, body):
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort"
+
+    async with Server(cut) as server:
+        with pytest.raises(Incomplete):
+            await call(client, server, target="/close-mid-answer", timeout=5)
+    await client.close()
