@@ -1,7 +1,8 @@
 """The gateway's hot path: authenticate, limit, sign the caller context, forward, relay the answer.
 
-A pure ASGI handler on one pooled aiohttp session (measured: httpx's pool collapses under
-concurrency; aiohttp keeps most of the direct throughput).
+A pure ASGI handler forwarding on gateway/upstream.py's keep-alive pools (measured: httpx's pool
+collapses under concurrency; aiohttp's client costs about twice our own per request). The aiohttp
+session is kept for the readiness and OpenAPI fetches, which are not on the hot path.
 """
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
-import yarl
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
@@ -22,6 +22,7 @@ from gateway.keys import KeyStore
 from gateway.ratelimit import ConcurrencyLimiter, LocalRateLimiter
 from gateway.routing import owner_of
 from gateway.settings import GatewaySettings
+from gateway.upstream import ConnectFailed, Dropped, Incomplete, ReadTimeout, UpstreamClient
 from shared.caller import CallerContext, encode_caller
 from shared.errors import ProblemError
 from shared.http import body_limit, header, is_import, send_problem
@@ -36,7 +37,10 @@ _DROP_REQUEST = {
     b"host", b"connection", b"keep-alive", b"proxy-authorization", b"te", b"trailer", b"transfer-encoding",
     b"upgrade", b"authorization", b"content-length", b"x-request-id", b"expect",
 }
-_DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date", "x-request-id"}
+_DROP_RESPONSE = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date", b"x-request-id"}
+# Signed caller headers are reused for this long (the context is valid for 60 s): signing costs more
+# than the rest of the header work, and a key's context rarely changes.
+SIGNED_REUSE_SECONDS = 25.0
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 
 
@@ -83,7 +87,10 @@ class Proxy:
         self.breakers = {
             name: CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds) for name in upstreams
         }
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # readiness and OpenAPI fetches only
+        self.upstream = UpstreamClient(limit=128)
+        self.targets = {name: _target(url) for name, url in upstreams.items()}
+        self._signed: dict[CallerContext, tuple[float, list[tuple[bytes, bytes]]]] = {}
         self.audit: AuditWriter | None = None  # set by the app; entries are queued, never awaited
         self._auth_blocked: dict[str, float] = {}  # client address → monotonic time its 429s end
 
@@ -96,6 +103,7 @@ class Proxy:
     async def close(self) -> None:
         if self.session:
             await self.session.close()
+        await self.upstream.close()
 
     async def authenticate(self, scope: Scope) -> CallerContext:
         auth = header(scope, b"authorization")
@@ -181,10 +189,21 @@ class Proxy:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, within the size limit and the time limit (a client trickling bytes is cut off)."""
         limit = body_limit(scope["path"])
-        chunks, size = [], 0
+        if not any(k == b"content-length" or k == b"transfer-encoding" for k, _ in scope["headers"]):
+            # No body announced: the server answers receive() at once, no time limit needed.
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ProblemError(400, "client disconnected")
+            if not message.get("more_body", False) and not message.get("body"):
+                return b""
+            chunks, size = [message.get("body", b"")], len(message.get("body", b""))
+            if size > limit:
+                raise ProblemError(413, f"the request body exceeds {limit} bytes")
+        else:
+            chunks, size = [], 0
         try:
             async with asyncio.timeout(self.settings.body_read_timeout_seconds):
-                while True:
+                while not chunks or message.get("more_body", False):
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         raise ProblemError(400, "client disconnected")
@@ -193,8 +212,7 @@ class Proxy:
                     if size > limit:
                         raise ProblemError(413, f"the request body exceeds {limit} bytes")
                     chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return b"".join(chunks)
+            return b"".join(chunks)
         except TimeoutError:
             raise ProblemError(408, f"the request body was not received within {self.settings.body_read_timeout_seconds:g} s",
                                title="Request timeout", slug="request-timeout") from None
@@ -206,65 +224,79 @@ class Proxy:
                                headers={"Retry-After": str(max(1, int(breaker.cooldown)))})
         method = scope["method"]
         body = await self._read_body(scope, receive)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
-                   if k not in _DROP_REQUEST and not k.startswith(b"x-vmc-")]
-        headers.extend(encode_caller(caller, self.settings.internal_secret).items())
-        headers.append(("x-request-id", request_id_var.get() or ""))
+        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST and not k.startswith(b"x-vmc-")]
+        headers += self._signed_headers(caller)
+        headers.append((b"x-request-id", (request_id_var.get() or "").encode("latin-1")))
         # The path as the client encoded it: decoded, %3F, %23 or %2F would change the query or the route.
         raw = (scope.get("raw_path") or quote(scope["path"]).encode()).decode("latin-1")
         if scope.get("query_string"):
             raw += "?" + scope["query_string"].decode("latin-1")
-        url = yarl.URL(self.upstreams[owner] + raw, encoded=True)
+        host, port, host_header, prefix = self.targets[owner]
         total = timeout_for(self.settings, method, scope["path"])
-        timeout = aiohttp.ClientTimeout(total=total, sock_connect=self.settings.connect_timeout_seconds)
         # Retries are bounded to one, for idempotent methods only, and never after a timeout (the work
-        # may be under way): aiohttp itself sends an idempotent request again once if the connection
-        # drops before the answer; this loop tries once more, a moment later, if the connection is refused.
+        # may be under way): the client sends an idempotent request again once if a kept-alive
+        # connection drops before the answer; this loop tries once more, a moment later, if the
+        # connection is refused.
         attempts = 2 if method in IDEMPOTENT else 1
-        assert self.session is not None
         for attempt in range(attempts):
             try:
-                async with self.session.request(
-                    method, url, data=body or None, headers=headers, allow_redirects=False, timeout=timeout,
-                ) as response:
-                    payload = await response.read()
-                    breaker.success()
-                    out_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()
-                                   if k.lower() not in _DROP_RESPONSE]
-                    out_headers.append((b"content-length", str(len(payload)).encode()))
-                    out_headers.extend(extra_headers)
-                    await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-                    # Free the key's slot before the last send: a client with exactly `cap` keep-alive
-                    # connections may send its next request before this coroutine resumes.
-                    release()
-                    await send({"type": "http.response.body", "body": payload})
-                    return response.status
-            except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-                if isinstance(exc, aiohttp.ConnectionTimeoutError):  # could not even connect: away, not slow
-                    if attempt + 1 < attempts:
-                        continue
-                    raise self._unreachable(owner, breaker, exc) from None
-                breaker.failure()
-                log.warning("upstream timed out", extra={"upstream": owner, "timeout_s": total})
-                raise ProblemError(504, f"the {owner} service did not answer within {total:g} s") from None
-            except aiohttp.ClientConnectorError as exc:  # refused: the service never saw the request
+                response = await self.upstream.request(
+                    method, host, port, prefix + raw, headers, body, timeout=total,
+                    connect_timeout=self.settings.connect_timeout_seconds, host_header=host_header,
+                )
+            except ConnectFailed as exc:  # refused or no connection in time: the service never saw the request
                 if attempt + 1 < attempts:
                     await asyncio.sleep(0.05)
                     continue
                 raise self._unreachable(owner, breaker, exc) from None
-            except aiohttp.ClientConnectionError as exc:  # dropped mid-request (aiohttp retried if idempotent)
+            except ReadTimeout:
+                breaker.failure()
+                log.warning("upstream timed out", extra={"upstream": owner, "timeout_s": total})
+                raise ProblemError(504, f"the {owner} service did not answer within {total:g} s") from None
+            except Dropped as exc:  # dropped before any answer (the client retried if idempotent)
                 raise self._unreachable(owner, breaker, exc) from None
-            except aiohttp.ClientError as exc:  # e.g. the answer was cut off half-way
+            except (Incomplete, OSError) as exc:  # e.g. the answer was cut off half-way
                 breaker.failure()
                 log.warning("upstream answer unusable", extra={"upstream": owner, "error": repr(exc)})
                 raise ProblemError(502, f"the {owner} service sent an incomplete answer") from None
+            breaker.success()
+            payload = response.body
+            out_headers = [item for item in response.headers if item[0] not in _DROP_RESPONSE]
+            out_headers.append((b"content-length", str(len(payload)).encode()))
+            out_headers.extend(extra_headers)
+            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+            # Free the key's slot before the last send: a client with exactly `cap` keep-alive
+            # connections may send its next request before this coroutine resumes.
+            release()
+            await send({"type": "http.response.body", "body": payload})
+            return response.status
         raise AssertionError("unreachable")
+
+    def _signed_headers(self, caller: CallerContext) -> list[tuple[bytes, bytes]]:
+        now = time.monotonic()
+        cached = self._signed.get(caller)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if len(self._signed) > 10_000:  # bounded: old contexts are simply signed again
+            self._signed.clear()
+        signed = [(k.encode(), v.encode()) for k, v in encode_caller(caller, self.settings.internal_secret).items()]
+        self._signed[caller] = (now + SIGNED_REUSE_SECONDS, signed)
+        return signed
 
     @staticmethod
     def _unreachable(owner: str, breaker: CircuitBreaker, exc: Exception) -> ProblemError:
         breaker.failure()
         log.warning("upstream unreachable", extra={"upstream": owner, "error": repr(exc)})
         return ProblemError(503, f"the {owner} service is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def _target(url: str) -> tuple[str, int, bytes, str]:
+    """host, port, Host header and path prefix of an upstream's base URL (plain HTTP only)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"upstream URLs must be http://host:port, not {url!r}")
+    port = parts.port or 80
+    return parts.hostname, port, parts.netloc.encode("latin-1"), parts.path.rstrip("/")
 
 
 def timeout_for(settings: GatewaySettings, method: str, path: str) -> float:

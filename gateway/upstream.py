@@ -178,8 +178,9 @@ class UpstreamClient:
         *, timeout: float, connect_timeout: float, host_header: bytes | None = None,
     ) -> Response:
         """Send one request and buffer the answer. `headers` must not hold Host, Content-Length or
-        Connection. A reused connection that dropped before any answer byte is retried once on a fresh
-        connection for idempotent methods (the server most likely closed it while it was idle)."""
+        Connection. A connection that dropped before any answer byte is retried once on a fresh
+        connection for idempotent methods only (a kept-alive one was most likely closed by the server
+        while idle; the gateway relied on the same single retry with aiohttp)."""
         key = (host, port)
         pool = self.pools.get(key)
         if pool is None:
@@ -195,14 +196,13 @@ class UpstreamClient:
         async with pool.slots:
             conn = self._reusable(pool)
             for attempt in range(2):
-                reused = conn is not None
                 if conn is None:
                     conn = await self._connect(host, port, min(connect_timeout, max(0.0, deadline - loop.time())))
                 try:
                     response = await conn.exchange(method, head, body, deadline)
                 except Dropped:
                     conn.close()
-                    if reused and attempt == 0 and method in IDEMPOTENT:
+                    if attempt == 0 and method in IDEMPOTENT:
                         conn = None
                         continue
                     raise
