@@ -40,6 +40,16 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> list
     raise AssertionError(f"{marker!r} not printed; got: {lines}")
 
 
+def shut_down(proc: subprocess.Popen) -> None:
+    """SIGTERM, so the launcher stops its parts (they run in sessions of their own and would outlive a kill)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(60)
@@ -88,8 +98,7 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
         wait_for(lambda: api.get("/analytics/overview").json()["organizations"] == 4)  # + the seeded GDY
         assert stop(proc) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        shut_down(proc)
 
     proc = launch(data_dir, ports)  # same data dir, no key given: the stored one still works
     try:
@@ -111,5 +120,4 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
         assert proc.wait(60) == 1
         assert "registry exited" in rest
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        shut_down(proc)
