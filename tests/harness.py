@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from deploy.processes import free_port, start_tansu, start_uvicorn, stop, wait_ready
 
@@ -88,6 +89,21 @@ class Databases:
         for name in self.created:
             self._run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()
+
+
+def broker_kind() -> str:
+    """'external', 'testcontainers' or 'tansu': which broker this test run uses (see Broker)."""
+    if os.environ.get("VMC_TEST_KAFKA_BOOTSTRAP"):
+        return "external"
+    if os.environ.get("VMC_TEST_KAFKA") == "testcontainers":
+        return "testcontainers"
+    return "tansu"
+
+
+# Fault tests stop and restart the broker: only the Tansu process the harness starts can be.
+needs_stoppable_broker = pytest.mark.skipif(
+    broker_kind() != "tansu", reason="stops and starts the local Tansu broker; an external one cannot be stopped here"
+)
 
 
 class Broker:

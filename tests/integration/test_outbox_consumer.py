@@ -31,7 +31,7 @@ from shared.outbox import OutboxRecord, OutboxRelay, RelayState, add_event
 from shared.service import shared_tables
 from shared.settings import CommonSettings
 from tests.conftest import eventually
-from tests.harness import Broker, Databases, new_workdir, remove_workdir, unique
+from tests.harness import Broker, Databases, needs_stoppable_broker, new_workdir, remove_workdir, unique
 
 EVENT_TYPE = "vmc.program.created"
 
@@ -102,8 +102,7 @@ def settings(own_broker) -> CommonSettings:
 
 @pytest.fixture
 def stoppable(own_broker) -> Broker:
-    if own_broker.kind != "tansu":
-        pytest.skip("stopping the broker needs the local Tansu (an external broker cannot be stopped here)")
+    """The broker, for tests marked `needs_stoppable_broker`."""
     return own_broker
 
 
@@ -274,6 +273,7 @@ async def test_relay_publishes_each_committed_event_and_consumer_applies_it_once
     assert relay.healthy and consumer.healthy
 
 
+@needs_stoppable_broker
 async def test_relay_retries_while_broker_is_down_and_keeps_per_aggregate_order(
     rig: Rig, stoppable: Broker, caplog: pytest.LogCaptureFixture
 ):

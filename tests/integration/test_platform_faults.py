@@ -15,7 +15,11 @@ from sqlalchemy import text
 
 from shared.db import make_engine
 from tests.conftest import eventually
-from tests.harness import Broker, Databases, Stack, database_mode, new_workdir, pg_server_url, remove_workdir, unique
+from tests.harness import (
+    Broker, Databases, Stack, database_mode, needs_stoppable_broker, new_workdir, pg_server_url, remove_workdir, unique,
+)
+
+pytestmark = needs_stoppable_broker
 
 SERVICE_NAMES = ("registry", "activities", "analytics")
 WRITES = 20
@@ -29,8 +33,6 @@ def fault_stack():
     # Consumers rejoin quickly after the broker comes back (on Tansu a join waits ~half of it).
     stack.extra_env["VMC_KAFKA_SESSION_TIMEOUT_MS"] = "4000"
     try:
-        if broker.kind != "tansu":
-            pytest.skip("these faults stop and start the local Tansu broker; an external one cannot be stopped here")
         stack.start()
         yield stack
     finally:
