@@ -131,21 +131,10 @@ class ConsentIn(_Input):
         return _utc(value)
 
 
-class ConsentUpdate(_Input):
+class ConsentUpdate(ConsentIn):
+    """The same fields and checks, each optional in a PATCH."""
+
     given: bool | None = None
-    given_at: datetime | None = None
-    guardian_name: str | None = Field(default=None, max_length=NAME_MAX)
-    guardian_relation: str | None = Field(default=None, max_length=GUARDIAN_RELATION_MAX)
-
-    @field_validator("guardian_name", "guardian_relation")
-    @classmethod
-    def _text(cls, value: str | None) -> str | None:
-        return _clean(value)
-
-    @field_validator("given_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _utc(value)
 
 
 class _PersonFields(_Input):
