@@ -64,11 +64,16 @@ def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc"
     return proc
 
 
+# The gateway runs on its own protocol (uvicorn's, with a fast path for proxied requests: gateway/server.py).
+GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
+
+
 def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
     out = open(log_path, "ab") if log_path else None
+    http = GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools"
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--loop", "uvloop", "--http", "httptools", "--timeout-graceful-shutdown", "10"],
+         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", "10"],
         env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
 

@@ -22,8 +22,10 @@ router = APIRouter(prefix="/api/v1/admin", tags=["administration"], responses=PR
 async def admin_caller(request: Request) -> CallerContext:
     """The authenticated admin caller, counted against its key's rate limit like any request."""
     proxy = request.app.state.proxy
-    caller = await proxy.authenticate(request.scope)
-    decision = await proxy.limiter.hit(caller.key_id, request.scope["state"]["key_rate_limit"])
+    known = await proxy.authenticate(request.scope)
+    request.scope.setdefault("state", {})["key_prefix"] = known.prefix
+    caller = known.caller
+    decision = await proxy.limiter.hit(caller.key_id, proxy.rate_limit_of(known))
     if not decision.allowed:
         proxy.metrics.rate_limited.labels("rate").inc()
         raise ProblemError(429, f"rate limit of {decision.limit} requests a minute exceeded",

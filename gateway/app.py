@@ -29,9 +29,9 @@ from gateway.settings import GatewaySettings
 from services.registry.settings import GDY_ORGANIZATION_ID
 from shared.caller import SCOPES, annotate_scopes
 from shared.db import make_engine, make_sessionmaker, migrate
-from shared.errors import ProblemError, install_error_handlers, problem_response
+from shared.errors import install_error_handlers, problem_response
 from shared.events import asyncapi_document
-from shared.http import RequestContextMiddleware, send_problem
+from shared.http import RequestContextMiddleware
 from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 
@@ -188,7 +188,8 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
 
 
 class Gateway:
-    """ASGI entry: proxied API paths take the fast path; the rest is the FastAPI app above."""
+    """ASGI entry: proxied API paths go straight to the proxy (which does its own request-context
+    work, on the hot path); the rest goes through the middleware to the FastAPI app above."""
 
     def __init__(self, inner: FastAPI, settings: GatewaySettings, metrics: Metrics):
         self.inner = inner
@@ -196,8 +197,10 @@ class Gateway:
         self.metrics = metrics
         self.proxy: Proxy | None = None
         self.state = inner.state
-        app: ASGIApp = RequestContextMiddleware(self._dispatch, metrics, route_of=_route_label)
+        self._local = RequestContextMiddleware(inner, metrics)
+        app: ASGIApp = self._route
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        self.cors = bool(origins)
         if origins:
             # Off unless origins are configured; then only those, and preflights are answered here.
             app = CORSMiddleware(
@@ -217,24 +220,8 @@ class Gateway:
         else:
             await self.inner(scope, receive, send)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.proxy is not None and owner_of(scope["path"]) is not None:
-            try:
-                await self.proxy(scope, receive, send)
-            except ProblemError as exc:
-                headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-                await send_problem(send, exc.status, exc.detail or "", headers, slug=exc.slug, title=exc.title)
-            except Exception:  # noqa: BLE001 - a bug still answers problem+json (no trace), and is logged
-                log.exception("unhandled error on a proxied route")
-                await send_problem(send, 500, "an unexpected error occurred; it has been logged with this request id")
-            return
-        await self.inner(scope, receive, send)
-
-
-def _route_label(scope: Scope) -> str:
-    """Metric label: the service segment, not the raw path (ids would explode cardinality)."""
-    owner = owner_of(scope["path"])
-    if owner is not None:
-        return "/api/v1/" + scope["path"][len("/api/v1/"):].split("/", 1)[0]
-    route = scope.get("route")
-    return route.path if route is not None else "unmatched"
+            await self.proxy(scope, receive, send)
+        else:
+            await self._local(scope, receive, send)

@@ -7,6 +7,7 @@ import hmac
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ConfigDict, field_validator
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
 from shared.caller import SCOPES, CallerContext
-from shared.db import timestamp_field, utcnow
+from shared.db import timestamp_field
 from shared.text import clean_text
 
 KEY_PREFIX = "vmc_"
@@ -123,6 +124,30 @@ async def create_key(session: AsyncSession, data: ApiKeyCreate, server_secret: s
     return row, key
 
 
+@dataclass(frozen=True, slots=True)
+class KnownKey:
+    """What the proxy needs of a key row, prepared once per lookup (not per request)."""
+
+    caller: CallerContext
+    prefix: str
+    rate_limit_per_minute: int | None
+    expires: float | None  # POSIX seconds
+    revoked: bool
+
+    @classmethod
+    def of(cls, row: ApiKey) -> "KnownKey":
+        return cls(
+            caller=CallerContext(str(row.id), row.organization_id, frozenset(row.scopes), row.national),
+            prefix=row.prefix,
+            rate_limit_per_minute=row.rate_limit_per_minute,
+            expires=row.expires_at.timestamp() if row.expires_at is not None else None,
+            revoked=row.revoked_at is not None,
+        )
+
+    def usable(self) -> bool:
+        return not self.revoked and (self.expires is None or self.expires > time.time())
+
+
 class KeyStore:
     """Authenticates keys; a positive or negative answer is cached for `ttl` seconds at most.
 
@@ -134,27 +159,26 @@ class KeyStore:
         self._maker = maker
         self._secret = server_secret
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._cache: dict[str, tuple[float, KnownKey | None]] = {}
         self._pending: dict[str, asyncio.Task] = {}
 
     def invalidate(self) -> None:
         self._cache.clear()
 
-    async def authenticate(self, key: str) -> tuple[CallerContext, ApiKey] | None:
+    async def authenticate(self, key: str) -> KnownKey | None:
+        """The key if it exists, is not revoked and has not expired; else None."""
         digest = hash_secret(key, self._secret)  # the cache never holds a key in clear
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > time.monotonic():
-            row = cached[1]
+            known = cached[1]
         else:
             task = self._pending.get(digest)
             if task is None:
                 task = asyncio.create_task(self._lookup(key, digest))
                 self._pending[digest] = task
                 task.add_done_callback(lambda done: self._remember(digest, done))
-            row = await asyncio.shield(task)  # one caller going away does not cancel the others' lookup
-        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= utcnow()):
-            return None
-        return CallerContext(str(row.id), row.organization_id, frozenset(row.scopes), row.national), row
+            known = await asyncio.shield(task)  # one caller going away does not cancel the others' lookup
+        return known if known is not None and known.usable() else None
 
     def _remember(self, digest: str, task: asyncio.Task) -> None:
         self._pending.pop(digest, None)
@@ -164,7 +188,7 @@ class KeyStore:
             self._cache.clear()
         self._cache[digest] = (time.monotonic() + self._ttl, task.result())
 
-    async def _lookup(self, key: str, expected: str) -> ApiKey | None:
+    async def _lookup(self, key: str, expected: str) -> KnownKey | None:
         parsed = split_key(key)
         if parsed is None:
             hmac.compare_digest(expected, expected)  # same work as a real comparison
@@ -174,4 +198,4 @@ class KeyStore:
         if row is None:
             hmac.compare_digest(expected, expected)
             return None
-        return row if hmac.compare_digest(row.key_hash, expected) else None
+        return KnownKey.of(row) if hmac.compare_digest(row.key_hash, expected) else None

@@ -18,14 +18,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from gateway.audit import AuditWriter, classify, entry
-from gateway.keys import KeyStore
+from gateway.keys import KeyStore, KnownKey
 from gateway.ratelimit import ConcurrencyLimiter, LocalRateLimiter
 from gateway.routing import owner_of
 from gateway.settings import GatewaySettings
-from gateway.upstream import ConnectFailed, Dropped, Incomplete, ReadTimeout, UpstreamClient
+from gateway.upstream import ConnectFailed, Dropped, Incomplete, ReadTimeout, Response, UpstreamClient
 from shared.caller import CallerContext, encode_caller
 from shared.errors import ProblemError
-from shared.http import body_limit, header, is_import, send_problem
+from shared.http import body_limit, header, is_import, precheck, problem_answer, request_id_of
 from shared.logs import request_id_var
 from shared.metrics import Metrics
 
@@ -105,7 +105,7 @@ class Proxy:
             await self.session.close()
         await self.upstream.close()
 
-    async def authenticate(self, scope: Scope) -> CallerContext:
+    async def authenticate(self, scope: Scope) -> KnownKey:
         auth = header(scope, b"authorization")
         if not auth or not auth[:7].lower() == "bearer ":
             raise ProblemError(401, "missing API key: send Authorization: Bearer <key>", slug="unauthenticated",
@@ -113,24 +113,23 @@ class Proxy:
         address = (scope.get("client") or ("unknown",))[0]
         # A throttled address is refused before its key is looked at, so a guess that happens to be
         # right is not confirmed either.
-        blocked_for = self._auth_blocked.get(address, 0.0) - time.monotonic()
-        if blocked_for > 0:
-            raise self._throttled(math.ceil(blocked_for))
+        if self._auth_blocked:
+            blocked_for = self._auth_blocked.get(address, 0.0) - time.monotonic()
+            if blocked_for > 0:
+                raise self._throttled(math.ceil(blocked_for))
         try:
-            found = await self.keys.authenticate(auth[7:].strip())
+            known = await self.keys.authenticate(auth[7:].strip())
         except (OSError, SQLAlchemyError) as exc:  # the key database is away: say so, retryable
             log.warning("API keys cannot be checked", extra={"error": repr(exc)})
             raise ProblemError(503, "API keys cannot be checked right now; retry shortly", headers={"Retry-After": "1"}) from None
-        if found is None:
+        if known is None:
             await self._failed_authentication(address)
             raise ProblemError(401, "invalid, expired or revoked API key", slug="unauthenticated",
                                headers={"WWW-Authenticate": "Bearer"})
-        caller, row = found
-        state = scope.setdefault("state", {})
-        state["caller"] = caller
-        state["key_prefix"] = row.prefix
-        state["key_rate_limit"] = row.rate_limit_per_minute or self.settings.rate_limit_per_minute
-        return caller
+        return known
+
+    def rate_limit_of(self, known: KnownKey) -> int:
+        return known.rate_limit_per_minute or self.settings.rate_limit_per_minute
 
     async def _failed_authentication(self, address: str) -> None:
         """Wrong keys spend the address's own bucket (shared by replicas when Redis is used); once it is
@@ -150,41 +149,70 @@ class Proxy:
                             headers={"Retry-After": str(max(1, retry_after))})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        owner = owner_of(path)
-        # Dot segments (plain or percent-encoded) would climb out of /api/v1 to a service's internal routes.
-        if owner is None or any(segment in (".", "..") for segment in path.split("/")):
-            raise ProblemError(404, f"no such route: {path}")
-        caller = await self.authenticate(scope)
-        decision = await self.limiter.hit(caller.key_id, scope["state"]["key_rate_limit"])
-        rate_headers = decision.headers()
-        if not decision.allowed:
-            self.metrics.rate_limited.labels("rate").inc()
-            await send_problem(send, 429, f"rate limit of {decision.limit} requests a minute exceeded", rate_headers)
-            return
-        if not self.concurrency.acquire(caller.key_id):
-            self.metrics.rate_limited.labels("concurrency").inc()
-            await send_problem(send, 429, "too many concurrent requests for this API key", [(b"retry-after", b"1")] + rate_headers)
-            return
+        """The proxy as an ASGI app (when the server is not gateway.server's protocol, or for a request
+        that protocol leaves to ASGI: CORS, pipelining, HEAD, HTTP/1.0)."""
+        status, headers, body = await self.answer(scope, receive)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One proxied request, whole: request id, checks, authentication, limits, forwarding, metrics,
+        audit; the answer's status, headers (with Content-Length) and body. Everything a middleware
+        stack would do, in one function: this is the hot path. Never raises: a failure is a problem
+        answer (a bug is logged and answered 500)."""
+        rid = request_id_of(scope)
+        token = request_id_var.set(rid)
+        start = time.perf_counter()
+        answer_headers = [(b"x-request-id", rid.encode("latin-1"))]
         status = 500
-        slot = [True]  # held until the answer's last bytes are handed over (see _forward)
-
-        def release() -> None:
-            if slot:
-                slot.clear()
-                self.concurrency.release(caller.key_id)
-
         try:
-            status = await self._forward(scope, receive, send, owner, caller, rate_headers, release)
+            path = scope["path"]
+            owner = owner_of(path)
+            # Dot segments (plain or percent-encoded) would climb out of /api/v1 to a service's internal routes.
+            if owner is None or "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+                raise ProblemError(404, f"no such route: {path}")
+            problem = precheck(scope)
+            if problem is not None:
+                raise problem
+            known = await self.authenticate(scope)
+            caller = known.caller
+            decision = await self.limiter.hit(caller.key_id, self.rate_limit_of(known))
+            answer_headers += decision.headers()
+            if not decision.allowed:
+                self.metrics.rate_limited.labels("rate").inc()
+                raise ProblemError(429, f"rate limit of {decision.limit} requests a minute exceeded")
+            if not self.concurrency.acquire(caller.key_id):
+                self.metrics.rate_limited.labels("concurrency").inc()
+                raise ProblemError(429, "too many concurrent requests for this API key", headers={"Retry-After": "1"})
+            try:
+                response = await self._forward(scope, receive, owner, caller)
+                status = response.status
+            except ProblemError as exc:
+                status = exc.status
+                raise
+            finally:
+                # Freed before the answer is written: a client with exactly `cap` keep-alive
+                # connections may send its next request as soon as it has the answer.
+                self.concurrency.release(caller.key_id)
+                if self.audit is not None:
+                    audited = classify(scope["method"], path, scope)
+                    if audited is not None:
+                        self.audit.record(entry(caller, known.prefix, audited[0], audited[1], status))
+            headers = [item for item in response.headers if item[0] not in _DROP_RESPONSE]
+            headers.append((b"content-length", str(len(response.body)).encode()))
+            return status, headers + answer_headers, response.body
         except ProblemError as exc:
             status = exc.status
-            raise
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()] + answer_headers
+            return status, *problem_answer(status, exc.detail or "", headers, slug=exc.slug, title=exc.title)
+        except Exception:
+            # A bug still answers problem+json (no trace) and is logged with the request id.
+            log.exception("unhandled error on a proxied route")
+            status = 500
+            return status, *problem_answer(500, "an unexpected error occurred; it has been logged with this request id", answer_headers)
         finally:
-            release()
-            if self.audit is not None:
-                audited = classify(scope["method"], path, scope)
-                if audited is not None:
-                    self.audit.record(entry(caller, scope["state"]["key_prefix"], audited[0], audited[1], status))
+            self.metrics.observe_request(scope["method"], _route_label(scope["path"]), status, time.perf_counter() - start)
+            request_id_var.reset(token)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, within the size limit and the time limit (a client trickling bytes is cut off)."""
@@ -217,7 +245,7 @@ class Proxy:
             raise ProblemError(408, f"the request body was not received within {self.settings.body_read_timeout_seconds:g} s",
                                title="Request timeout", slug="request-timeout") from None
 
-    async def _forward(self, scope, receive, send, owner: str, caller: CallerContext, extra_headers, release) -> int:
+    async def _forward(self, scope: Scope, receive: Receive, owner: str, caller: CallerContext) -> Response:
         breaker = self.breakers[owner]
         if not breaker.allow():
             raise ProblemError(503, f"the {owner} service is unavailable (circuit open); retry shortly",
@@ -260,16 +288,7 @@ class Proxy:
                 log.warning("upstream answer unusable", extra={"upstream": owner, "error": repr(exc)})
                 raise ProblemError(502, f"the {owner} service sent an incomplete answer") from None
             breaker.success()
-            payload = response.body
-            out_headers = [item for item in response.headers if item[0] not in _DROP_RESPONSE]
-            out_headers.append((b"content-length", str(len(payload)).encode()))
-            out_headers.extend(extra_headers)
-            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-            # Free the key's slot before the last send: a client with exactly `cap` keep-alive
-            # connections may send its next request before this coroutine resumes.
-            release()
-            await send({"type": "http.response.body", "body": payload})
-            return response.status
+            return response
         raise AssertionError("unreachable")
 
     def _signed_headers(self, caller: CallerContext) -> list[tuple[bytes, bytes]]:
@@ -288,6 +307,11 @@ class Proxy:
         breaker.failure()
         log.warning("upstream unreachable", extra={"upstream": owner, "error": repr(exc)})
         return ProblemError(503, f"the {owner} service is unavailable; retry shortly", headers={"Retry-After": "1"})
+
+
+def _route_label(path: str) -> str:
+    """Metric label of a proxied path: its service segment, not the raw path (ids would explode cardinality)."""
+    return "/api/v1/" + path[8:].split("/", 1)[0]
 
 
 def _target(url: str) -> tuple[str, int, bytes, str]:

@@ -1,6 +1,7 @@
 """Pure ASGI middleware shared by the services and the gateway: request ids, limits, metrics, origin."""
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -28,17 +29,56 @@ def body_limit(path: str) -> int:
     return IMPORT_LIMIT if is_import(path) else JSON_LIMIT
 
 
-async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, **kw) -> None:
+def problem_answer(status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None,
+                   **kw) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a problem+json answer (`kw`: slug, title, extra members)."""
     body = problem_body(status, detail, **kw)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
-            + (headers or []),
-        }
-    )
+    return [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())] + (headers or []), body
+
+
+async def send_problem(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None, **kw) -> None:
+    head, body = problem_answer(status, detail, headers, **kw)
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
+
+
+# Request ids: a random per-process base and a counter, shaped like a UUID. As unique as uuid4 for
+# tracing, without a getrandom() system call and a UUID object on every request.
+_ID_BASE = str(uuid.uuid4())[:24]
+_ID_COUNTER = itertools.count(int.from_bytes(uuid.uuid4().bytes[:5], "big"))
+
+
+def new_request_id() -> str:
+    return f"{_ID_BASE}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's X-Request-Id when it sent a usable one, else a new id."""
+    rid = header(scope, b"x-request-id")
+    return rid if rid and len(rid) <= 200 else new_request_id()
+
+
+def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
+    """What can be refused from the head alone: a missing or forged gateway proof (when `secret` is
+    given), a body announced over the limit, a body in a media type the route does not take."""
+    path = scope["path"]
+    if secret is not None and not path.startswith(OPEN_PATHS):
+        try:
+            caller = decode_caller(header(scope, CALLER_HEADER.encode()), header(scope, SIGNATURE_HEADER.encode()), secret)
+        except ProblemError as exc:
+            return exc
+        scope.setdefault("state", {})["caller"] = caller
+    length = header(scope, b"content-length")
+    if length is not None:
+        try:
+            if int(length) > body_limit(path):
+                return ProblemError(413, f"the request body exceeds {body_limit(path)} bytes")
+        except ValueError:
+            return ProblemError(400, "invalid Content-Length")
+    if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or header(scope, b"transfer-encoding")):
+        if not content_type_allowed(path, header(scope, b"content-type")):
+            return ProblemError(415, "send JSON (Content-Type: application/json)" + (" or CSV (text/csv)" if is_import(path) else ""))
+    return None
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -75,9 +115,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = header(scope, b"x-request-id")
-        if not rid or len(rid) > 200:
-            rid = str(uuid.uuid4())
+        rid = request_id_of(scope)
         token = request_id_var.set(rid)
         start = time.perf_counter()
         status_holder = [500]
@@ -92,7 +130,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            problem = self._precheck(scope)
+            problem = precheck(scope, self.secret)
             if problem is not None:
                 status_holder[0] = problem.status
                 await send_problem(send, problem.status, problem.detail or "", [rid_header], slug=problem.slug)
@@ -123,28 +161,5 @@ class RequestContextMiddleware:
                 status_holder[0] = 500
                 await send_problem(send, 500, "an unexpected error occurred; it has been logged with this request id", [rid_header])
         finally:
-            route = self.route_of(scope)
-            method = scope["method"]
-            self.metrics.requests.labels(self.metrics.service, method, route, str(status_holder[0])).inc()
-            self.metrics.latency.labels(self.metrics.service, method, route).observe(time.perf_counter() - start)
+            self.metrics.observe_request(scope["method"], self.route_of(scope), status_holder[0], time.perf_counter() - start)
             request_id_var.reset(token)
-
-    def _precheck(self, scope: Scope) -> ProblemError | None:
-        path = scope["path"]
-        if self.secret is not None and not path.startswith(OPEN_PATHS):
-            try:
-                caller = decode_caller(header(scope, CALLER_HEADER.encode()), header(scope, SIGNATURE_HEADER.encode()), self.secret)
-            except ProblemError as exc:
-                return exc
-            scope.setdefault("state", {})["caller"] = caller
-        length = header(scope, b"content-length")
-        if length is not None:
-            try:
-                if int(length) > body_limit(path):
-                    return ProblemError(413, f"the request body exceeds {body_limit(path)} bytes")
-            except ValueError:
-                return ProblemError(400, "invalid Content-Length")
-        if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or header(scope, b"transfer-encoding")):
-            if not content_type_allowed(path, header(scope, b"content-type")):
-                return ProblemError(415, "send JSON (Content-Type: application/json)" + (" or CSV (text/csv)" if is_import(path) else ""))
-        return None

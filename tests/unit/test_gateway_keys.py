@@ -36,7 +36,7 @@ async def store_and_key(tmp_path):
 async def test_concurrent_requests_share_one_lookup(store_and_key):
     store, key, lookups = store_and_key
     answers = await asyncio.gather(*(store.authenticate(key) for _ in range(32)))
-    assert all(a is not None and a[0].scopes == frozenset({"registry:read"}) for a in answers)
+    assert all(a is not None and a.caller.scopes == frozenset({"registry:read"}) for a in answers)
     assert len(lookups) == 1
     assert await store.authenticate(key) is not None and len(lookups) == 1  # cached
 

@@ -1,0 +1,125 @@
+"""The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol, with a fast path for proxied requests.
+
+Run the gateway with `uvicorn gateway.app:create_app --factory --http gateway.server:GatewayHttpProtocol`.
+uvicorn still owns the connections (keep-alive, pipelining, flow control, limits, graceful shutdown)
+and every other request (admin, docs, OpenAPI, metrics). A proxied request skips the ASGI machinery:
+the proxy's `answer()` runs in a task and its answer leaves in one write, head and body together.
+
+Why (measured with `python -m bench gateway_overhead`, see README): on a 1-client read, uvicorn's
+per-request ASGI cycle and its two writes per answer (head, then body) alone added about 0.25 ms,
+close to the 0.3 ms budget for the whole gateway; an asyncio protocol that writes each answer once
+added almost nothing.
+
+A request takes the ASGI route instead when the fast path would change what it gets: a HEAD request,
+HTTP/1.0, an upgrade, a request pipelined behind an unfinished one, a cross-origin request when CORS
+is configured (the CORS middleware answers it), or when uvicorn's concurrency limit is reached.
+"""
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+
+import httptools
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from gateway.routing import owner_of
+
+
+async def _nothing(scope, receive, send) -> None:
+    """The app behind the X-Forwarded-* rewrite: the rewrite of the scope is all that is wanted."""
+
+
+def find_gateway(app):
+    """The Gateway instance inside uvicorn's middleware wrappers (None if this is another app)."""
+    from gateway.app import Gateway  # the app module imports much; the protocol needs only the class
+
+    seen = 0
+    while app is not None and not isinstance(app, Gateway) and seen < 10:
+        app, seen = getattr(app, "app", None), seen + 1
+    return app if isinstance(app, Gateway) else None
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gateway = find_gateway(self.app)
+        # The same X-Forwarded-For / -Proto rewrite uvicorn applies to ASGI requests (trusted hosts
+        # only): the failed-authentication throttle counts per client address, not per load balancer.
+        self.forwarded = (
+            ProxyHeadersMiddleware(_nothing, trusted_hosts=self.config.forwarded_allow_ips) if self.config.proxy_headers else None
+        )
+
+    def on_headers_complete(self) -> None:
+        proxy = self.gateway.proxy if self.gateway is not None else None
+        if proxy is None or not self._fast_path_allowed():
+            super().on_headers_complete()
+            return
+        scope = self.scope
+        scope["method"] = self.parser.get_method().decode("ascii")
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode("ascii")
+        scope["path"] = urllib.parse.unquote(path) if "%" in path else path
+        scope["raw_path"] = parsed.path
+        scope["query_string"] = parsed.query or b""
+        if owner_of(scope["path"]) is None:  # only a percent-encoded prefix gets here: ASGI decides
+            super().on_headers_complete()
+            return
+        self.cycle = cycle = RequestResponseCycle(
+            scope=scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        task = self.loop.create_task(self._exchange(cycle, proxy))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def _fast_path_allowed(self) -> bool:
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # pipelined behind an unfinished request: uvicorn queues it
+        if self.parser.should_upgrade() or self.parser.get_http_version() != "1.1" or self.parser.get_method() == b"HEAD":
+            return False
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            return False
+        if self.gateway.cors and any(name == b"origin" for name, _ in self.headers):
+            return False
+        # Cheap test before the URL is parsed: proxied paths all start so (owner_of decides later).
+        return self.url.startswith(b"/api/v1/")
+
+    async def _exchange(self, cycle: RequestResponseCycle, proxy) -> None:
+        try:
+            if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in cycle.scope["headers"]):
+                await self.forwarded(cycle.scope, None, None)
+            status, headers, body = await proxy.answer(cycle.scope, cycle.receive)
+            if self.flow.write_paused and not cycle.disconnected:
+                await self.flow.drain()
+        except BaseException as exc:
+            # answer() turns every error into a problem answer: only cancellation or a bug here.
+            self.logger.error("exception on the gateway's fast path", exc_info=exc)
+            self.transport.close()
+            raise
+        cycle.response_started = cycle.response_complete = True
+        if cycle.disconnected:
+            return
+        parts = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:  # date (and server unless disabled)
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()

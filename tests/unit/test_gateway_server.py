@@ -1,0 +1,232 @@
+"""The gateway's HTTP protocol (gateway/server.py), driven byte by byte through a recording transport.
+
+The proxy is a fake here (its answers are the subject of the integration tests, which run the real
+protocol in the stack): these tests pin down what the protocol itself promises — a proxied request
+reaches `answer()` with the same scope uvicorn would build and leaves in one write; everything it
+does not take goes to the ASGI app; keep-alive, pipelining, bodies and forwarded addresses behave.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from gateway.app import create_app
+from gateway.server import GatewayHttpProtocol
+from gateway.settings import GatewaySettings
+
+ANSWER = b'{"ok":true}'
+
+
+class Transport(asyncio.Transport):
+    def __init__(self, peer: str = "127.0.0.1"):
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.peer = peer
+
+    def write(self, data) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8000), "peername": (self.peer, 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    @property
+    def output(self) -> bytes:
+        return b"".join(self.writes)
+
+
+class FakeProxy:
+    """Records how each request arrived: through `answer` (the fast path) or as an ASGI app."""
+
+    def __init__(self):
+        self.fast: list[tuple[dict, bytes]] = []
+        self.asgi: list[dict] = []
+        self.hold: asyncio.Event | None = None  # when set, answers wait for it
+
+    async def answer(self, scope, receive):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.fast.append((dict(scope), body))
+        if self.hold is not None:
+            await self.hold.wait()
+        return 200, [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())], ANSWER
+
+    async def __call__(self, scope, receive, send):
+        self.asgi.append(dict(scope))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]})
+        await send({"type": "http.response.body", "body": ANSWER if scope["method"] != "HEAD" else b""})
+
+
+@pytest.fixture
+def connection(tmp_path):
+    """(protocol, transport, proxy, server_state) for one client connection from 127.0.0.1."""
+    gateway = create_app(GatewaySettings(data_dir=str(tmp_path), internal_secret="s" * 32))
+    proxy = FakeProxy()
+    gateway.proxy = proxy
+    config = Config(app=gateway, http=GatewayHttpProtocol, lifespan="off", log_level="warning")
+    config.load()
+    state = ServerState()
+    state.default_headers = [(b"server", b"vmc-test")]
+
+    def connect(peer: str = "127.0.0.1"):
+        protocol = GatewayHttpProtocol(config=config, server_state=state, app_state={})
+        transport = Transport(peer)
+        protocol.connection_made(transport)
+        return protocol, transport
+
+    return connect, proxy, state
+
+
+async def settle(state: ServerState) -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if not state.tasks:
+            await asyncio.sleep(0)
+            return
+    await asyncio.wait_for(asyncio.gather(*state.tasks), 2)
+
+
+async def test_a_proxied_request_reaches_answer_with_uvicorns_scope_and_leaves_in_one_write(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/organizations/a%2Fb?limit=5 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer k\r\n\r\n")
+    await settle(state)
+    assert len(proxy.fast) == 1 and not proxy.asgi
+    scope, body = proxy.fast[0]
+    assert (scope["method"], scope["path"], scope["raw_path"], scope["query_string"]) == (
+        "GET", "/api/v1/organizations/a/b", b"/api/v1/organizations/a%2Fb", b"limit=5")
+    assert (b"authorization", b"Bearer k") in scope["headers"] and scope["client"] == ("127.0.0.1", 50000)
+    assert body == b""
+    assert len(transport.writes) == 1  # head and body together
+    head, _, payload = transport.output.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"server: vmc-test" in head and b"content-length: 11" in head
+    assert payload == ANSWER
+    assert not transport.closed  # kept alive for the next request
+
+
+async def test_keep_alive_serves_the_next_request_on_the_same_connection(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    for n in range(3):
+        protocol.data_received(f"GET /api/v1/programs/{n} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+        await settle(state)
+    assert [scope["path"] for scope, _ in proxy.fast] == [f"/api/v1/programs/{n}" for n in range(3)]
+    assert transport.output.count(b"HTTP/1.1 200 OK") == 3 and not transport.closed
+
+
+async def test_a_body_sent_in_pieces_reaches_the_proxy_whole(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    body = b'{"name": "' + b"x" * 5000 + b'"}'
+    protocol.data_received(b"POST /api/v1/volunteers HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:100])
+    await asyncio.sleep(0)
+    protocol.data_received(body[100:])
+    await settle(state)
+    assert proxy.fast[0][1] == body and proxy.fast[0][0]["method"] == "POST"
+    assert transport.output.startswith(b"HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize("request_line, headers", [
+    (b"HEAD /api/v1/organizations HTTP/1.1", b"Host: gw\r\n"),  # HEAD answers carry no body: uvicorn's rules
+    (b"GET /health HTTP/1.1", b"Host: gw\r\n"),  # not proxied: the FastAPI app
+    (b"GET /api/v1/openapi.json HTTP/1.1", b"Host: gw\r\n"),
+    (b"GET /api/v1/admin/api-keys HTTP/1.1", b"Host: gw\r\n"),
+])
+async def test_what_the_fast_path_does_not_take_goes_to_the_asgi_app(connection, request_line, headers):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    protocol.data_received(request_line + b"\r\n" + headers + b"\r\n")
+    await settle(state)
+    assert not proxy.fast
+    assert transport.output.startswith(b"HTTP/1.1 "), transport.output[:100]
+    if request_line.startswith(b"HEAD"):
+        assert [scope["method"] for scope in proxy.asgi] == ["HEAD"]
+        assert transport.output.endswith(b"\r\n\r\n")  # no body
+
+
+async def test_http_1_0_and_connection_close_are_answered_then_closed(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    await settle(state)
+    assert proxy.fast and b"connection: close" in transport.output and transport.closed
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.0\r\n\r\n")
+    await settle(state)
+    assert len(proxy.asgi) == 1 and transport.output.endswith(ANSWER) and transport.closed
+
+
+async def test_pipelined_requests_are_answered_in_order(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    proxy.hold = asyncio.Event()  # the first answer is still being worked on when the second arrives
+    protocol.data_received(b"GET /api/v1/programs/1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+                           b"GET /api/v1/programs/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await asyncio.sleep(0.01)
+    assert transport.output == b""
+    proxy.hold.set()
+    await settle(state)
+    await settle(state)
+    assert [scope["path"] for scope, _ in proxy.fast] == ["/api/v1/programs/1"]
+    assert [scope["path"] for scope in proxy.asgi] == ["/api/v1/programs/2"]  # queued by uvicorn, then ASGI
+    assert transport.output.count(b"HTTP/1.1 200 OK") == 2
+
+
+async def test_a_trusted_proxys_forwarded_address_is_the_client(connection):
+    connect, proxy, state = connection
+    protocol, _ = connect()  # 127.0.0.1: trusted by default (uvicorn's --forwarded-allow-ips)
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+    await settle(state)
+    assert proxy.fast[0][0]["client"][0] == "203.0.113.9"
+    protocol, _ = connect(peer="192.0.2.50")  # anyone else cannot claim an address
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n")
+    await settle(state)
+    assert proxy.fast[1][0]["client"][0] == "192.0.2.50"
+
+
+async def test_a_client_gone_before_the_answer_gets_no_write(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    proxy.hold = asyncio.Event()
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await asyncio.sleep(0.01)
+    protocol.connection_lost(None)
+    proxy.hold.set()
+    await settle(state)
+    assert transport.writes == []
+
+
+async def test_cross_origin_requests_take_the_cors_route_when_cors_is_configured(tmp_path):
+    gateway = create_app(GatewaySettings(data_dir=str(tmp_path), internal_secret="s" * 32, cors_origins="https://dash.example"))
+    proxy = gateway.proxy = FakeProxy()
+    config = Config(app=gateway, http=GatewayHttpProtocol, lifespan="off", log_level="warning")
+    config.load()
+    state = ServerState()
+    protocol = GatewayHttpProtocol(config=config, server_state=state, app_state={})
+    transport = Transport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nOrigin: https://dash.example\r\n\r\n")
+    await settle(state)
+    assert not proxy.fast and len(proxy.asgi) == 1
+    assert b"access-control-allow-origin: https://dash.example" in transport.output
