@@ -179,7 +179,7 @@ class AuditWriter:
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
                 async with self._maker() as session:
-                    await session.execute(insert(AuditEvent), batch)
+                    await session.execute(insert(AuditEvent.__table__), batch)  # Core: no ORM bulk machinery per row
                     await session.commit()
             except Exception:
                 self._queue.extendleft(reversed(batch))  # keep them for the next attempt

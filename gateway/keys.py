@@ -89,7 +89,7 @@ class ApiKeyCreated(ApiKeyPublic):
 
 
 def hash_secret(secret: str, server_secret: str) -> str:
-    return hmac.new(server_secret.encode(), secret.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(server_secret.encode(), secret.encode(), hashlib.sha256).hex()  # one C call per request
 
 
 def split_key(key: str) -> tuple[str, str] | None:

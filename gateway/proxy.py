@@ -42,6 +42,9 @@ _DROP_RESPONSE = {b"connection", b"keep-alive", b"transfer-encoding", b"content-
 # than the rest of the header work, and a key's context rarely changes.
 SIGNED_REUSE_SECONDS = 25.0
 IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+# Scope key under which a server that already holds the whole request body hands it over (see
+# gateway/server.py): no receive() round, no time limit to arm for bytes that are already here.
+WHOLE_BODY = "vmc.body"
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Proxy:
         self.session: aiohttp.ClientSession | None = None  # readiness and OpenAPI fetches only
         self.upstream = UpstreamClient(limit=128)
         self.targets = {name: _target(url) for name, url in upstreams.items()}
-        self._signed: dict[CallerContext, tuple[float, list[tuple[bytes, bytes]]]] = {}
+        self._signed: dict[str, tuple[float, CallerContext, list[tuple[bytes, bytes]]]] = {}  # by key id
         self.audit: AuditWriter | None = None  # set by the app; entries are queued, never awaited
         self._auth_blocked: dict[str, float] = {}  # client address → monotonic time its 429s end
 
@@ -217,6 +220,11 @@ class Proxy:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, within the size limit and the time limit (a client trickling bytes is cut off)."""
         limit = body_limit(scope["path"])
+        whole = scope.get(WHOLE_BODY)
+        if whole is not None:
+            if len(whole) > limit:
+                raise ProblemError(413, f"the request body exceeds {limit} bytes")
+            return whole
         if not any(k == b"content-length" or k == b"transfer-encoding" for k, _ in scope["headers"]):
             # No body announced: the server answers receive() at once, no time limit needed.
             message = await receive()
@@ -293,13 +301,15 @@ class Proxy:
 
     def _signed_headers(self, caller: CallerContext) -> list[tuple[bytes, bytes]]:
         now = time.monotonic()
-        cached = self._signed.get(caller)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        cached = self._signed.get(caller.key_id)
+        # The same context object (the key store hands out one per lookup) or an equal one: a key whose
+        # scopes or organisation changed is signed again.
+        if cached is not None and cached[0] > now and (cached[1] is caller or cached[1] == caller):
+            return cached[2]
         if len(self._signed) > 10_000:  # bounded: old contexts are simply signed again
             self._signed.clear()
         signed = [(k.encode(), v.encode()) for k, v in encode_caller(caller, self.settings.internal_secret).items()]
-        self._signed[caller] = (now + SIGNED_REUSE_SECONDS, signed)
+        self._signed[caller.key_id] = (now + SIGNED_REUSE_SECONDS, caller, signed)
         return signed
 
     @staticmethod

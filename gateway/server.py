@@ -23,6 +23,7 @@ import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from gateway.proxy import WHOLE_BODY
 from gateway.routing import owner_of
 
 
@@ -98,6 +99,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     async def _exchange(self, cycle: RequestResponseCycle, proxy) -> None:
         try:
+            if not cycle.more_body:  # the parser has the whole body already (always so for a GET)
+                cycle.scope[WHOLE_BODY] = bytes(cycle.body)
             if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in cycle.scope["headers"]):
                 await self.forwarded(cycle.scope, None, None)
             status, headers, body = await proxy.answer(cycle.scope, cycle.receive)
