@@ -1,0 +1,118 @@
+"""The gateway's own HTTP protocol (gateway/server.py) in the running stack, over raw sockets: what
+ordinary clients never do (pipelining, HTTP/1.0, trickled bodies, Expect: 100-continue) and the
+client address a trusted proxy forwards."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from urllib.parse import urlsplit
+
+from services.registry.settings import GDY_ORGANIZATION_ID
+from tests.harness import Stack
+
+
+async def connect(stack: Stack) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = urlsplit(stack.api)
+    return await asyncio.open_connection(url.hostname, url.port)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if line)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10) if status >= 200 else b""
+    return status, headers, body
+
+
+def get(path: str, key: str, *extra: str, version: str = "1.1") -> bytes:
+    lines = [f"GET /api/v1{path} HTTP/{version}", "Host: gateway", f"Authorization: Bearer {key}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_pipelined_requests_are_answered_in_order(stack: Stack):
+    reader, writer = await connect(stack)
+    missing = uuid.uuid4()
+    writer.write(get(f"/organizations/{GDY_ORGANIZATION_ID}", stack.admin_key)
+                 + get(f"/organizations/{missing}", stack.admin_key)
+                 + get("/organizations?limit=1", stack.admin_key))
+    answers = [await read_response(reader) for _ in range(3)]
+    writer.close()
+    assert [status for status, _, _ in answers] == [200, 404, 200]
+    assert json.loads(answers[0][2])["id"] == GDY_ORGANIZATION_ID
+    assert answers[1][1]["content-type"] == "application/problem+json"
+    assert len(json.loads(answers[2][2])["items"]) == 1
+    assert len({headers["x-request-id"] for _, headers, _ in answers}) == 3
+
+
+async def test_an_http_1_0_client_gets_its_answer_and_the_connection_closes(stack: Stack):
+    reader, writer = await connect(stack)
+    writer.write(get(f"/organizations/{GDY_ORGANIZATION_ID}", stack.admin_key, version="1.0"))
+    status, _, body = await read_response(reader)
+    assert status == 200 and json.loads(body)["id"] == GDY_ORGANIZATION_ID
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the gateway
+    writer.close()
+
+
+async def test_connection_close_is_honoured_after_the_answer(stack: Stack):
+    reader, writer = await connect(stack)
+    writer.write(get(f"/organizations/{GDY_ORGANIZATION_ID}", stack.admin_key, "Connection: close"))
+    status, headers, _ = await read_response(reader)
+    assert status == 200 and headers.get("connection") == "close"
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+def post_head(path: str, key: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST /api/v1{path} HTTP/1.1", "Host: gateway", f"Authorization: Bearer {key}",
+             "Content-Type: application/json", f"Content-Length: {length}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_a_body_trickled_in_pieces_is_forwarded_whole(stack: Stack):
+    name = f"Trickle NGO {uuid.uuid4().hex[:8]}"
+    body = json.dumps({"name": name, "kind": "ngo", "province_codes": ["12"]}).encode()
+    reader, writer = await connect(stack)
+    writer.write(post_head("/organizations", stack.admin_key, len(body)))
+    for piece in (body[:5], body[5:20], body[20:]):
+        await asyncio.sleep(0.05)
+        writer.write(piece)
+    status, _, answer = await read_response(reader)
+    writer.close()
+    assert status == 201, answer
+    assert json.loads(answer)["name"] == name
+
+
+async def test_expect_100_continue_gets_its_interim_answer_then_the_real_one(stack: Stack):
+    name = f"Continue NGO {uuid.uuid4().hex[:8]}"
+    body = json.dumps({"name": name, "kind": "ngo", "province_codes": ["12"]}).encode()
+    reader, writer = await connect(stack)
+    writer.write(post_head("/organizations", stack.admin_key, len(body), "Expect: 100-continue"))
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(body)
+    status, _, answer = await read_response(reader)
+    writer.close()
+    assert status == 201 and json.loads(answer)["name"] == name
+
+
+async def test_a_trusted_proxys_forwarded_address_is_throttled_on_its_own(stack: Stack):
+    """Behind a load balancer (a trusted proxy: 127.0.0.1 here, uvicorn's default), wrong keys are
+    counted per forwarded client address, so one guesser does not get every client throttled."""
+    guesser, bystander = "198.51.100.7", "198.51.100.8"
+    reader, writer = await connect(stack)
+    statuses = []
+    for _ in range(200):
+        writer.write(get("/organizations", f"vmc_{uuid.uuid4().hex[:8]}_{uuid.uuid4().hex}", f"X-Forwarded-For: {guesser}"))
+        statuses.append((await read_response(reader))[0])
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429 and set(statuses[:-1]) == {401}
+    writer.write(get("/organizations", stack.admin_key, f"X-Forwarded-For: {guesser}"))
+    assert (await read_response(reader))[0] == 429  # even a right key, from the throttled address
+    writer.write(get("/organizations", f"vmc_{uuid.uuid4().hex[:8]}_x", f"X-Forwarded-For: {bystander}"))
+    assert (await read_response(reader))[0] == 401  # another client behind the same proxy: not throttled
+    writer.write(get("/organizations", stack.admin_key, f"X-Forwarded-For: {bystander}"))
+    assert (await read_response(reader))[0] == 200
+    writer.close()
