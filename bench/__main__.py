@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -62,5 +63,12 @@ def show(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    # A SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the stack's processes are stopped and
+    # its databases dropped instead of being left running and loading the machine.
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(main())

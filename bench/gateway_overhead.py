@@ -1,5 +1,9 @@
 """What the gateway adds (auth + rate limit + audit + proxy) against calling the service directly, on PostgreSQL.
 
+Three ways in: direct to the registry; through the gateway as it runs (its own protocol, see
+gateway/server.py); and through a second gateway process on plain uvicorn (`--http httptools`, every
+request on the ASGI route), so the protocol's effect is measured side by side in the same run.
+
 Two routes: (a) a cheap read, `GET /organizations/{id}` (one primary-key lookup: there is no
 API route without a database), and (b) a database write, volunteer registration (one insert with
 its outbox row; the gateway also queues an audit entry). Each at 1 and at 32 concurrent clients,
@@ -20,6 +24,7 @@ from statistics import median
 from bench.load import Load, LoadResult, run_load
 from bench.payloads import volunteer_template
 from bench.stack import cpu_seconds, direct_headers, gateway_headers, running_stack, settle
+from deploy.processes import free_port, start_uvicorn, wait_ready
 from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.harness import Stack
@@ -28,7 +33,7 @@ SECONDS = 4
 ROUNDS = 5
 WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
-VIAS = ("direct", "gateway")
+VIAS = ("direct", "gateway", "asgi")
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Side:
 
     results: list[LoadResult] = field(default_factory=list)
     service_cpu: float = 0.0
-    gateway_cpu: float = 0.0
+    gateway_cpu: float = 0.0  # of the process this side went through (none for direct)
 
     def median(self, attribute: str) -> float:
         return median(getattr(result, attribute) for result in self.results)
@@ -61,10 +66,20 @@ def routes(run_id: str) -> list[Route]:
     ]
 
 
+def start_asgi_gateway(stack: Stack) -> str:
+    """A second gateway on plain uvicorn (same database, keys and services), as part of the stack."""
+    port = free_port()
+    env = {**stack.env(), "VMC_GATEWAY_PORT": str(port), "VMC_GATEWAY_DATABASE_URL": stack.db_urls["gateway"]}
+    stack.procs["asgi"] = start_uvicorn("gateway.app:create_app", port, env, stack.workdir / "asgi.log", http="httptools")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/ready", 60, stack.procs["asgi"])
+    return url + "/api/v1"
+
+
 class Runner:
     def __init__(self, stack: Stack):
         self.stack = stack
-        self.bases = {"direct": stack.urls["registry"] + "/api/v1", "gateway": stack.api}
+        self.bases = {"direct": stack.urls["registry"] + "/api/v1", "gateway": stack.api, "asgi": start_asgi_gateway(stack)}
         self.first = 0
 
     def load(self, via: str, route: Route, clients: int, seconds: float) -> Load:
@@ -75,12 +90,13 @@ class Runner:
         self.first += 1_000_000  # a run sends far fewer requests: bodies stay unique across runs
         return Load(self.bases[via] + route.path, clients, seconds, route.method, headers, route.body, self.first)
 
-    def run(self, side: Side, load: Load) -> None:
+    def run(self, side: Side, load: Load, via: str) -> None:
         settle(self.stack)
-        before = cpu_seconds(self.stack, "registry"), cpu_seconds(self.stack, "gateway")
+        proxy = "asgi" if via == "asgi" else "gateway"
+        before = cpu_seconds(self.stack, "registry"), cpu_seconds(self.stack, proxy)
         result = run_load(load)
         side.service_cpu += cpu_seconds(self.stack, "registry") - before[0]
-        side.gateway_cpu += cpu_seconds(self.stack, "gateway") - before[1]
+        side.gateway_cpu += cpu_seconds(self.stack, proxy) - before[1]
         if result.failures:
             raise RuntimeError(f"{load.method} {load.url} at {load.connections} clients: {result.failures} failed requests, "
                                f"the first: {result.first_failure}")
@@ -88,11 +104,11 @@ class Runner:
 
     def case(self, route: Route, clients: int, seconds: float, rounds: int) -> dict[str, Side]:
         for via in VIAS:
-            self.run(Side(), self.load(via, route, clients, WARMUP_SECONDS))
+            self.run(Side(), self.load(via, route, clients, WARMUP_SECONDS), via)
         sides = {via: Side() for via in VIAS}
         for round_ in range(rounds):
             for via in VIAS if round_ % 2 == 0 else reversed(VIAS):
-                self.run(sides[via], self.load(via, route, clients, seconds))
+                self.run(sides[via], self.load(via, route, clients, seconds), via)
         return sides
 
 
@@ -109,7 +125,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
 
 def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
-    direct, gateway = sides["direct"], sides["gateway"]
+    direct, gateway, asgi = sides["direct"], sides["gateway"], sides["asgi"]
     return {
         figure(row, "direct rps"): round(direct.median("rps")),
         figure(row, "gateway rps"): round(gateway.median("rps")),
@@ -122,4 +138,7 @@ def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
         figure(row, "added p99 ms"): round(gateway.median("p99_ms") - direct.median("p99_ms"), 3),
         figure(row, "service CPU ms/req"): round(direct.cpu_ms_per_request(direct.service_cpu), 3),
         figure(row, "gateway CPU ms/req"): round(gateway.cpu_ms_per_request(gateway.gateway_cpu), 3),
+        figure(row, "ASGI route: ratio"): round(asgi.median("rps") / direct.median("rps"), 3),
+        figure(row, "ASGI route: added p50 ms"): round(asgi.median("p50_ms") - direct.median("p50_ms"), 3),
+        figure(row, "ASGI route: CPU ms/req"): round(asgi.cpu_ms_per_request(asgi.gateway_cpu), 3),
     }

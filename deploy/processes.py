@@ -68,9 +68,10 @@ def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc"
 GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
 
 
-def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None) -> subprocess.Popen:
+def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None, http: str | None = None) -> subprocess.Popen:
+    """`http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise)."""
     out = open(log_path, "ab") if log_path else None
-    http = GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools"
+    http = http or (GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools")
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
          "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", "10"],
