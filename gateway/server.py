@@ -10,6 +10,9 @@ per-request ASGI cycle and its two writes per answer (head, then body) alone add
 close to the 0.3 ms budget for the whole gateway; an asyncio protocol that writes each answer once
 added almost nothing.
 
+It also bounds the time a request head may take (`VMC_GATEWAY_HEADER_READ_TIMEOUT_SECONDS`): uvicorn
+has no such limit, so a client trickling header bytes would hold its connection for ever.
+
 A request takes the ASGI route instead when the fast path would change what it gets: a HEAD request,
 HTTP/1.0, an upgrade, a request pipelined behind an unfinished one, a cross-origin request when CORS
 is configured (the CORS middleware answers it), or when uvicorn's concurrency limit is reached.
@@ -25,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.proxy import WHOLE_BODY
 from gateway.routing import owner_of
+from shared.errors import PROBLEM_JSON, problem_body
 
 
 async def _nothing(scope, receive, send) -> None:
@@ -51,7 +55,40 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             ProxyHeadersMiddleware(_nothing, trusted_hosts=self.config.forwarded_allow_ips) if self.config.proxy_headers else None
         )
 
+    # A head that takes too long. The timer is armed only when a head spans several reads, so the
+    # usual request (its head in one packet) costs nothing.
+    head_timer: asyncio.TimerHandle | None = None
+    in_head = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.in_head and self.head_timer is None and self.gateway is not None and not self.transport.is_closing():
+            self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        self.in_head = False
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.transport.is_closing():
+            body = problem_body(408, "the request head was not received in time", title="Request timeout", slug="request-timeout")
+            self.transport.write(STATUS_LINE[408] + b"content-type: " + PROBLEM_JSON.encode() + b"\r\ncontent-length: "
+                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+            self.transport.close()
+
     def on_headers_complete(self) -> None:
+        self._stop_head_timer()
         proxy = self.gateway.proxy if self.gateway is not None else None
         if proxy is None or not self._fast_path_allowed():
             super().on_headers_complete()

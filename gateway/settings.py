@@ -31,6 +31,9 @@ class GatewaySettings(ServiceSettings):
     export_timeout_seconds: float = 120.0
     connect_timeout_seconds: float = 2.0
     body_read_timeout_seconds: float = 60.0
+    # A request head (request line and headers) not complete this long after its first byte is
+    # answered 408 and the connection closed (a client trickling header bytes holds no connection).
+    header_read_timeout_seconds: float = 10.0
     # A service failing this many requests in a row is not called for `circuit_cooldown_seconds`.
     circuit_failure_threshold: int = 5
     circuit_cooldown_seconds: float = 5.0

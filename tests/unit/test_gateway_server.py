@@ -77,10 +77,10 @@ class FakeProxy:
         await send({"type": "http.response.body", "body": ANSWER if scope["method"] != "HEAD" else b""})
 
 
-@pytest.fixture
-def connection(tmp_path):
-    """(protocol, transport, proxy, server_state) for one client connection from 127.0.0.1."""
-    gateway = create_app(GatewaySettings(data_dir=str(tmp_path), internal_secret="s" * 32))
+def server(tmp_path, **settings):
+    """(connect, proxy, server_state): `connect(peer)` opens one client connection to a gateway whose
+    proxy is a FakeProxy."""
+    gateway = create_app(GatewaySettings(data_dir=str(tmp_path), internal_secret="s" * 32, **settings))
     proxy = FakeProxy()
     gateway.proxy = proxy
     config = Config(app=gateway, http=GatewayHttpProtocol, lifespan="off", log_level="warning")
@@ -95,6 +95,11 @@ def connection(tmp_path):
         return protocol, transport
 
     return connect, proxy, state
+
+
+@pytest.fixture
+def connection(tmp_path):
+    return server(tmp_path)
 
 
 async def settle(state: ServerState) -> None:
@@ -218,15 +223,30 @@ async def test_a_client_gone_before_the_answer_gets_no_write(connection):
 
 
 async def test_cross_origin_requests_take_the_cors_route_when_cors_is_configured(tmp_path):
-    gateway = create_app(GatewaySettings(data_dir=str(tmp_path), internal_secret="s" * 32, cors_origins="https://dash.example"))
-    proxy = gateway.proxy = FakeProxy()
-    config = Config(app=gateway, http=GatewayHttpProtocol, lifespan="off", log_level="warning")
-    config.load()
-    state = ServerState()
-    protocol = GatewayHttpProtocol(config=config, server_state=state, app_state={})
-    transport = Transport()
-    protocol.connection_made(transport)
+    connect, proxy, state = server(tmp_path, cors_origins="https://dash.example")
+    protocol, transport = connect()
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nOrigin: https://dash.example\r\n\r\n")
     await settle(state)
     assert not proxy.fast and len(proxy.asgi) == 1
     assert b"access-control-allow-origin: https://dash.example" in transport.output
+
+
+async def test_a_head_trickled_too_slowly_is_a_408_and_the_connection_closes(tmp_path):
+    connect, proxy, state = server(tmp_path, header_read_timeout_seconds=0.05)
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n")  # the head never ends
+    await asyncio.sleep(0.15)
+    assert transport.output.startswith(b"HTTP/1.1 408 ") and b"application/problem+json" in transport.output
+    assert transport.closed and not proxy.fast
+
+
+async def test_a_head_completed_in_time_is_served_and_leaves_no_timer(tmp_path):
+    connect, proxy, state = server(tmp_path, header_read_timeout_seconds=0.05)
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\n")
+    await asyncio.sleep(0.01)
+    protocol.data_received(b"Host: gw\r\n\r\n")
+    await settle(state)
+    await asyncio.sleep(0.1)  # past the time limit: the finished head's timer must not fire
+    assert transport.output.startswith(b"HTTP/1.1 200 OK") and b"408" not in transport.output
+    assert not transport.closed and len(proxy.fast) == 1
