@@ -1,6 +1,8 @@
 """The gateway's hot path: authenticate, limit, sign the caller context, forward, relay the answer.
 
-A pure ASGI handler forwarding on gateway/upstream.py's keep-alive pools (measured: httpx's pool
+`Proxy.answer` does it all for one request and returns the answer; gateway/server.py's protocol
+writes it in one go, and `Proxy.__call__` serves it as an ASGI app for the requests that protocol
+leaves to ASGI. Forwarding uses gateway/upstream.py's keep-alive pools (measured: httpx's pool
 collapses under concurrency; aiohttp's client costs about twice our own per request). The aiohttp
 session is kept for the readiness and OpenAPI fetches, which are not on the hot path.
 """

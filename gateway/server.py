@@ -143,11 +143,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             status, headers, body = await proxy.answer(cycle.scope, cycle.receive)
             if self.flow.write_paused and not cycle.disconnected:
                 await self.flow.drain()
-        except BaseException as exc:
-            # answer() turns every error into a problem answer: only cancellation or a bug here.
-            self.logger.error("exception on the gateway's fast path", exc_info=exc)
+        except asyncio.CancelledError:  # shutting down
             self.transport.close()
             raise
+        except Exception:  # answer() turns every error into a problem answer: only a bug gets here
+            self.logger.exception("exception on the gateway's fast path")
+            self.transport.close()
+            return
         cycle.response_started = cycle.response_complete = True
         if cycle.disconnected:
             return
