@@ -47,6 +47,9 @@ class AuditEvent(SQLModel, table=True):
     request_id: str | None = Field(default=None, max_length=200)
 
 
+AUDIT_COLUMNS = tuple(column.name for column in AuditEvent.__table__.columns)
+
+
 class AuditEventPublic(SQLModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -178,12 +181,24 @@ class AuditWriter:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
             try:
-                async with self._maker() as session:
-                    await session.execute(insert(AuditEvent.__table__), batch)  # Core: no ORM bulk machinery per row
-                    await session.commit()
+                await self._insert(batch)
             except Exception:
                 self._queue.extendleft(reversed(batch))  # keep them for the next attempt
                 raise
+
+    async def _insert(self, batch: list[dict[str, Any]]) -> None:
+        async with self._maker() as session:
+            conn = await session.connection()
+            if conn.dialect.name == "postgresql":
+                # asyncpg's binary COPY (one statement, atomic on its own): a write through the gateway
+                # cost about 0.1 ms more CPU with the batch insert through SQLAlchemy (bench/, 1 client).
+                raw = await conn.get_raw_connection()
+                await raw.driver_connection.copy_records_to_table(
+                    AuditEvent.__tablename__, records=[tuple(row[c] for c in AUDIT_COLUMNS) for row in batch], columns=AUDIT_COLUMNS,
+                )
+            else:
+                await session.execute(insert(AuditEvent.__table__), batch)
+            await session.commit()
 
     async def _run(self) -> None:
         delay = 0.2
