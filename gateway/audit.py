@@ -190,8 +190,9 @@ class AuditWriter:
         async with self._maker() as session:
             conn = await session.connection()
             if conn.dialect.name == "postgresql":
-                # asyncpg's binary COPY (one statement, atomic on its own): a write through the gateway
-                # cost about 0.1 ms more CPU with the batch insert through SQLAlchemy (bench/, 1 client).
+                # asyncpg's binary COPY (one statement, atomic on its own). Measured side by side at one
+                # client: the gateway's CPU per write was 0.48 ms with SQLAlchemy's batch insert, 0.43
+                # with COPY, 0.33 with no audit at all.
                 raw = await conn.get_raw_connection()
                 await raw.driver_connection.copy_records_to_table(
                     AuditEvent.__tablename__, records=[tuple(row[c] for c in AUDIT_COLUMNS) for row in batch], columns=AUDIT_COLUMNS,

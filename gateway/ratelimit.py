@@ -10,21 +10,20 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
 class Decision:
-    """A rate limiter's answer to one request. (A slotted class: made on every request.)"""
+    """A rate limiter's answer to one request."""
 
-    __slots__ = ("allowed", "limit", "remaining", "reset_seconds", "retry_after")
-
-    def __init__(self, allowed: bool, limit: int, remaining: int, reset_seconds: int, retry_after: int):
-        self.allowed = allowed
-        self.limit = limit
-        self.remaining = remaining
-        self.reset_seconds = reset_seconds  # until the bucket is full again
-        self.retry_after = retry_after  # until one more request is allowed (when refused)
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int  # until the bucket is full again
+    retry_after: int  # until one more request is allowed (when refused)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = [
