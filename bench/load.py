@@ -29,6 +29,7 @@ class Load:
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None  # a template: `{n}` → per-request number
     first: int = 0
+    expect: int | None = None  # the one status every answer must have (default: any below 400)
 
 
 @dataclass
@@ -80,17 +81,25 @@ def wrk_script(load: Load) -> str:
         ]
     elif load.body is not None:
         lines.append(f"wrk.body = {_lua_string(load.body)}")
+    unexpected = "status >= 400" if load.expect is None else f"status ~= {int(load.expect)}"
     lines += [
-        # Only the first failed answer is kept (in the thread's Lua state), to say what went wrong.
+        # Answers with an unexpected status are counted per thread (wrk's own count is of every
+        # status from 400); only the first is kept, to say what went wrong.
         "threads = {}",
+        "unexpected = 0",
         "setup = function(thread) table.insert(threads, thread) end",
         "response = function(status, headers, body)",
-        '  if status >= 400 and first_failure == nil then first_failure = status .. " " .. (body or ""):sub(1, 300) end',
+        f"  if {unexpected} then",
+        "    unexpected = unexpected + 1",
+        '    if first_failure == nil then first_failure = status .. " " .. (body or ""):sub(1, 300) end',
+        "  end",
         "end",
         "done = function(summary, latency, requests)",
         "  local e = summary.errors",
+        "  local wrong = 0",
+        '  for _, thread in ipairs(threads) do wrong = wrong + thread:get("unexpected") end',
         '  io.write(string.format("BENCH-RESULT %d %d %d %d %d\\n", summary.requests, summary.duration,',
-        "    e.connect + e.read + e.write + e.timeout + e.status, latency:percentile(50), latency:percentile(99)))",
+        "    e.connect + e.read + e.write + e.timeout + wrong, latency:percentile(50), latency:percentile(99)))",
         "  for _, thread in ipairs(threads) do",
         '    local failure = thread:get("first_failure")',
         '    if failure then io.write("BENCH-FAILURE " .. failure:gsub("\\n", " ") .. "\\n") end',

@@ -19,6 +19,7 @@ async def generate(spec: dict) -> dict:
     connections, seconds, method, url = spec["connections"], spec["seconds"], spec["method"], spec["url"]
     template: str | None = spec.get("body")
     counter = [int(spec.get("first", 0))]
+    expect: int | None = spec.get("expect")
     latencies: list[float] = []
     failures = 0
     first_failure = ""
@@ -35,7 +36,7 @@ async def generate(spec: dict) -> dict:
             try:
                 async with session.request(method, url, data=next_body(), headers=spec["headers"]) as response:
                     answer = await response.read()
-                    if response.status >= 400:
+                    if response.status != expect if expect is not None else response.status >= 400:
                         failures += 1
                         first_failure = first_failure or f"{response.status} {answer[:300].decode(errors='replace')}"
             except aiohttp.ClientError as exc:

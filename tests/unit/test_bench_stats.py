@@ -97,6 +97,13 @@ def test_wrk_script_sets_headers_and_numbers_each_body():
     assert "local counter = 3" in script and "request = function()" in script
     static = wrk_script(Load("http://h/x", 1, 5))
     assert "request = function()" not in static and "done = function" in static
+    assert "if status >= 400 then" in static  # by default any answer from 400 is a failure
+
+
+def test_wrk_script_counts_answers_other_than_the_expected_status_as_failures():
+    script = wrk_script(Load("http://h/api/v1/volunteers", 1, 5, "POST", {}, '{"sex": "female"}', expect=422))
+    assert "if status ~= 422 then" in script and "status >= 400" not in script
+    assert 'wrong = wrong + thread:get("unexpected")' in script
 
 
 def test_parse_wrk_reads_the_result_line():
