@@ -1,8 +1,10 @@
 """What the gateway adds (auth + rate limit + audit + proxy) against calling the service directly, on PostgreSQL.
 
-Three ways in: direct to the registry; through the gateway as it runs (its own protocol, see
-gateway/server.py); and through a second gateway process on plain uvicorn (`--http httptools`, every
-request on the ASGI route), so the protocol's effect is measured side by side in the same run.
+Four ways in: direct to the registry; through the gateway as it runs (its own protocol, see
+gateway/server.py); through a second gateway process on plain uvicorn (`--http httptools`, every
+request on the ASGI route), so the protocol's effect is measured side by side in the same run; and,
+for scale, through a byte relay (bench/relay.py: one more process on the path that does nothing but
+copy bytes), the floor of any proxy process on this machine.
 
 Three routes: (a) a cheap read, `GET /organizations/{id}` (one primary-key lookup: there is no
 API route without a database), (b) a database write, volunteer registration (one insert with
@@ -22,13 +24,15 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from statistics import median
 
 from bench.load import Load, LoadResult, run_load
 from bench.payloads import volunteer_template
 from bench.stack import cpu_seconds, direct_headers, gateway_headers, running_stack, settle
-from deploy.processes import free_port, start_uvicorn, wait_ready
+from deploy.processes import free_port, start_uvicorn, wait_port, wait_ready
 from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.harness import Stack
@@ -37,7 +41,7 @@ SECONDS = 4
 ROUNDS = 5
 WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
-VIAS = ("direct", "gateway", "asgi")
+VIAS = ("direct", "gateway", "asgi", "relay")
 
 
 @dataclass
@@ -86,15 +90,26 @@ def start_asgi_gateway(stack: Stack) -> str:
     return url + "/api/v1"
 
 
+def start_relay(stack: Stack) -> str:
+    """bench/relay.py in front of the registry, as part of the stack."""
+    port = free_port()
+    log = open(stack.workdir / "relay.log", "ab")
+    stack.procs["relay"] = subprocess.Popen([sys.executable, "-m", "bench.relay", str(port), str(stack.ports["registry"])],
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port("127.0.0.1", port, 30)
+    return f"http://127.0.0.1:{port}/api/v1"
+
+
 class Runner:
     def __init__(self, stack: Stack):
         self.stack = stack
-        self.bases = {"direct": stack.urls["registry"] + "/api/v1", "gateway": stack.api, "asgi": start_asgi_gateway(stack)}
+        self.bases = {"direct": stack.urls["registry"] + "/api/v1", "gateway": stack.api, "asgi": start_asgi_gateway(stack),
+                      "relay": start_relay(stack)}
         self.first = 0
 
     def load(self, via: str, route: Route, clients: int, seconds: float) -> Load:
         # Direct callers carry the signed context the gateway would add: valid 60 s, so made per run.
-        headers = direct_headers(self.stack) if via == "direct" else gateway_headers(self.stack)
+        headers = direct_headers(self.stack) if via in ("direct", "relay") else gateway_headers(self.stack)
         if route.body is not None:
             headers["Content-Type"] = "application/json"
         self.first += 1_000_000  # a run sends far fewer requests: bodies stay unique across runs
@@ -102,7 +117,7 @@ class Runner:
 
     def run(self, side: Side, load: Load, via: str) -> None:
         settle(self.stack)
-        proxy = "asgi" if via == "asgi" else "gateway"
+        proxy = via if via in ("asgi", "relay") else "gateway"
         before = cpu_seconds(self.stack, "registry"), cpu_seconds(self.stack, proxy)
         result = run_load(load)
         side.service_cpu += cpu_seconds(self.stack, "registry") - before[0]
@@ -135,7 +150,7 @@ def run(quick: bool = False) -> dict[str, float]:
 
 
 def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
-    direct, gateway, asgi = sides["direct"], sides["gateway"], sides["asgi"]
+    direct, gateway, asgi, relay = sides["direct"], sides["gateway"], sides["asgi"], sides["relay"]
     return {
         figure(row, "direct rps"): round(direct.median("rps")),
         figure(row, "gateway rps"): round(gateway.median("rps")),
@@ -151,4 +166,6 @@ def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
         figure(row, "ASGI route: ratio"): round(asgi.median("rps") / direct.median("rps"), 3),
         figure(row, "ASGI route: added p50 ms"): round(asgi.median("p50_ms") - direct.median("p50_ms"), 3),
         figure(row, "ASGI route: CPU ms/req"): round(asgi.cpu_ms_per_request(asgi.gateway_cpu), 3),
+        figure(row, "byte relay: added p50 ms"): round(relay.median("p50_ms") - direct.median("p50_ms"), 3),
+        figure(row, "byte relay: CPU ms/req"): round(relay.cpu_ms_per_request(relay.gateway_cpu), 3),
     }

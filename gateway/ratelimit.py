@@ -67,6 +67,10 @@ class LocalRateLimiter:
         self._buckets = {key: bucket for key, bucket in self._buckets.items() if bucket[1] >= cutoff}
 
     async def hit(self, key_id: str, limit: int) -> Decision:
+        return self.hit_now(key_id, limit)
+
+    def hit_now(self, key_id: str, limit: int) -> Decision:
+        """`hit` without awaiting: the buckets are in memory."""
         now = time.monotonic()
         self._prune(now)
         tokens, stamp = self._buckets.get(key_id, (float(limit), now))
@@ -114,9 +118,16 @@ class RedisRateLimiter:
         self._down_until = 0.0
         self.failures = 0
 
+    def hit_now(self, key_id: str, limit: int) -> Decision | None:
+        """The decision if it can be made without waiting (Redis away: the local buckets), else None
+        and nothing counted: the caller awaits `hit`."""
+        if time.monotonic() < self._down_until:
+            return self._fallback.hit_now(key_id, limit)
+        return None
+
     async def hit(self, key_id: str, limit: int) -> Decision:
         if time.monotonic() < self._down_until:
-            return await self._fallback.hit(key_id, limit)
+            return self._fallback.hit_now(key_id, limit)
         try:
             allowed, ahead = await self._script(keys=[self._prefix + key_id], args=[limit])
         except Exception as exc:  # noqa: BLE001 - any Redis failure: fail open on the local buckets
@@ -124,7 +135,7 @@ class RedisRateLimiter:
             # Do not wait on a dead Redis for every request: try again after a short pause.
             self._down_until = time.monotonic() + self._retry_after_failure
             log.warning("Redis rate limiter unreachable; limiting per replica meanwhile", extra={"error": repr(exc)})
-            return await self._fallback.hit(key_id, limit)
+            return self._fallback.hit_now(key_id, limit)
         tokens = limit - float(ahead) * limit / 60.0
         return _decide(max(0.0, tokens), limit, allowed == b"1")
 
@@ -142,6 +153,9 @@ class ConcurrencyLimiter:
     def __init__(self, cap: int):
         self.cap = cap
         self._in_flight: dict[str, int] = {}
+
+    def available(self, key_id: str) -> bool:
+        return self._in_flight.get(key_id, 0) < self.cap
 
     def acquire(self, key_id: str) -> bool:
         current = self._in_flight.get(key_id, 0)

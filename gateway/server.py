@@ -60,8 +60,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     head_timer: asyncio.TimerHandle | None = None
     in_head = False
 
+    # A proxied request whose head the parser has read: dispatched once the bytes at hand are parsed,
+    # so that a body that came with its head is handed over whole.
+    pending: RequestResponseCycle | None = None
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self.pending is not None:
+            cycle, self.pending = self.pending, None
+            if not self.transport.is_closing():
+                self._dispatch(cycle)
         if self.in_head and self.head_timer is None and self.gateway is not None and not self.transport.is_closing():
             self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
 
@@ -116,9 +124,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             keep_alive=self.parser.should_keep_alive(),
             on_response=self.on_response_complete,
         )
-        task = self.loop.create_task(self._exchange(cycle, proxy))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        self.pending = cycle
 
     def _fast_path_allowed(self) -> bool:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -134,12 +140,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # Cheap test before the URL is parsed: proxied paths all start so (owner_of decides later).
         return self.url.startswith(b"/api/v1/")
 
+    def _dispatch(self, cycle: RequestResponseCycle) -> None:
+        """With the whole body at hand the proxy serves the request from callbacks when it can
+        (`Proxy.serve`); else, or while body bytes are still to come, a task runs `Proxy.answer`."""
+        proxy = self.gateway.proxy
+        if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in cycle.scope["headers"]):
+            _run_now(self.forwarded(cycle.scope, None, None))
+        if not cycle.more_body:  # the parser has the whole body already (always so for a GET)
+            cycle.scope[WHOLE_BODY] = bytes(cycle.body)
+            if proxy.serve(cycle.scope, lambda status, headers, body: self._reply(cycle, status, headers, body)):
+                return
+        task = self.loop.create_task(self._exchange(cycle, proxy))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
     async def _exchange(self, cycle: RequestResponseCycle, proxy) -> None:
         try:
-            if not cycle.more_body:  # the parser has the whole body already (always so for a GET)
-                cycle.scope[WHOLE_BODY] = bytes(cycle.body)
-            if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in cycle.scope["headers"]):
-                await self.forwarded(cycle.scope, None, None)
             status, headers, body = await proxy.answer(cycle.scope, cycle.receive)
             if self.flow.write_paused and not cycle.disconnected:
                 await self.flow.drain()
@@ -150,6 +166,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.logger.exception("exception on the gateway's fast path")
             self.transport.close()
             return
+        self._reply(cycle, status, headers, body)
+
+    def _reply(self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The answer in one write, then uvicorn's bookkeeping (keep-alive, the next pipelined request)."""
         cycle.response_started = cycle.response_complete = True
         if cycle.disconnected:
             return
@@ -165,3 +185,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not cycle.keep_alive:
             self.transport.close()
         cycle.on_response()
+
+
+def _run_now(coroutine) -> None:
+    """Run a coroutine that never waits (uvicorn's X-Forwarded-* rewrite in front of `_nothing`)."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("the X-Forwarded-* rewrite waited")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
 
 import httptools
 
@@ -44,14 +46,19 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; serves one request at a time."""
+    """One keep-alive connection; serves one request at a time.
+
+    `send` is the core: it reports the answer (or the error) to a callback, so the gateway's fast
+    path forwards with no task or future; `exchange` is the same as a coroutine.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.waiter: asyncio.Future | None = None
+        self.on_done: Callable[[Response | None, UpstreamError | None], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.parser = None
         self.head_only = False
         self.received = False
@@ -66,9 +73,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            error = Incomplete("connection closed mid-answer") if self.received else Dropped("connection closed before the answer")
-            self.waiter.set_exception(error)
+        if self.on_done is not None:
+            self._report(None, Incomplete("connection closed mid-answer") if self.received else Dropped("connection closed before the answer"))
 
     def data_received(self, data: bytes) -> None:
         self.received = True
@@ -99,16 +105,24 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.parser = None
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(Response(self.status, self.headers, b"".join(self.body)))
+        if self.on_done is not None:
+            self._report(Response(self.status, self.headers, b"".join(self.body)), None)
 
-    def _fail(self, error: Exception) -> None:
+    def _fail(self, error: UpstreamError) -> None:
         self.parser = None
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(error)
         self.close()
+        if self.on_done is not None:
+            self._report(None, error)
+
+    def _report(self, response: Response | None, error: UpstreamError | None) -> None:
+        on_done, self.on_done = self.on_done, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        on_done(response, error)
 
     def _timed_out(self) -> None:
+        self.timer = None
         self._fail(ReadTimeout("no complete answer in time"))
 
     def close(self) -> None:
@@ -116,29 +130,87 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, method: str, head: bytes, body: bytes, deadline: float) -> Response:
-        if self.closed:
-            raise Dropped("connection already closed")
-        self.waiter = self.loop.create_future()
+    def send(self, method: str, head: bytes, body: bytes, deadline: float,
+             on_done: Callable[[Response | None, UpstreamError | None], None]) -> None:
+        """Send one request; `on_done(response, None)` or `on_done(None, error)` follows, exactly once
+        (never from within this call)."""
+        if self.closed or self.transport.is_closing():
+            self.closed = True
+            self.loop.call_soon(on_done, None, Dropped("connection already closed"))
+            return
         self.parser = httptools.HttpResponseParser(self)
         self.head_only = method == "HEAD"
         self.received = False
         self.headers, self.body = [], []
-        timer = self.loop.call_at(deadline, self._timed_out)
+        self.on_done = on_done
+        self.timer = self.loop.call_at(deadline, self._timed_out)
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+
+    async def exchange(self, method: str, head: bytes, body: bytes, deadline: float) -> Response:
+        waiter = self.loop.create_future()
+
+        def done(response: Response | None, error: UpstreamError | None) -> None:
+            if not waiter.done():
+                waiter.set_result(response) if error is None else waiter.set_exception(error)
+
+        self.send(method, head, body, deadline, done)
         try:
-            self.transport.write(head + body if len(body) < 65536 else head)
-            if len(body) >= 65536:
-                self.transport.write(body)
-            return await self.waiter
-        finally:
-            timer.cancel()
-            self.waiter = None
+            return await waiter
+        except asyncio.CancelledError:
+            self.on_done = None  # the caller went away: the connection is closed by the caller
+            raise
 
 
 class _Pool:
+    """The connections to one upstream: idle ones (last in, first out) and at most `limit` in use."""
+
     def __init__(self, limit: int):
         self.idle: list[_Connection] = []
-        self.slots = asyncio.Semaphore(limit)
+        self.limit = limit
+        self.busy = 0
+        self.waiters: deque[asyncio.Future] = deque()
+
+    def take_now(self) -> bool:
+        if self.busy < self.limit and not self.waiters:
+            self.busy += 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter  # the slot is handed over by give()
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed over just as the caller went away: pass it on
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot goes to the waiter: busy stays the same
+                return
+        self.busy -= 1
+
+
+def request_head(method: str, target: str, host_header: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """An HTTP/1.1 request head. `headers` must not hold Host, Content-Length or Connection."""
+    parts = [method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host_header,
+             b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class UpstreamClient:
@@ -154,6 +226,12 @@ class UpstreamClient:
             for conn in pool.idle:
                 conn.close()
             pool.idle.clear()
+
+    def _pool(self, host: str, port: int) -> _Pool:
+        pool = self.pools.get((host, port))
+        if pool is None:
+            pool = self.pools[(host, port)] = _Pool(self.limit)
+        return pool
 
     async def _connect(self, host: str, port: int, connect_timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -173,46 +251,63 @@ class UpstreamClient:
             conn.close()
         return None
 
+    def take_idle(self, host: str, port: int) -> _Connection | None:
+        """A kept-alive connection ready for a request, with its slot taken, or None (none idle, or
+        the pool is full): for a caller that will not wait. Give it back with `put_back`."""
+        pool = self._pool(host, port)
+        if not pool.idle or not pool.take_now():
+            return None
+        conn = self._reusable(pool)
+        if conn is None:
+            pool.give()
+        return conn
+
+    def put_back(self, host: str, port: int, conn: _Connection, used: bool = True) -> None:
+        """Return a connection from `take_idle` (or `request`) and its slot: kept if it can serve
+        again, closed otherwise."""
+        pool = self._pool(host, port)
+        if conn.keep_alive and not conn.closed and conn.parser is None and conn.on_done is None:
+            if used:
+                conn.idle_since = time.monotonic()
+            pool.idle.append(conn)
+        else:
+            conn.close()
+        pool.give()
+
     async def request(
         self, method: str, host: str, port: int, target: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
-        *, timeout: float, connect_timeout: float, host_header: bytes | None = None,
+        *, timeout: float, connect_timeout: float, host_header: bytes | None = None, reuse: bool = True,
     ) -> Response:
         """Send one request and buffer the answer. `headers` must not hold Host, Content-Length or
         Connection. A connection that dropped before any answer byte is retried once on a fresh
         connection for idempotent methods only (a kept-alive one was most likely closed by the server
-        while idle; the gateway relied on the same single retry with aiohttp)."""
-        key = (host, port)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = self.pools[key] = _Pool(self.limit)
-        parts = [method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ",
-                 host_header or f"{host}:{port}".encode(), b"\r\ncontent-length: ", str(len(body)).encode(), b"\r\n"]
-        for name, value in headers:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
+        while idle; the gateway relied on the same single retry with aiohttp). `reuse=False` starts
+        on a fresh connection and does not retry: it is the retry of a request that dropped."""
+        pool = self._pool(host, port)
+        head = request_head(method, target, host_header or f"{host}:{port}".encode(), headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with pool.slots:
-            conn = self._reusable(pool)
-            for attempt in range(2):
+        await pool.take()
+        conn = None
+        try:
+            conn = self._reusable(pool) if reuse else None
+            for attempt in range(2 if reuse else 1):
                 if conn is None:
                     conn = await self._connect(host, port, min(connect_timeout, max(0.0, deadline - loop.time())))
                 try:
-                    response = await conn.exchange(method, head, body, deadline)
+                    return await conn.exchange(method, head, body, deadline)
                 except Dropped:
                     conn.close()
-                    if attempt == 0 and method in IDEMPOTENT:
-                        conn = None
+                    conn = None
+                    if attempt == 0 and reuse and method in IDEMPOTENT:
                         continue
                     raise
                 except BaseException:
                     conn.close()
                     raise
-                if conn.keep_alive and not conn.closed:
-                    conn.idle_since = time.monotonic()
-                    pool.idle.append(conn)
-                else:
-                    conn.close()
-                return response
+        finally:
+            if conn is not None:
+                self.put_back(host, port, conn)
+            else:
+                pool.give()
         raise AssertionError("unreachable")

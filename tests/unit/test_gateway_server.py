@@ -57,6 +57,14 @@ class FakeProxy:
         self.fast: list[tuple[dict, bytes]] = []
         self.asgi: list[dict] = []
         self.hold: asyncio.Event | None = None  # when set, answers wait for it
+        self.serving = False  # when set, `serve` takes each request and keeps its reply callback
+        self.served: list[tuple[dict, object]] = []  # (scope, reply) of the requests `serve` took
+
+    def serve(self, scope, reply) -> bool:
+        if not self.serving:
+            return False
+        self.served.append((dict(scope), reply))
+        return True
 
     async def answer(self, scope, receive):
         body = b""
@@ -250,3 +258,65 @@ async def test_a_head_completed_in_time_is_served_and_leaves_no_timer(tmp_path):
     await asyncio.sleep(0.1)  # past the time limit: the finished head's timer must not fire
     assert transport.output.startswith(b"HTTP/1.1 200 OK") and b"408" not in transport.output
     assert not transport.closed and len(proxy.fast) == 1
+
+
+
+@pytest.fixture
+def serving(connection):
+    """(protocol, transport, proxy, state): one connection to a gateway whose proxy's `serve` takes requests."""
+    connect, proxy, state = connection
+    proxy.serving = True
+    return *connect(), proxy, state
+
+async def test_a_request_with_its_whole_body_is_served_from_callbacks_without_a_task(serving):
+    protocol, transport, proxy, state = serving
+    body = b'{"name_latin": "A"}'
+    protocol.data_received(b"POST /api/v1/volunteers HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert not state.tasks and not proxy.fast and len(proxy.served) == 1
+    scope, reply = proxy.served[0]
+    assert scope["vmc.body"] == body and scope["path"] == "/api/v1/volunteers" and scope["method"] == "POST"
+    assert transport.output == b""  # nothing until the proxy replies
+    reply(201, [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())], ANSWER)
+    assert len(transport.writes) == 1 and transport.output.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert transport.output.endswith(b"\r\n\r\n" + ANSWER) and not transport.closed
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")  # keep-alive: the next one
+    assert len(proxy.served) == 2
+
+
+async def test_a_body_still_coming_goes_to_answer_not_to_serve(serving):
+    protocol, transport, proxy, state = serving
+    protocol.data_received(b"POST /api/v1/volunteers HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 10\r\n\r\n{\"a\":")
+    protocol.data_received(b' 1}  ')
+    await settle(state)
+    assert not proxy.served and proxy.fast[0][1] == b'{"a": 1}  '
+    assert transport.output.startswith(b"HTTP/1.1 200 OK")
+
+
+async def test_a_request_pipelined_behind_a_served_one_waits_for_its_reply(serving):
+    protocol, transport, proxy, state = serving
+    protocol.data_received(b"GET /api/v1/programs/1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+                           b"GET /api/v1/programs/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await settle(state)
+    assert [scope["path"] for scope, _ in proxy.served] == ["/api/v1/programs/1"] and not proxy.asgi
+    assert transport.output == b""
+    proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
+    await settle(state)
+    assert [scope["path"] for scope in proxy.asgi] == ["/api/v1/programs/2"]  # queued by uvicorn, then ASGI
+    assert transport.output.startswith(b"HTTP/1.1 200 OK") and transport.output.index(b"one") < transport.output.index(ANSWER)
+
+
+async def test_a_served_request_whose_client_left_gets_no_write(serving):
+    protocol, transport, proxy, state = serving
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")
+    protocol.connection_lost(None)
+    proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
+    assert transport.writes == []
+
+
+async def test_a_served_request_with_connection_close_is_answered_then_closed(serving):
+    protocol, transport, proxy, state = serving
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
+    assert b"connection: close" in transport.output and transport.output.endswith(b"one") and transport.closed
