@@ -218,8 +218,8 @@ class Proxy:
         is called with the answer from the connection's callback. Returns False, having done nothing,
         when the request needs anything else (a key lookup, Redis, a refusal): `answer` takes it then.
 
-        Measured (bench gateway_overhead): a task, futures and coroutines per request cost the gateway
-        about twice the CPU of this path."""
+        Measured at one client on one host: 0.26 ms of gateway CPU per read with this path, 0.31–0.38
+        when the same protocol ran `answer` in a task, 0.34 on plain uvicorn (bench gateway_overhead)."""
         path = scope["path"]
         body = scope.get(WHOLE_BODY)
         if body is None or "/." in path:
