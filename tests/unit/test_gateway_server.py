@@ -262,7 +262,7 @@ async def test_a_head_completed_in_time_is_served_and_leaves_no_timer(tmp_path):
 
 
 @pytest.fixture
-def serving(connection):
+async def serving(connection):
     """(protocol, transport, proxy, state): one connection to a gateway whose proxy's `serve` takes requests."""
     connect, proxy, state = connection
     proxy.serving = True
