@@ -4,9 +4,10 @@
 writes it in one go, and `Proxy.__call__` serves it as an ASGI app for the requests that protocol
 leaves to ASGI. `Proxy.serve` is the same work without a task or a future, from callbacks, for the
 usual request (a cached key, in-process limits, a kept-alive upstream connection); both share every
-step that decides anything (`_admit`, `_plan`, `_done`, `_relay`, `_problem`, `_upstream_problem`). Forwarding uses gateway/upstream.py's keep-alive pools (measured: httpx's pool
-collapses under concurrency; aiohttp's client costs about twice our own per request). The aiohttp
-session is kept for the readiness and OpenAPI fetches, which are not on the hot path.
+step that decides anything (`_admit`, `_plan`, `_done`, `_relay`, `_problem`, `_upstream_problem`).
+Forwarding uses gateway/upstream.py's keep-alive pools (measured: httpx's pool collapses under
+concurrency; aiohttp's client costs about twice our own per request). The aiohttp session is kept
+for the readiness and OpenAPI fetches, which are not on the hot path.
 """
 from __future__ import annotations
 
@@ -293,6 +294,9 @@ class Proxy:
         client with exactly `cap` keep-alive connections may send its next request as soon as it has
         the answer), and it is audited when it must be."""
         self.concurrency.release(known.caller.key_id)
+        self._audit(scope, known, status)
+
+    def _audit(self, scope: Scope, known: KnownKey, status: int) -> None:
         if self.audit is not None:
             audited = classify(scope["method"], scope["path"], scope)
             if audited is not None:
@@ -490,9 +494,13 @@ class _Flight:
         self.settle(answer)
 
     def settle(self, answer: Answer) -> None:
-        """The admitted request's answer: its slot freed and its audit entry queued, then sent."""
-        self.proxy._done(self.scope, self.known, answer[0])
-        self.finish(*answer)
+        """The admitted request's answer: its slot freed, the answer sent, then (the client does not
+        wait for it) its audit entry queued and its metrics counted."""
+        self.proxy.concurrency.release(self.known.caller.key_id)
+        try:
+            self.finish(*answer)
+        finally:
+            self.proxy._audit(self.scope, self.known, answer[0])
 
     def finish(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         try:
