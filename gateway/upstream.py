@@ -154,14 +154,21 @@ class _Connection(asyncio.Protocol):
         waiter = self.loop.create_future()
 
         def done(response: Response | None, error: UpstreamError | None) -> None:
-            if not waiter.done():
-                waiter.set_result(response) if error is None else waiter.set_exception(error)
+            if waiter.done():
+                return
+            if error is None:
+                waiter.set_result(response)
+            else:
+                waiter.set_exception(error)
 
         self.send(method, head, body, deadline, done)
         try:
             return await waiter
-        except asyncio.CancelledError:
-            self.on_done = None  # the caller went away: the connection is closed by the caller
+        except asyncio.CancelledError:  # the caller went away (it closes the connection): no report due
+            self.on_done = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             raise
 
 

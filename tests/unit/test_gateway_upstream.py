@@ -163,3 +163,45 @@ async def test_read_timeout_and_cut_off_answer():
         with pytest.raises(Incomplete):
             await call(client, server, target="/close-mid-answer", timeout=5)
     await client.close()
+
+
+async def test_the_pool_never_opens_more_than_its_limit_and_waiters_get_the_freed_connection():
+    client = UpstreamClient(limit=2)
+
+    async def slow(path: str, body: bytes) -> bytes:
+        await asyncio.sleep(0.05)
+        return fixed(path.encode())
+
+    async with Server(slow) as server:
+        answers = await asyncio.gather(*(call(client, server, target=f"/{n}") for n in range(6)))
+        assert sorted(answer.body for answer in answers) == [f"/{n}".encode() for n in range(6)]
+        assert server.connections == 2
+        pool = client.pools[("127.0.0.1", server.port)]
+        assert pool.busy == 0 and len(pool.idle) == 2 and not pool.waiters
+        # A caller that will not wait: an idle connection with its slot, until the pool is full.
+        taken = [client.take_idle("127.0.0.1", server.port) for _ in range(3)]
+        assert taken[0] is not None and taken[1] is not None and taken[2] is None and pool.busy == 2
+        for conn in taken[:2]:
+            client.put_back("127.0.0.1", server.port, conn, used=False)
+        assert pool.busy == 0 and len(pool.idle) == 2
+
+
+async def test_a_caller_cancelled_while_waiting_for_a_slot_gives_nothing_away():
+    client = UpstreamClient(limit=1)
+
+    async def slow(path: str, body: bytes) -> bytes:
+        await asyncio.sleep(0.1)
+        return fixed(b"ok")
+
+    async with Server(slow) as server:
+        first = asyncio.create_task(call(client, server))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(call(client, server))
+        await asyncio.sleep(0.01)
+        second.cancel()
+        assert (await first).body == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        pool = client.pools[("127.0.0.1", server.port)]
+        assert pool.busy == 0 and not pool.waiters
+        assert (await call(client, server)).body == b"ok"
