@@ -3,7 +3,8 @@
 Run the gateway with `uvicorn gateway.app:create_app --factory --http gateway.server:GatewayHttpProtocol`.
 uvicorn still owns the connections (keep-alive, pipelining, flow control, limits, graceful shutdown)
 and every other request (admin, docs, OpenAPI, metrics). A proxied request skips the ASGI machinery:
-the proxy's `answer()` runs in a task and its answer leaves in one write, head and body together.
+once its body is in, the proxy serves it from callbacks (`Proxy.serve`) or, when it cannot, runs
+`Proxy.answer` in a task; either way the answer leaves in one write, head and body together.
 
 Why (measured with `python -m bench gateway_overhead`, see README): on a 1-client read, uvicorn's
 per-request ASGI cycle and its two writes per answer (head, then body) alone added about 0.25 ms,
@@ -148,8 +149,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             _run_now(self.forwarded(cycle.scope, None, None))
         if not cycle.more_body:  # the parser has the whole body already (always so for a GET)
             cycle.scope[WHOLE_BODY] = bytes(cycle.body)
-            if proxy.serve(cycle.scope, lambda status, headers, body: self._reply(cycle, status, headers, body)):
-                return
+            try:
+                if proxy.serve(cycle.scope, lambda status, headers, body: self._reply(cycle, status, headers, body)):
+                    return
+            except Exception:  # a bug in a check before the request was admitted: `answer` still answers it
+                self.logger.exception("exception on the gateway's callback path")
         task = self.loop.create_task(self._exchange(cycle, proxy))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)

@@ -320,3 +320,15 @@ async def test_a_served_request_with_connection_close_is_answered_then_closed(se
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
     assert b"connection: close" in transport.output and transport.output.endswith(b"one") and transport.closed
+
+
+async def test_a_bug_in_serve_before_admission_leaves_the_request_to_answer(serving):
+    protocol, transport, proxy, state = serving
+
+    def broken(scope, reply):
+        raise KeyError("a check that broke")
+
+    proxy.serve = broken
+    protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await settle(state)
+    assert len(proxy.fast) == 1 and transport.output.startswith(b"HTTP/1.1 200 OK") and not transport.closed
