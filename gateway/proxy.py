@@ -198,8 +198,7 @@ class Proxy:
                 raise
             finally:
                 self._done(scope, known, status)
-            status, headers, body = self._relay(response, answer_headers)
-            return status, headers, body
+            return self._relay(response, answer_headers)
         except ProblemError as exc:
             status = exc.status
             return self._problem(exc, answer_headers)
