@@ -18,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import router as admin_router
-from gateway.audit import AuditWriter
+from gateway.audit import AuditWriter, copy_dsn
 from gateway.keys import ApiKey, ApiKeyCreate, KeyStore, create_key, split_key
 from gateway.migrations import MIGRATIONS
 from gateway.openapi import MergedOpenApi
@@ -102,7 +102,7 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
         keys = KeyStore(maker, settings.internal_secret, settings.key_cache_seconds)
         proxy = Proxy(settings, keys, upstreams, metrics, limiter=make_limiter(settings.redis_url))
         await proxy.start()
-        audit = AuditWriter(maker)
+        audit = AuditWriter(maker, dsn=copy_dsn(engine))
         audit.start()
         proxy.audit = audit
         app.state.keys, app.state.proxy, app.state.audit = keys, proxy, audit

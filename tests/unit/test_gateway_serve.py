@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from gateway.audit import AuditWriter
+from gateway.audit import COLUMNS, AuditWriter
 from gateway.keys import ApiKeyCreate, KeyStore, create_key
 from gateway.migrations import MIGRATIONS
 from gateway.proxy import WHOLE_BODY, Proxy
@@ -45,7 +45,7 @@ class Audit(AuditWriter):
         self.rows: list[dict] = []
 
     def record(self, row) -> None:
-        self.rows.append(row)
+        self.rows.append(dict(zip(COLUMNS, row)))
 
 
 def scope_of(method: str, path: str, key: str | None, body: bytes = b"", headers=()) -> dict:
