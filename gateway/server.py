@@ -25,6 +25,7 @@ import urllib.parse
 
 import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.proxy import WHOLE_BODY
@@ -46,6 +47,31 @@ def find_gateway(app):
     return app if isinstance(app, Gateway) else None
 
 
+class _Unwaited:
+    """Stands for a cycle's message event where nobody waits on it."""
+
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _Fast:
+    """A proxied request on the fast path: of uvicorn's RequestResponseCycle, only what the protocol's
+    bookkeeping reads (no ASGI channel, no asyncio.Event). Its body is gathered until it is whole; a
+    body still coming when the bytes at hand are parsed turns it into a real cycle (`_to_cycle`)."""
+
+    __slots__ = ("scope", "chunks", "complete", "keep_alive", "response_complete", "disconnected")
+    message_event = _Unwaited
+
+    def __init__(self, scope: dict, keep_alive: bool):
+        self.scope = scope
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = keep_alive
+        self.response_complete = False
+        self.disconnected = False
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -63,23 +89,46 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     # A proxied request whose head the parser has read: dispatched once the bytes at hand are parsed,
     # so that a body that came with its head is handed over whole.
-    pending: RequestResponseCycle | None = None
+    pending: _Fast | None = None
+
+    # Keep-alive: one timer per idle spell, not one per request. After an answer the connection may
+    # stay idle until `idle_until`; bytes arriving clear it (uvicorn cancels and re-creates a timer
+    # on every request instead).
+    idle_until: float | None = None
+    idle_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        self.idle_until = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
         if self.pending is not None:
-            cycle, self.pending = self.pending, None
+            fast, self.pending = self.pending, None
             if not self.transport.is_closing():
-                self._dispatch(cycle)
+                self._dispatch(fast)
         if self.in_head and self.head_timer is None and self.gateway is not None and not self.transport.is_closing():
             self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's scope is built only for a request that goes to ASGI (`_asgi_headers_complete`).
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self.in_head = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         super().connection_lost(exc)
 
     def _stop_head_timer(self) -> None:
@@ -100,32 +149,51 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         proxy = self.gateway.proxy if self.gateway is not None else None
         if proxy is None or not self._fast_path_allowed():
-            super().on_headers_complete()
+            self._asgi_headers_complete()
             return
-        scope = self.scope
-        scope["method"] = self.parser.get_method().decode("ascii")
         parsed = httptools.parse_url(self.url)
-        path = parsed.path.decode("ascii")
-        scope["path"] = urllib.parse.unquote(path) if "%" in path else path
-        scope["raw_path"] = parsed.path
-        scope["query_string"] = parsed.query or b""
-        if owner_of(scope["path"]) is None:  # only a percent-encoded prefix gets here: ASGI decides
-            super().on_headers_complete()
+        raw_path = parsed.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        if owner_of(path) is None:  # only a percent-encoded prefix gets here: ASGI decides
+            self._asgi_headers_complete()
             return
-        self.cycle = cycle = RequestResponseCycle(
-            scope=scope,
-            transport=self.transport,
-            flow=self.flow,
-            logger=self.logger,
-            access_logger=self.access_logger,
-            access_log=self.access_log,
-            default_headers=self.server_state.default_headers,
-            message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue,
-            keep_alive=self.parser.should_keep_alive(),
-            on_response=self.on_response_complete,
-        )
-        self.pending = cycle
+        scope = {
+            "type": "http", "http_version": "1.1", "method": self.parser.get_method().decode("ascii"),
+            "scheme": self.scheme, "path": path, "raw_path": raw_path, "query_string": parsed.query or b"",
+            "root_path": self.root_path, "headers": self.headers, "client": self.client, "server": self.server,
+        }
+        self.cycle = self.pending = _Fast(scope, self.parser.should_keep_alive())
+
+    def _asgi_headers_complete(self) -> None:
+        """uvicorn's own handling: the scope its on_message_begin would have made, then its cycle."""
+        self.scope = {
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if type(cycle) is _Fast:
+            cycle.chunks.append(body)
+        else:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if type(cycle) is _Fast:
+            cycle.complete = True
+        else:
+            super().on_message_complete()
 
     def _fast_path_allowed(self) -> bool:
         if self.cycle is not None and not self.cycle.response_complete:
@@ -141,26 +209,56 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # Cheap test before the URL is parsed: proxied paths all start so (owner_of decides later).
         return self.url.startswith(b"/api/v1/")
 
-    def _dispatch(self, cycle: RequestResponseCycle) -> None:
+    def _dispatch(self, fast: _Fast) -> None:
         """With the whole body at hand the proxy serves the request from callbacks when it can
         (`Proxy.serve`); else, or while body bytes are still to come, a task runs `Proxy.answer`."""
         proxy = self.gateway.proxy
-        if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in cycle.scope["headers"]):
-            _run_now(self.forwarded(cycle.scope, None, None))
-        if not cycle.more_body:  # the parser has the whole body already (always so for a GET)
-            cycle.scope[WHOLE_BODY] = bytes(cycle.body)
+        scope = fast.scope
+        if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in scope["headers"]):
+            _run_now(self.forwarded(scope, None, None))
+        if fast.complete:
+            chunks = fast.chunks
+            scope[WHOLE_BODY] = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
-                if proxy.serve(cycle.scope, lambda status, headers, body: self._reply(cycle, status, headers, body)):
+                if proxy.serve(scope, lambda status, headers, body: self._reply(fast, status, headers, body)):
                     return
             except Exception:  # a bug in a check before the request was admitted: `answer` still answers it
                 self.logger.exception("exception on the gateway's callback path")
+            cycle = fast
+        else:
+            cycle = self._to_cycle(fast)
         task = self.loop.create_task(self._exchange(cycle, proxy))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    async def _exchange(self, cycle: RequestResponseCycle, proxy) -> None:
+    def _to_cycle(self, fast: _Fast) -> RequestResponseCycle:
+        """A body still coming: uvicorn's cycle takes over the request (its receive() streams the rest,
+        answers Expect: 100-continue, and applies flow control)."""
+        cycle = RequestResponseCycle(
+            scope=fast.scope,
+            transport=self.transport,
+            flow=self.flow,
+            logger=self.logger,
+            access_logger=self.access_logger,
+            access_log=self.access_log,
+            default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue,
+            keep_alive=fast.keep_alive,
+            on_response=self.on_response_complete,
+        )
+        cycle.body = b"".join(fast.chunks)
+        cycle.disconnected = fast.disconnected
+        if self.cycle is fast:
+            self.cycle = cycle
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        return cycle
+
+    async def _exchange(self, cycle: _Fast | RequestResponseCycle, proxy) -> None:
         try:
-            status, headers, body = await proxy.answer(cycle.scope, cycle.receive)
+            receive = cycle.receive if type(cycle) is RequestResponseCycle else _receive_whole(cycle.scope[WHOLE_BODY])
+            status, headers, body = await proxy.answer(cycle.scope, receive)
             if self.flow.write_paused and not cycle.disconnected:
                 await self.flow.drain()
         except asyncio.CancelledError:  # shutting down
@@ -172,9 +270,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._reply(cycle, status, headers, body)
 
-    def _reply(self, cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """The answer in one write, then uvicorn's bookkeeping (keep-alive, the next pipelined request)."""
-        cycle.response_started = cycle.response_complete = True
+    def _reply(self, cycle: _Fast | RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The answer in one write, then the connection's bookkeeping (keep-alive, the next pipelined request)."""
+        cycle.response_complete = True
         if cycle.disconnected:
             return
         parts = [STATUS_LINE[status]]
@@ -188,7 +286,42 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(parts))
         if not cycle.keep_alive:
             self.transport.close()
-        cycle.on_response()
+        self.on_response_complete()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's bookkeeping after an answer (ASGI or not), with one keep-alive timer per idle spell."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self.idle_until = self.loop.time() + self.timeout_keep_alive
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.idle_until is None or self.transport.is_closing():
+            return  # busy again: the next answer starts a new idle spell
+        if self.loop.time() < self.idle_until:
+            self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
+        else:
+            self.transport.close()
+
+
+def _receive_whole(body: bytes):
+    """ASGI's receive() for a request whose whole body is at hand (also in its scope, where
+    `Proxy.answer` takes it from): the body in one message, then the end of the exchange."""
+    messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop() if len(messages) > 1 else messages[0]
+
+    return receive
 
 
 def _run_now(coroutine) -> None:

@@ -49,7 +49,10 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection; serves one request at a time.
 
     `send` is the core: it reports the answer (or the error) to a callback, so the gateway's fast
-    path forwards with no task or future; `exchange` is the same as a coroutine.
+    path forwards with no task or future; `exchange` is the same as a coroutine. One parser serves
+    the connection's answers in turn, and one timer its time limits (re-armed only when it fires
+    while a request is out, or when a request's limit comes before the armed time): neither is made
+    again for every request.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
@@ -58,8 +61,11 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.on_done: Callable[[Response | None, UpstreamError | None], None] | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.expecting = False  # a request is out and its answer not yet complete
+        self.deadline = 0.0  # of the request out
         self.timer: asyncio.TimerHandle | None = None
-        self.parser = None
+        self.timer_at = 0.0
         self.head_only = False
         self.received = False
         self.status = 0
@@ -73,12 +79,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.on_done is not None:
             self._report(None, Incomplete("connection closed mid-answer") if self.received else Dropped("connection closed before the answer"))
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.parser is None:  # bytes nobody asked for: the connection is unusable
+        if not self.expecting:  # bytes nobody asked for: the connection is unusable
             self.close()
             return
         try:
@@ -101,29 +110,37 @@ class _Connection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self._finish()
+        if self.expecting:
+            self._finish()
 
     def _finish(self) -> None:
-        self.parser = None
+        self.expecting = False
         if self.on_done is not None:
-            self._report(Response(self.status, self.headers, b"".join(self.body)), None)
+            body = self.body
+            self._report(Response(self.status, self.headers, body[0] if len(body) == 1 else b"".join(body)), None)
 
     def _fail(self, error: UpstreamError) -> None:
-        self.parser = None
+        self.expecting = False
         self.close()
         if self.on_done is not None:
             self._report(None, error)
 
     def _report(self, response: Response | None, error: UpstreamError | None) -> None:
         on_done, self.on_done = self.on_done, None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         on_done(response, error)
 
-    def _timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self.timer = None
-        self._fail(ReadTimeout("no complete answer in time"))
+        if not self.expecting or self.closed:
+            return
+        if self.loop.time() >= self.deadline:
+            self._fail(ReadTimeout("no complete answer in time"))
+        else:
+            self._arm(self.deadline)
+
+    def _arm(self, at: float) -> None:
+        self.timer = self.loop.call_at(at, self._check_deadline)
+        self.timer_at = at
 
     def close(self) -> None:
         self.closed = True
@@ -138,12 +155,17 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             self.loop.call_soon(on_done, None, Dropped("connection already closed"))
             return
-        self.parser = httptools.HttpResponseParser(self)
+        self.expecting = True
         self.head_only = method == "HEAD"
         self.received = False
         self.headers, self.body = [], []
         self.on_done = on_done
-        self.timer = self.loop.call_at(deadline, self._timed_out)
+        self.deadline = deadline
+        if self.timer is None:
+            self._arm(deadline)
+        elif self.timer_at > deadline:
+            self.timer.cancel()
+            self._arm(deadline)
         if len(body) < 65536:
             self.transport.write(head + body)
         else:
@@ -166,9 +188,6 @@ class _Connection(asyncio.Protocol):
             return await waiter
         except asyncio.CancelledError:  # the caller went away (it closes the connection): no report due
             self.on_done = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
             raise
 
 
@@ -273,7 +292,7 @@ class UpstreamClient:
         """Return a connection from `take_idle` (or `request`) and its slot: kept if it can serve
         again, closed otherwise."""
         pool = self._pool(host, port)
-        if conn.keep_alive and not conn.closed and conn.parser is None and conn.on_done is None:
+        if conn.keep_alive and not conn.closed and not conn.expecting and conn.on_done is None:
             if used:
                 conn.idle_since = time.monotonic()
             pool.idle.append(conn)

@@ -205,3 +205,23 @@ async def test_a_caller_cancelled_while_waiting_for_a_slot_gives_nothing_away():
         pool = client.pools[("127.0.0.1", server.port)]
         assert pool.busy == 0 and not pool.waiters
         assert (await call(client, server)).body == b"ok"
+
+
+async def test_each_request_on_a_kept_alive_connection_has_its_own_time_limit():
+    """One timer per connection: a later, shorter limit still applies, and a limit armed for an
+    earlier request does not cut off a later, longer one."""
+    async def slow(path: str, body: bytes) -> bytes:
+        await asyncio.sleep(float(path.rsplit("/", 1)[1]))
+        return fixed(b"ok")
+
+    client = UpstreamClient()
+    async with Server(slow) as server:
+        assert (await call(client, server, target="/wait/0", timeout=30.0)).body == b"ok"  # arms the timer for 30 s
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(ReadTimeout):
+            await call(client, server, target="/wait/2", timeout=0.3)
+        assert asyncio.get_running_loop().time() - began < 1.0
+        assert (await call(client, server, target="/wait/0", timeout=0.2)).body == b"ok"  # arms it for 0.2 s
+        assert (await call(client, server, target="/wait/0.5", timeout=5.0)).body == b"ok"  # outlives that timer
+        assert server.connections == 2  # the timed-out connection was closed, the next one kept alive
+    await client.close()
