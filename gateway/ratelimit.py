@@ -26,15 +26,20 @@ class Decision:
     retry_after: int  # until one more request is allowed (when refused)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        out = [
-            (b"ratelimit-limit", str(self.limit).encode()),
-            (b"ratelimit-remaining", str(self.remaining).encode()),
-            (b"ratelimit-reset", str(self.reset_seconds).encode()),
-            (b"ratelimit-policy", f"{self.limit};w=60".encode()),
-        ]
+        fixed = _LIMIT_HEADERS.get(self.limit)
+        if fixed is None:
+            if len(_LIMIT_HEADERS) > 1000:  # per-key overrides: a handful of distinct limits
+                _LIMIT_HEADERS.clear()
+            fixed = _LIMIT_HEADERS[self.limit] = (
+                (b"ratelimit-limit", b"%d" % self.limit), (b"ratelimit-policy", b"%d;w=60" % self.limit))
+        out = [fixed[0], (b"ratelimit-remaining", b"%d" % self.remaining), (b"ratelimit-reset", b"%d" % self.reset_seconds), fixed[1]]
         if not self.allowed:
-            out.append((b"retry-after", str(self.retry_after).encode()))
+            out.append((b"retry-after", b"%d" % self.retry_after))
         return out
+
+
+# A limit's RateLimit-Limit and RateLimit-Policy headers, made once per distinct limit.
+_LIMIT_HEADERS: dict[int, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
 
 
 def _decide(tokens: float, limit: int, allowed: bool) -> Decision:
