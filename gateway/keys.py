@@ -172,11 +172,22 @@ class KeyStore:
         return hashlib.blake2b(key.encode(), key=self._pepper, digest_size=20).digest()
 
     def cached(self, key: str) -> KnownKey | None:
-        """The key if a fresh cached lookup says it is usable; None if it is not, or nobody looked yet."""
-        cached = self._cache.get(self._cache_key(key))
-        if cached is not None and cached[0] > time.monotonic() and cached[1] is not None and cached[1].usable():
-            return cached[1]
-        return None
+        """The key if a fresh cached lookup says it is usable; None if it is not, or nobody looked yet.
+
+        In the last quarter of an entry's life a lookup starts in the background, so a key in steady
+        use is looked up again before its entry expires and no request waits on the database for it.
+        An entry is never used past its time: a revocation still takes effect within `ttl`."""
+        digest = self._cache_key(key)
+        cached = self._cache.get(digest)
+        if cached is None:
+            return None
+        expires, known = cached
+        left = expires - time.monotonic()
+        if left <= 0 or known is None or not known.usable():
+            return None
+        if left < self._ttl / 4 and digest not in self._pending:
+            self._start_lookup(digest, key)
+        return known
 
     async def authenticate(self, key: str) -> KnownKey | None:
         """The key if it exists, is not revoked and has not expired; else None."""
@@ -185,13 +196,15 @@ class KeyStore:
         if cached is not None and cached[0] > time.monotonic():
             known = cached[1]
         else:
-            task = self._pending.get(digest)
-            if task is None:
-                task = asyncio.create_task(self._lookup(key))
-                self._pending[digest] = task
-                task.add_done_callback(lambda done: self._remember(digest, done))
+            task = self._pending.get(digest) or self._start_lookup(digest, key)
             known = await asyncio.shield(task)  # one caller going away does not cancel the others' lookup
         return known if known is not None and known.usable() else None
+
+    def _start_lookup(self, digest: bytes, key: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(self._lookup(key))
+        self._pending[digest] = task
+        task.add_done_callback(lambda done: self._remember(digest, done))
+        return task
 
     def _remember(self, digest: bytes, task: asyncio.Task) -> None:
         self._pending.pop(digest, None)

@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from gateway.proxy import WHOLE_BODY
 from gateway.routing import owner_of
 from shared.errors import PROBLEM_JSON, problem_body
+from shared.http import WATCHED, WATCHED_HEADERS
 
 
 async def _nothing(scope, receive, send) -> None:
@@ -122,7 +123,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self.watched: dict[bytes, bytes] = {}
         self.in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name in WATCHED_HEADERS:  # noted once here: no check scans the header list again
+            if name not in self.watched:
+                self.watched[name] = value
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
@@ -163,6 +174,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "type": "http", "http_version": "1.1", "method": self.parser.get_method().decode("ascii"),
             "scheme": self.scheme, "path": path, "raw_path": raw_path, "query_string": parsed.query or b"",
             "root_path": self.root_path, "headers": self.headers, "client": self.client, "server": self.server,
+            WATCHED: self.watched,
         }
         self.cycle = self.pending = _Fast(scope, self.parser.should_keep_alive())
 
@@ -204,7 +216,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
         ):
             return False
-        if self.gateway.cors and any(name == b"origin" for name, _ in self.headers):
+        if self.gateway.cors and b"origin" in self.watched:
             return False
         # Cheap test before the URL is parsed: proxied paths all start so (owner_of decides later).
         return self.url.startswith(b"/api/v1/")
@@ -214,7 +226,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         (`Proxy.serve`); else, or while body bytes are still to come, a task runs `Proxy.answer`."""
         proxy = self.gateway.proxy
         scope = fast.scope
-        if self.forwarded is not None and any(name.startswith(b"x-forwarded-") for name, _ in scope["headers"]):
+        watched = scope[WATCHED]
+        if self.forwarded is not None and (b"x-forwarded-for" in watched or b"x-forwarded-proto" in watched):
             _run_now(self.forwarded(scope, None, None))
         if fast.complete:
             chunks = fast.chunks

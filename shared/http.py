@@ -81,7 +81,21 @@ def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
     return None
 
 
+# Scope key of the request headers a server noted as it parsed them (gateway/server.py): name →
+# value of the first occurrence, for the names in WATCHED_HEADERS, so `header` need not scan the list.
+WATCHED = "vmc.watched"
+WATCHED_HEADERS = frozenset({
+    b"authorization", b"x-request-id", b"content-length", b"content-type", b"transfer-encoding", b"origin", b"expect",
+    b"x-forwarded-for", b"x-forwarded-proto",
+})
+
+
 def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of request header `name` (lower-case), or None."""
+    watched = scope.get(WATCHED)
+    if watched is not None and name in WATCHED_HEADERS:
+        value = watched.get(name)
+        return None if value is None else value.decode("latin-1")
     for key, value in scope["headers"]:
         if key == name:
             return value.decode("latin-1")

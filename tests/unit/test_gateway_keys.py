@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -50,3 +51,25 @@ async def test_wrong_keys_are_refused_and_cached_too(store_and_key):
     assert len(lookups) == 2
     store.invalidate()
     assert await store.authenticate(key) is not None and len(lookups) == 3
+
+
+async def test_a_key_in_use_is_looked_up_again_before_its_entry_expires_and_never_used_after(store_and_key):
+    store, key, lookups = store_and_key
+    store._ttl = 0.4
+    digest = store._cache_key(key)
+
+    def expires_in(seconds: float) -> None:
+        store._cache[digest] = (time.monotonic() + seconds, store._cache[digest][1])
+
+    assert await store.authenticate(key) is not None and len(lookups) == 1
+    assert store.cached(key) is not None and not store._pending  # fresh: no lookup
+    expires_in(0.05)  # the last quarter of the entry's life
+    assert store.cached(key) is not None  # still answered from the cache...
+    await asyncio.wait_for(store._pending[digest], 2)  # ...while a lookup runs in the background
+    assert len(lookups) == 2 and store._cache[digest][0] - time.monotonic() > 0.3  # a new entry
+    store._lookup = lambda *args: asyncio.sleep(10)  # the database stops answering
+    expires_in(0.05)
+    assert store.cached(key) is not None and digest in store._pending
+    await asyncio.sleep(0.08)
+    assert store.cached(key) is None  # expired: never used past its time; `authenticate` decides
+    store._pending.pop(digest).cancel()

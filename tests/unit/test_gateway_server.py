@@ -16,6 +16,7 @@ from uvicorn.server import ServerState
 from gateway.app import create_app
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import GatewaySettings
+from shared.http import header
 
 ANSWER = b'{"ok":true}'
 
@@ -332,3 +333,17 @@ async def test_a_bug_in_serve_before_admission_leaves_the_request_to_answer(serv
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")
     await settle(state)
     assert len(proxy.fast) == 1 and transport.output.startswith(b"HTTP/1.1 200 OK") and not transport.closed
+
+
+async def test_the_headers_the_proxy_reads_are_each_requests_own_first_values(serving):
+    protocol, transport, proxy, state = serving
+    protocol.data_received(b"GET /api/v1/programs/1 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer one\r\n"
+                           b"AUTHORIZATION: Bearer two\r\nX-Request-Id: r1\r\n\r\n"
+                           b"GET /api/v1/programs/2 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer three\r\n\r\n")
+    scope = proxy.served[0][0]
+    assert header(scope, b"authorization") == "Bearer one"  # as a scan of the header list finds it
+    assert header(scope, b"authorization") == header({"headers": scope["headers"]}, b"authorization")
+    assert header(scope, b"x-request-id") == "r1" and header(scope, b"content-type") is None
+    proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
+    await settle(state)
+    assert header(proxy.asgi[0], b"authorization") == "Bearer three"
