@@ -410,10 +410,15 @@ class Proxy:
     def _signed_headers(self, caller: CallerContext) -> list[tuple[bytes, bytes]]:
         now = time.monotonic()
         cached = self._signed.get(caller.key_id)
-        # The same context object (the key store hands out one per lookup) or an equal one: a key whose
-        # scopes or organisation changed is signed again.
-        if cached is not None and cached[0] > now and (cached[1] is caller or cached[1] == caller):
-            return cached[2]
+        # The same context object (the key store hands out one per lookup) or an equal one, which then
+        # takes its place (the next request compares identities only): a key whose scopes or
+        # organisation changed is signed again.
+        if cached is not None and cached[0] > now:
+            if cached[1] is caller:
+                return cached[2]
+            if cached[1] == caller:
+                self._signed[caller.key_id] = (cached[0], caller, cached[2])
+                return cached[2]
         if len(self._signed) > 10_000:  # bounded: old contexts are simply signed again
             self._signed.clear()
         signed = [(k.encode(), v.encode()) for k, v in encode_caller(caller, self.settings.internal_secret).items()]
