@@ -37,7 +37,7 @@ from statistics import median
 from bench import interleave
 from bench.load import Load, LoadResult, run_load
 from bench.payloads import volunteer_template
-from bench.stack import cpu_seconds, direct_headers, gateway_headers, running_stack, settle
+from bench.stack import cpu_seconds, direct_headers, gateway_headers, machine_times, running_stack, settle
 from deploy.processes import free_port, start_uvicorn, wait_port, wait_ready
 from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
@@ -71,6 +71,7 @@ class Side:
     results: list[LoadResult] = field(default_factory=list)
     service_cpu: float = 0.0
     gateway_cpu: float = 0.0  # of the process this side went through (none for direct)
+    machine: list[int] = field(default_factory=lambda: [0, 0])  # busy and total clock ticks of the whole machine
 
     def median(self, attribute: str) -> float:
         return median(getattr(result, attribute) for result in self.results)
@@ -130,10 +131,13 @@ class Runner:
     def run(self, side: Side, load: Load, via: str) -> None:
         settle(self.stack)
         proxy = via if via in ("asgi", "relay") else "gateway"
-        before = cpu_seconds(self.stack, "registry"), cpu_seconds(self.stack, proxy)
+        before = cpu_seconds(self.stack, "registry"), cpu_seconds(self.stack, proxy), machine_times()
         result = run_load(load)
         side.service_cpu += cpu_seconds(self.stack, "registry") - before[0]
         side.gateway_cpu += cpu_seconds(self.stack, proxy) - before[1]
+        after = machine_times()
+        side.machine[0] += after[0] - before[2][0]
+        side.machine[1] += after[1] - before[2][1]
         if result.failures:
             raise RuntimeError(f"{load.method} {load.url} at {load.connections} clients: {result.failures} failed requests, "
                                f"the first: {result.first_failure}")
@@ -190,6 +194,9 @@ def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
         figure(row, "gateway p99 ms"): round(gateway.median("p99_ms"), 3),
         figure(row, "added p99 ms"): round(gateway.median("p99_ms") - direct.median("p99_ms"), 3),
         figure(row, "service CPU ms/req"): round(direct.cpu_ms_per_request(direct.service_cpu), 3),
+        # How busy the machine's cores were while clients called the service directly (servers,
+        # broker, databases and wrk together): at one client a registration keeps them nearly full.
+        figure(row, "direct: machine busy"): round(direct.machine[0] / max(1, direct.machine[1]), 2),
         figure(row, "gateway CPU ms/req"): round(gateway.cpu_ms_per_request(gateway.gateway_cpu), 3),
         figure(row, "ASGI route: ratio"): round(asgi.median("rps") / direct.median("rps"), 3),
         figure(row, "ASGI route: added p50 ms"): round(asgi.median("p50_ms") - direct.median("p50_ms"), 3),

@@ -105,16 +105,18 @@ def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float
             return
 
 
+def machine_times() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks, all cores together."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def machine_busy(window: float = 1.0) -> float:
     """Share of the machine's CPU time spent busy over `window` seconds (before a benchmark: others' load)."""
-    def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values) - idle, sum(values)
-
-    busy0, total0 = sample()
+    busy0, total0 = machine_times()
     time.sleep(window)
-    busy1, total1 = sample()
+    busy1, total1 = machine_times()
     return (busy1 - busy0) / max(1, total1 - total0)
 
 

@@ -169,7 +169,11 @@ def copy_dsn(engine: AsyncEngine) -> str | None:
     """The asyncpg DSN of a PostgreSQL engine (the writer COPYs on a connection of its own); None otherwise."""
     if engine.dialect.name != "postgresql":
         return None
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = engine.url.set(drivername="postgresql")
+    query = dict(url.query)
+    if "ssl" in query and "sslmode" not in query:  # SQLAlchemy's asyncpg dialect says ssl=, libpq DSNs sslmode=
+        query["sslmode"] = query.pop("ssl")
+    return url.set(query=query).render_as_string(hide_password=False)
 
 
 class AuditWriter:

@@ -120,3 +120,9 @@ async def eventually_stored(engine, count: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"fewer than {count} audit rows stored")
+
+
+def test_the_copy_connection_uses_the_databases_address_and_credentials():
+    engine = make_engine("postgresql+asyncpg://vmc:p%40ss@db.example:6543/gateway?ssl=require")
+    assert copy_dsn(engine) == "postgresql://vmc:p%40ss@db.example:6543/gateway?sslmode=require"
+    assert copy_dsn(make_engine("sqlite+aiosqlite:///gateway.db")) is None
