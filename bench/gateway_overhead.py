@@ -83,7 +83,7 @@ class Side:
 def routes(run_id: str) -> list[Route]:
     return [
         Route("read", "GET", f"/organizations/{GDY_ORGANIZATION_ID}"),
-        Route("write", "POST", "/volunteers", volunteer_template(run_id), turns=600),
+        Route("write", "POST", "/volunteers", volunteer_template(run_id), turns=1000),
         # The same POST refused by the registry's validation (422): the gateway does all its write
         # work (body, audit entry) but the service's is short, so the gateway's own cost shows.
         Route("write refused", "POST", "/volunteers", json.dumps({"name_latin": "Bench {n}", "sex": "female"}),
