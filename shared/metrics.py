@@ -44,8 +44,9 @@ class RequestMetrics:
     (by method, route), counted in plain lists on the event loop and turned into samples when scraped.
 
     They are counted on every request: prometheus_client's Counter and Histogram take a lock per
-    update and find the bucket in a Python loop (about 6 µs per request on the gateway's host,
-    against 1 µs here). Everything else stays on prometheus_client.
+    update and find the bucket in a Python loop (1.6 µs per request, hot, on the gateway's host,
+    against 0.3 µs here; more on the cold caches of a live gateway). Everything else stays on
+    prometheus_client.
     """
 
     def __init__(self, service: str):
