@@ -19,10 +19,13 @@ async def dead_rows(url: str) -> int:
         await conn.close()
 
 
-def test_vacuum_clears_dead_rows_of_every_postgresql_database_and_skips_sqlite(tmp_path):
-    vacuum(SimpleNamespace(db_urls={"registry": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"}))  # nothing to do
-    if database_mode() != "postgresql":
-        pytest.skip("PostgreSQL only; this run is on SQLite")
+def test_vacuum_leaves_sqlite_alone(tmp_path):
+    vacuum(SimpleNamespace(db_urls={"registry": f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"}))
+    assert not (tmp_path / "r.db").exists()  # not even opened
+
+
+@pytest.mark.skipif(database_mode() != "postgresql", reason="vacuums PostgreSQL; this run is on SQLite")
+def test_vacuum_clears_the_dead_rows_of_a_postgresql_database(tmp_path):
     databases = Databases(tmp_path, "postgresql")
     try:
         url = databases.url("registry")

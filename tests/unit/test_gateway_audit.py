@@ -66,8 +66,6 @@ async def test_queued_entries_are_written_in_batches_and_flushed_at_shutdown(tmp
 
 @pytest.fixture
 async def pg_engine(tmp_path):
-    if database_mode() != "postgresql":
-        pytest.skip("PostgreSQL only (the COPY writer); this run is on SQLite")
     databases = Databases(tmp_path, "postgresql")
     engine = make_engine(databases.url("gateway"))
     try:
@@ -85,6 +83,7 @@ async def stored(engine) -> list[tuple]:
             "FROM audit_events ORDER BY object"))]
 
 
+@pytest.mark.skipif(database_mode() != "postgresql", reason="the COPY writer is PostgreSQL's; this run is on SQLite")
 async def test_postgresql_batches_are_copied_on_the_writers_own_connection_and_it_reconnects(pg_engine):
     writer = AuditWriter(make_sessionmaker(pg_engine), linger=0.01, dsn=copy_dsn(pg_engine))
     caller = CallerContext(str(uuid.uuid4()), uuid.uuid4(), frozenset({"registry:read"}))
