@@ -62,3 +62,22 @@ def test_an_unexpected_status_stops_the_run(servers):
 
 def test_added_is_the_difference_of_medians():
     assert added({"direct": [1.0, 2.0, 9.0], "gateway": [1.5, 2.25, 3.0]}) == {"direct": (2.0, 0.0), "gateway": (2.25, 0.25)}
+
+
+def test_each_way_in_is_compared_with_the_direct_requests_of_its_own_pair():
+    from bench.gateway_overhead import compare_interleaved
+    from bench.stats import figure
+
+    pairs = {
+        "gateway": {"direct": [2.0, 2.0, 2.0], "gateway": [2.25, 2.25, 2.25]},
+        "asgi": {"direct": [3.0, 3.0, 3.0], "asgi": [3.5, 3.5, 3.5]},
+        "relay": {"direct": [1.0, 1.0, 1.0], "relay": [1.125, 1.125, 1.125]},
+    }
+    figures = compare_interleaved("write, 1 client", pairs)
+    row = "write, 1 client"
+    assert figures == {
+        figure(row, "turns: direct p50 ms"): 2.0,
+        figure(row, "turns: added p50 ms"): 0.25,
+        figure(row, "turns: ASGI route added p50 ms"): 0.5,
+        figure(row, "turns: byte relay added p50 ms"): 0.125,
+    }
