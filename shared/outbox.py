@@ -89,6 +89,7 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval: float = 0.5,
         max_backoff: float = 5.0,
+        linger: float = 0.0,
     ):
         self._maker = maker
         self._producer_factory = producer_factory
@@ -98,6 +99,7 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
+        self._linger = linger
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._leader_conn = None
@@ -146,7 +148,11 @@ class OutboxRelay:
                     try:
                         await asyncio.wait_for(self._wake.wait(), self._poll_interval)
                     except asyncio.TimeoutError:
-                        pass
+                        continue
+                    if self._linger:
+                        # Woken by a commit: wait a moment for the commits right behind it, so that
+                        # one batch (one query, one produce request, one update) carries them all.
+                        await asyncio.sleep(self._linger)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database away: back off and retry, never give up
@@ -241,6 +247,9 @@ class OutboxRelay:
     async def _drop_leadership(self) -> None:
         if self._leader_conn is not None:
             try:
+                # Closed, not returned to the pool: a pooled connection would keep the session's
+                # advisory lock, and no other relay could lead until it happened to be reused.
+                await self._leader_conn.invalidate()
                 await self._leader_conn.close()
             except Exception:  # noqa: BLE001 - the connection is already gone
                 log.debug("leader connection close failed", exc_info=True)

@@ -102,7 +102,8 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         def producer_factory():
             return make_producer(settings, f"{spec.name}-{id(app)}")
 
-        relay = OutboxRelay(maker, producer_factory, metrics, broker_epoch=settings.broker_epoch)
+        relay = OutboxRelay(maker, producer_factory, metrics, broker_epoch=settings.broker_epoch,
+                            linger=settings.outbox_linger_ms / 1000)
         app.state.relay = relay
         consumers = [
             EventConsumer(

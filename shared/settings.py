@@ -35,6 +35,10 @@ class CommonSettings(BaseSettings):
     internal_secret: str = _common("internal_secret", DEV_SECRET)
     log_level: str = _common("log_level", "INFO")
     consumer_max_retries: int = _common("consumer_max_retries", 3)
+    # How long the outbox relay waits after a commit wakes it, gathering the commits right behind
+    # into the same batch. Measured at one client registering (README, "Events"): 20 ms cut the
+    # machine's CPU per registration by about a third, for events 20 ms later.
+    outbox_linger_ms: float = _common("outbox_linger_ms", 20.0, ge=0, le=1000)
     suppression_k: int = _common("suppression_k", 5)
 
     @model_validator(mode="after")

@@ -134,10 +134,10 @@ class Rig:
         self.running.append(consumer)
         return consumer
 
-    def relay(self, epoch: str = "", max_backoff: float = 5.0) -> OutboxRelay:
+    def relay(self, epoch: str = "", max_backoff: float = 5.0, poll_interval: float = 0.1, linger: float = 0.0) -> OutboxRelay:
         relay = OutboxRelay(
             self.maker, lambda: make_producer(self.settings, unique("relay")), self.metrics,
-            broker_epoch=epoch, poll_interval=0.1, max_backoff=max_backoff,
+            broker_epoch=epoch, poll_interval=poll_interval, max_backoff=max_backoff, linger=linger,
         )
         self.running.append(relay)
         return relay
@@ -271,6 +271,36 @@ async def test_relay_publishes_each_committed_event_and_consumer_applies_it_once
     assert rig.published() == 30
     assert rig.consumed("applied") == 30 and rig.consumed("duplicate") == 0
     assert relay.healthy and consumer.healthy
+
+
+async def test_commits_made_while_the_relay_lingers_go_out_in_one_batch(rig: Rig):
+    await rig.create_topic(1)
+    # Polling is slow here, so only the commits wake the relay.
+    relay = rig.relay(poll_interval=30, linger=0.5)
+    batches: list[int] = []
+    publish_batch = relay.publish_batch
+
+    async def recorded() -> int:
+        count = await publish_batch()
+        if count:
+            batches.append(count)
+        return count
+
+    relay.publish_batch = recorded
+    relay.start()
+
+    async def idle() -> bool:
+        return relay.healthy  # its first look found nothing: it waits for a commit
+
+    await eventually(idle, 15, what="relay waiting")
+    events = [program_event(f"l{i}") for i in range(5)]
+    for event in events:  # five transactions, as five requests would commit them
+        await rig.stage([event])
+    consumer = rig.consumer()
+    consumer.start()
+    await eventually(rig.has_effects(5), 30, what="5 effects")
+    assert batches == [5], "the first commit woke the relay; the four behind it joined its batch"
+    assert [r["event_id"] for r in await rig.effect_rows()] == [e.id for e in events]
 
 
 @needs_stoppable_broker
