@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import gateway_overhead, registrations, volunteer_import
-from bench.stack import machine, machine_busy
+from bench.stack import cpu_speed, machine, machine_busy
 from bench.stats import METADATA, format_table, merge_results
 
 # name → module with a docstring and `run(quick) -> {figure: value}`
@@ -41,12 +41,15 @@ def main(argv: list[str] | None = None) -> int:
         busy = machine_busy()
         if busy > BUSY_WARNING:
             print(f"warning: the machine is {busy:.0%} busy before the benchmark starts: figures will be low and noisy", flush=True)
+        speed = cpu_speed()
+        print(f"cpu probe: {speed:.0f} µs for a fixed Python loop (lower is faster; compare runs at similar figures)", flush=True)
         figures = BENCHMARKS[name].run(quick=args.quick)
         print(format_table(name, figures))
         print(f"({time.monotonic() - began:.0f} s)", flush=True)
         if not (args.no_save or args.quick):
             existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-            run = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "machine_busy_before": round(busy, 2)}
+            run = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "machine_busy_before": round(busy, 2),
+                   "cpu_probe_us": speed}
             RESULTS.write_text(json.dumps(merge_results(existing, name, figures, where, run), indent=2, ensure_ascii=False) + "\n")
     return 0
 
@@ -58,7 +61,8 @@ def show(results: dict) -> str:
     for name, figures in results.items():
         if name not in METADATA:
             run = results["runs"].get(name, {})
-            lines += ["", f"{name} ({run.get('date', '?')}; machine {run.get('machine_busy_before', 0):.0%} busy before)", "",
+            probe = f"; cpu probe {run['cpu_probe_us']:.0f} µs" if "cpu_probe_us" in run else ""
+            lines += ["", f"{name} ({run.get('date', '?')}; machine {run.get('machine_busy_before', 0):.0%} busy before{probe})", "",
                       format_table(name, figures)]
     return "\n".join(lines)
 

@@ -149,6 +149,21 @@ def machine_busy(window: float = 1.0) -> float:
     return (busy1 - busy0) / max(1, total1 - total0)
 
 
+def cpu_speed(repeat: int = 7) -> float:
+    """Microseconds one core takes for a fixed pure-Python loop, best of `repeat`: the speed of the
+    cores at the moment, which on a shared host moves by several times from hour to hour (seen here:
+    the registry's CPU per read was 0.66 ms in one run and 3.5 ms in another, on the same code).
+    Figures are comparable between runs only at similar speeds."""
+    best = float("inf")
+    for _ in range(repeat):
+        began = time.perf_counter()
+        total = 0
+        for i in range(100_000):
+            total += i
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1e6, 0)
+
+
 def machine() -> dict:
     """What the figures were measured on (Linux: the harness reads /proc throughout)."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()

@@ -79,7 +79,7 @@ def format_table(name: str, figures: dict[str, object]) -> str:
 def merge_results(existing: dict, name: str, figures: dict[str, object], machine: dict, run: dict) -> dict:
     """results.json after a run of benchmark `name`.
 
-    `run` says when and in what conditions it ran (`date`, `machine_busy_before`); `date` at the top
+    `run` says when and in what conditions it ran (`date`, `machine_busy_before`, `cpu_probe_us`); `date` at the top
     is the latest run. Figures measured on another machine are dropped rather than mixed into one table.
     """
     same_machine = existing.get("machine") == machine

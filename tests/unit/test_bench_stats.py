@@ -147,3 +147,12 @@ def test_show_renders_the_results_file_for_the_readme():
                                          "load_generator": "wrk"}})
     assert "2 × AMD EPYC" in shown and "registrations (2026-03-01T10:00Z; machine 2% busy before)" in shown
     assert "| postgresql    |             700 |" in shown
+
+
+def test_show_gives_the_cpu_probe_of_runs_that_measured_it():
+    results = merge_results({}, "registrations", {figure("postgresql", "registrations/s"): 700}, MACHINE,
+                            {**run_at("2026-03-01T10:00Z"), "cpu_probe_us": 2950.0})
+    shown = show({**results, "machine": {**MACHINE, "os": "Linux", "python": "3.11", "postgresql": "15", "sqlite": "3.40",
+                                         "load_generator": "wrk"}})
+    assert "registrations (2026-03-01T10:00Z; machine 2% busy before; cpu probe 2950 µs)" in shown
+
