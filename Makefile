@@ -30,10 +30,11 @@ test: install browser
 	VMC_TEST_DATABASE_URL=sqlite $(PY) -m pytest -q tests/integration
 
 # wrk (Debian's package) is the load generator the benchmarks prefer: far lighter on the shared cores
-# than the Python fallback. Installed only when missing and only where apt-get can (root).
+# than the Python fallback; nginx (nginx-light) is the yardstick proxy bench gateway_overhead measures
+# beside the gateway. Installed only when missing and only where apt-get can (root).
 bench: install
-	@if ! command -v wrk >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; fi
+	@if { ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; } && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; fi
 	$(PY) -m bench $(BENCH)
 
 clean:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ ROUNDS_ONE_CLIENT = 9
 WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
 VIAS = ("direct", "gateway", "asgi", "relay")
+UNSIGNED = ("direct", "relay", "nginx")  # ways in that add no caller context: the client sends it
 
 
 @dataclass
@@ -117,16 +119,63 @@ def start_relay(stack: Stack) -> str:
     return f"http://127.0.0.1:{port}/api/v1"
 
 
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    upstream registry {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://registry;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")  # sbin is not on every PATH
+
+
+def start_nginx(stack: Stack) -> str | None:
+    """nginx in one process (no master) as a reverse proxy in front of the registry, as part of the
+    stack; None where nginx is not installed."""
+    binary = nginx_binary()
+    if binary is None:
+        return None
+    port = free_port()
+    conf = stack.workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(workdir=stack.workdir, upstream=stack.ports["registry"], port=port))
+    log = open(stack.workdir / "nginx.log", "ab")
+    stack.procs["nginx"] = subprocess.Popen([binary, "-p", str(stack.workdir), "-e", str(stack.workdir / "nginx-error.log"),
+                                             "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port("127.0.0.1", port, 30)
+    return f"http://127.0.0.1:{port}/api/v1"
+
+
 class Runner:
     def __init__(self, stack: Stack):
         self.stack = stack
         self.bases = {"direct": stack.urls["registry"] + "/api/v1", "gateway": stack.api, "asgi": start_asgi_gateway(stack),
                       "relay": start_relay(stack)}
+        nginx = start_nginx(stack)
+        if nginx is not None:
+            self.bases["nginx"] = nginx
         self.first = 0
 
     def load(self, via: str, route: Route, clients: int, seconds: float) -> Load:
         # Direct callers carry the signed context the gateway would add: valid 60 s, so made per run.
-        headers = direct_headers(self.stack) if via in ("direct", "relay") else gateway_headers(self.stack)
+        headers = direct_headers(self.stack) if via in UNSIGNED else gateway_headers(self.stack)
         if route.body is not None:
             headers["Content-Type"] = "application/json"
         # A run sends far fewer than 100,000 requests: bodies stay unique across runs, and the ~170 runs
@@ -149,21 +198,24 @@ class Runner:
                                f"the first: {result.first_failure}")
         side.results.append(result)
 
-    def interleaved(self, route: Route, requests: int) -> dict[str, dict[str, list[float]]]:
+    def interleaved(self, route: Route, requests: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
         """One client taking turns between direct and each other way in, a pair at a time
-        (bench.interleave): for each way in, milliseconds by way in of its pair."""
-        pairs = {}
-        for via in VIAS[1:]:
+        (bench.interleave): for each way in, milliseconds by way in of its pair; and the CPU
+        milliseconds per request of each way in's own process over its turns."""
+        pairs, cpu = {}, {}
+        for via in [*VIAS[1:], *(["nginx"] if "nginx" in self.bases else [])]:
             settle(self.stack)
             ways = []
             for side in ("direct", via):
-                headers = direct_headers(self.stack) if side in ("direct", "relay") else gateway_headers(self.stack)
+                headers = direct_headers(self.stack) if side in UNSIGNED else gateway_headers(self.stack)
                 if route.body is not None:
                     headers["Content-Type"] = "application/json"
                 ways.append(interleave.Way(side, self.bases[side] + route.path, headers))
             self.first += 100_000
+            before = cpu_seconds(self.stack, via)
             pairs[via] = interleave.turns(ways, route.method, route.body, requests, self.first, route.expect)
-        return pairs
+            cpu[via] = (cpu_seconds(self.stack, via) - before) * 1000 / (requests + interleave.WARMUP)
+        return pairs, cpu
 
     def case(self, route: Route, clients: int, seconds: float, rounds: int) -> dict[str, Side]:
         for via in VIAS:
@@ -187,7 +239,7 @@ def run(quick: bool = False) -> dict[str, float]:
                 figures.update(compare(row, sides))
                 if clients == 1:
                     requests = route.turns // (10 if quick else 1)
-                    figures.update(compare_interleaved(row, runner.interleaved(route, requests)))
+                    figures.update(compare_interleaved(row, *runner.interleaved(route, requests)))
     return figures
 
 
@@ -216,12 +268,18 @@ def compare(row: str, sides: dict[str, Side]) -> dict[str, float]:
     }
 
 
-def compare_interleaved(row: str, pairs: dict[str, dict[str, list[float]]]) -> dict[str, float]:
-    """The added p50 of each way in, from its own pair with direct."""
+def compare_interleaved(row: str, pairs: dict[str, dict[str, list[float]]], cpu: dict[str, float] | None = None) -> dict[str, float]:
+    """The added p50 of each way in, from its own pair with direct (and nginx's, where it ran, with
+    its CPU per request)."""
     p50 = {via: interleave.added(latencies) for via, latencies in pairs.items()}
-    return {
+    figures = {
         figure(row, "turns: direct p50 ms"): round(p50["gateway"]["direct"][0], 3),
         figure(row, "turns: added p50 ms"): round(p50["gateway"]["gateway"][1], 3),
         figure(row, "turns: ASGI route added p50 ms"): round(p50["asgi"]["asgi"][1], 3),
         figure(row, "turns: byte relay added p50 ms"): round(p50["relay"]["relay"][1], 3),
     }
+    if "nginx" in p50:
+        figures[figure(row, "turns: nginx added p50 ms")] = round(p50["nginx"]["nginx"][1], 3)
+        if cpu and "nginx" in cpu:
+            figures[figure(row, "nginx CPU ms/req")] = round(cpu["nginx"], 3)
+    return figures

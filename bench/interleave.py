@@ -77,8 +77,11 @@ def request_bytes(method: str, url: str, headers: dict[str, str], body: bytes | 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
+WARMUP = 50  # requests per way in before the measured ones
+
+
 def turns(ways: Sequence[Way], method: str, body_template: str | None, requests: int, first: int,
-          expect: int | None = None, warmup: int = 50) -> dict[str, list[float]]:
+          expect: int | None = None, warmup: int = WARMUP) -> dict[str, list[float]]:
     """Milliseconds of each request, by way in: `requests` per way, in turns (forwards, then backwards).
     `{n}` in the body template is a per-request number (8 digits, unique from `first`)."""
     clients = {way.name: _Client(way.url) for way in ways}

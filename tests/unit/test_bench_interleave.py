@@ -81,3 +81,20 @@ def test_each_way_in_is_compared_with_the_direct_requests_of_its_own_pair():
         figure(row, "turns: ASGI route added p50 ms"): 0.5,
         figure(row, "turns: byte relay added p50 ms"): 0.125,
     }
+
+
+def test_nginx_is_reported_beside_the_other_ways_in_when_it_took_turns():
+    from bench.gateway_overhead import compare_interleaved
+    from bench.stats import figure
+
+    pairs = {
+        "gateway": {"direct": [2.0], "gateway": [2.25]},
+        "asgi": {"direct": [3.0], "asgi": [3.5]},
+        "relay": {"direct": [1.0], "relay": [1.125]},
+        "nginx": {"direct": [1.5], "nginx": [1.5625]},
+    }
+    row = "read, 1 client"
+    figures = compare_interleaved(row, pairs, {"nginx": 0.04})
+    assert figures[figure(row, "turns: nginx added p50 ms")] == 0.062
+    assert figures[figure(row, "nginx CPU ms/req")] == 0.04
+    assert figure(row, "turns: nginx added p50 ms") not in compare_interleaved(row, {k: v for k, v in pairs.items() if k != "nginx"})
