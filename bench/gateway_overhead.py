@@ -128,9 +128,10 @@ error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
+    keepalive_requests 1000000;  # the default 1,000 would close a turn run's one connection midway
     client_body_temp_path {workdir}/nginx-body;
     proxy_temp_path {workdir}/nginx-proxy;
-    upstream registry {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+    upstream registry {{ server 127.0.0.1:{upstream}; keepalive 32; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
