@@ -109,14 +109,18 @@ def start_asgi_gateway(stack: Stack) -> str:
     return url + "/api/v1"
 
 
-def start_relay(stack: Stack) -> str:
-    """bench/relay.py in front of the registry, as part of the stack."""
-    port = free_port()
-    log = open(stack.workdir / "relay.log", "ab")
-    stack.procs["relay"] = subprocess.Popen([sys.executable, "-m", "bench.relay", str(port), str(stack.ports["registry"])],
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def start_in_front(stack: Stack, name: str, argv: list[str], port: int) -> str:
+    """A process listening on `port` in front of the registry, as part of the stack: its API base URL."""
+    with open(stack.workdir / f"{name}.log", "ab") as log:
+        stack.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_port("127.0.0.1", port, 30)
     return f"http://127.0.0.1:{port}/api/v1"
+
+
+def start_relay(stack: Stack) -> str:
+    """bench/relay.py in front of the registry."""
+    port = free_port()
+    return start_in_front(stack, "relay", [sys.executable, "-m", "bench.relay", str(port), str(stack.ports["registry"])], port)
 
 
 NGINX_CONF = """\
@@ -149,19 +153,16 @@ def nginx_binary() -> str | None:
 
 
 def start_nginx(stack: Stack) -> str | None:
-    """nginx in one process (no master) as a reverse proxy in front of the registry, as part of the
-    stack; None where nginx is not installed."""
+    """nginx in one process (no master) as a reverse proxy in front of the registry; None where nginx
+    is not installed."""
     binary = nginx_binary()
     if binary is None:
         return None
     port = free_port()
     conf = stack.workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workdir=stack.workdir, upstream=stack.ports["registry"], port=port))
-    log = open(stack.workdir / "nginx.log", "ab")
-    stack.procs["nginx"] = subprocess.Popen([binary, "-p", str(stack.workdir), "-e", str(stack.workdir / "nginx-error.log"),
-                                             "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_port("127.0.0.1", port, 30)
-    return f"http://127.0.0.1:{port}/api/v1"
+    return start_in_front(stack, "nginx", [binary, "-p", str(stack.workdir), "-e", str(stack.workdir / "nginx-error.log"),
+                                           "-c", str(conf)], port)
 
 
 class Runner:
