@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -68,12 +69,14 @@ def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc"
 GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
 
 
-def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None, http: str | None = None) -> subprocess.Popen:
-    """`http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise)."""
+def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None, http: str | None = None,
+                  wrap: Sequence[str] = ()) -> subprocess.Popen:
+    """`http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise);
+    `wrap`: a command the server runs under (a profiler, valgrind)."""
     out = open(log_path, "ab") if log_path else None
     http = http or (GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools")
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
+        [*wrap, sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
          "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", "10"],
         env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
