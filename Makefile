@@ -31,10 +31,11 @@ test: install browser
 
 # wrk (Debian's package) is the load generator the benchmarks prefer: far lighter on the shared cores
 # than the Python fallback; nginx (nginx-light) is the yardstick proxy bench gateway_overhead measures
-# beside the gateway. Installed only when missing and only where apt-get can (root).
+# beside the gateway; valgrind counts instructions per request for bench gateway_instructions.
+# Installed only when missing and only where apt-get can (root).
 bench: install
-	@if { ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; } && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; fi
+	@if { ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ] || ! command -v valgrind >/dev/null; } && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light valgrind >/dev/null; fi
 	$(PY) -m bench $(BENCH)
 
 clean:
