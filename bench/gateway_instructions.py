@@ -95,8 +95,10 @@ def counted(pid: int, out: Path, work: Callable[[], None]) -> int:
         control(pid, "--instr=off")
     before = set(out.parent.glob(f"{out.name}.{pid}.*"))
     control(pid, "--dump")
-    dump = max(set(out.parent.glob(f"{out.name}.{pid}.*")) - before, key=lambda path: path.stat().st_mtime)
-    return dumped_total(dump.read_text())
+    dumps = set(out.parent.glob(f"{out.name}.{pid}.*")) - before
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump for process {pid} (is it still running?)")
+    return dumped_total(max(dumps, key=lambda path: path.stat().st_mtime).read_text())
 
 
 def count(stack: Stack, way: str, workdir: Path, requests: int, warmup: int) -> dict[str, float]:
