@@ -30,6 +30,12 @@ the relay, whose work evicted the gateway's code and data from the caches, and e
 added p50 rose by about 0.1 ms (measured on one stack, alternating the two designs three times:
 +0.32 to +0.34 ms for the gateway among four ways in, +0.19 to +0.25 ms in a pair). A partner's
 requests never meet a second gateway process.
+
+Then the gateway's pair runs once more with the gateway alone on one core and everything else (the
+services, the broker, the other proxies, a local PostgreSQL and the client) on the others (the
+"turns: gateway on its own core" columns; bench.stack.own_core), as it runs in production, where
+the gateway has cores of its own. On two cores shared by everything, where the scheduler puts the
+gateway among the other processes changes what it adds to a read by about 0.3 ms on a slow host.
 """
 from __future__ import annotations
 
@@ -44,7 +50,8 @@ from statistics import median
 from bench import interleave
 from bench.load import Load, LoadResult, run_load
 from bench.payloads import volunteer_template
-from bench.stack import cpu_seconds, direct_headers, gateway_headers, machine_times, running_stack, settle
+from bench.stack import (cpu_seconds, direct_headers, gateway_headers, local_postgresql_pids, machine_times, own_core,
+                         running_stack, settle)
 from deploy.processes import free_port, start_uvicorn, wait_port, wait_ready
 from bench.stats import figure
 from services.registry.settings import GDY_ORGANIZATION_ID
@@ -59,6 +66,7 @@ WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
 VIAS = ("direct", "gateway", "asgi", "relay")
 UNSIGNED = ("direct", "relay", "nginx")  # ways in that add no caller context: the client sends it
+OWN_CORE = "gateway, own core"  # the gateway's pair again, the gateway alone on a core (Runner.interleaved)
 
 
 @dataclass
@@ -203,21 +211,34 @@ class Runner:
     def interleaved(self, route: Route, requests: int) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
         """One client taking turns between direct and each other way in, a pair at a time
         (bench.interleave): for each way in, milliseconds by way in of its pair; and the CPU
-        milliseconds per request of each way in's own process over its turns."""
+        milliseconds per request of each way in's own process over its turns. Then the gateway's
+        pair once more with the gateway on a core of its own (`OWN_CORE`, see `bench.stack.own_core`)."""
         pairs, cpu = {}, {}
         for via in [*VIAS[1:], *(["nginx"] if "nginx" in self.bases else [])]:
-            settle(self.stack)
-            ways = []
-            for side in ("direct", via):
-                headers = direct_headers(self.stack) if side in UNSIGNED else gateway_headers(self.stack)
-                if route.body is not None:
-                    headers["Content-Type"] = "application/json"
-                ways.append(interleave.Way(side, self.bases[side] + route.path, headers))
-            self.first += 100_000
-            before = cpu_seconds(self.stack, via)
-            pairs[via] = interleave.turns(ways, route.method, route.body, requests, self.first, route.expect)
-            cpu[via] = (cpu_seconds(self.stack, via) - before) * 1000 / (requests + interleave.WARMUP)
+            pairs[via], cpu[via] = self.pair(route, via, requests)
+        settle(self.stack)
+        others = [proc.pid for name, proc in self.stack.procs.items() if name != "gateway"]
+        if self.stack.broker.proc is not None:
+            others.append(self.stack.broker.proc.pid)
+        with own_core([self.stack.procs["gateway"].pid], others + local_postgresql_pids()) as placed:
+            if placed:
+                pairs[OWN_CORE], cpu[OWN_CORE] = self.pair(route, "gateway", requests, settled=True)
         return pairs, cpu
+
+    def pair(self, route: Route, via: str, requests: int, settled: bool = False) -> tuple[dict[str, list[float]], float]:
+        """Direct and `via` taking turns: milliseconds by way in, and `via`'s CPU ms per request."""
+        if not settled:
+            settle(self.stack)
+        ways = []
+        for side in ("direct", via):
+            headers = direct_headers(self.stack) if side in UNSIGNED else gateway_headers(self.stack)
+            if route.body is not None:
+                headers["Content-Type"] = "application/json"
+            ways.append(interleave.Way(side, self.bases[side] + route.path, headers))
+        self.first += 100_000
+        before = cpu_seconds(self.stack, via)
+        latencies = interleave.turns(ways, route.method, route.body, requests, self.first, route.expect)
+        return latencies, (cpu_seconds(self.stack, via) - before) * 1000 / (requests + interleave.WARMUP)
 
     def case(self, route: Route, clients: int, seconds: float, rounds: int) -> dict[str, Side]:
         for via in VIAS:
@@ -280,6 +301,10 @@ def compare_interleaved(row: str, pairs: dict[str, dict[str, list[float]]], cpu:
         figure(row, "turns: ASGI route added p50 ms"): round(p50["asgi"]["asgi"][1], 3),
         figure(row, "turns: byte relay added p50 ms"): round(p50["relay"]["relay"][1], 3),
     }
+    if OWN_CORE in p50:
+        figures[figure(row, "turns: gateway on its own core, added p50 ms")] = round(p50[OWN_CORE]["gateway"][1], 3)
+        if cpu and OWN_CORE in cpu:
+            figures[figure(row, "gateway on its own core: CPU ms/req")] = round(cpu[OWN_CORE], 3)
     if "nginx" in p50:
         figures[figure(row, "turns: nginx added p50 ms")] = round(p50["nginx"]["nginx"][1], 3)
         if cpu and "nginx" in cpu:

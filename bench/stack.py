@@ -134,6 +134,65 @@ def _wait_quiet(stack: Stack, quiet: float, window: float, timeout: float) -> No
             return
 
 
+def threads_of(pid: int) -> list[int]:
+    """The thread ids of a process (empty if it is gone)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
+
+
+def local_postgresql_pids() -> list[int]:
+    """The PostgreSQL server processes on this machine (the stack's databases live there when its
+    server is local): postmaster, background workers and a backend per connection."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == "postgres":
+                    pids.append(int(entry))
+            except OSError:  # gone meanwhile
+                pass
+    return pids
+
+
+@contextmanager
+def own_core(alone: list[int], rest: list[int]) -> Iterator[bool]:
+    """Within the block, the processes `alone` (every thread) run on one core of their own and the
+    processes `rest` (every thread), and this process, on the others; yields False, changing
+    nothing, on a machine with a single core. Each thread's own set of cores is restored after
+    (threads and processes started within the block, such as a new PostgreSQL backend, keep the
+    set they started with).
+
+    So a proxy can be measured as it runs in production, where it has its own cores, instead of
+    taking turns with the services, the database and the client for two cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        yield False
+        return
+    saved: dict[int, set[int]] = {}
+
+    def place(pids: list[int], on: set[int]) -> None:
+        for pid in pids:
+            for tid in threads_of(pid):
+                try:
+                    saved.setdefault(tid, os.sched_getaffinity(tid))
+                    os.sched_setaffinity(tid, on)
+                except (ProcessLookupError, PermissionError):  # gone, or not ours to move
+                    pass
+
+    try:
+        place(alone, {cores[0]})
+        place([*rest, os.getpid()], set(cores[1:]))
+        yield True
+    finally:
+        for tid, on in saved.items():
+            try:
+                os.sched_setaffinity(tid, on)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 def machine_times() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far, in clock ticks, all cores together."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

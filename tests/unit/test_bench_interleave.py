@@ -98,3 +98,20 @@ def test_nginx_is_reported_beside_the_other_ways_in_when_it_took_turns():
     assert figures[figure(row, "turns: nginx added p50 ms")] == 0.062
     assert figures[figure(row, "nginx CPU ms/req")] == 0.04
     assert figure(row, "turns: nginx added p50 ms") not in compare_interleaved(row, {k: v for k, v in pairs.items() if k != "nginx"})
+
+
+def test_the_gateway_on_its_own_core_is_reported_from_its_own_pair():
+    from bench.gateway_overhead import OWN_CORE, compare_interleaved
+    from bench.stats import figure
+
+    pairs = {
+        "gateway": {"direct": [2.0], "gateway": [2.5]},
+        "asgi": {"direct": [3.0], "asgi": [3.5]},
+        "relay": {"direct": [1.0], "relay": [1.125]},
+        OWN_CORE: {"direct": [4.0], "gateway": [4.125]},
+    }
+    row = "read, 1 client"
+    figures = compare_interleaved(row, pairs, {OWN_CORE: 0.3})
+    assert figures[figure(row, "turns: added p50 ms")] == 0.5
+    assert figures[figure(row, "turns: gateway on its own core, added p50 ms")] == 0.125
+    assert figures[figure(row, "gateway on its own core: CPU ms/req")] == 0.3
