@@ -31,15 +31,18 @@ added p50 rose by about 0.1 ms (measured on one stack, alternating the two desig
 +0.32 to +0.34 ms for the gateway among four ways in, +0.19 to +0.25 ms in a pair). A partner's
 requests never meet a second gateway process.
 
-Then the gateway's pair runs once more with the gateway alone on one core and everything else (the
-services, the broker, the other proxies, a local PostgreSQL and the client) on the others (the
-"turns: gateway on its own core" columns; bench.stack.own_core), as it runs in production, where
-the gateway has cores of its own. On two cores shared by everything, where the scheduler puts the
-gateway among the other processes changes what it adds to a read by about 0.3 ms on a slow host.
+Then the gateway's pair runs once more with the gateway on a core of its own, as in production,
+shared only with the client, and everything else (the services, the broker, the other proxies, a
+local PostgreSQL) on the other (the "turns: gateway on its own core" columns; bench.stack.own_core).
+The client goes with the gateway because on the services' core a direct call's client would wait
+behind the registry's own work after each answer, which a client elsewhere does not: with the
+client there, the gateway seemed to add 0.15 ms less to a read than it does. On two cores shared
+by everything, where the scheduler puts the gateway adds 0.1 to 0.45 ms on a slow host.
 """
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -66,7 +69,7 @@ WARMUP_SECONDS = 1
 CLIENTS = (1, 32)
 VIAS = ("direct", "gateway", "asgi", "relay")
 UNSIGNED = ("direct", "relay", "nginx")  # ways in that add no caller context: the client sends it
-OWN_CORE = "gateway, own core"  # the gateway's pair again, the gateway alone on a core (Runner.interleaved)
+OWN_CORE = "gateway, own core"  # the gateway's pair again, the gateway (and the client) on a core of its own
 
 
 @dataclass
@@ -212,7 +215,8 @@ class Runner:
         """One client taking turns between direct and each other way in, a pair at a time
         (bench.interleave): for each way in, milliseconds by way in of its pair; and the CPU
         milliseconds per request of each way in's own process over its turns. Then the gateway's
-        pair once more with the gateway on a core of its own (`OWN_CORE`, see `bench.stack.own_core`)."""
+        pair once more with the gateway and the client on one core, everything else on the other
+        (`OWN_CORE`, see `bench.stack.own_core`)."""
         pairs, cpu = {}, {}
         for via in [*VIAS[1:], *(["nginx"] if "nginx" in self.bases else [])]:
             pairs[via], cpu[via] = self.pair(route, via, requests)
@@ -220,7 +224,9 @@ class Runner:
         others = [proc.pid for name, proc in self.stack.procs.items() if name != "gateway"]
         if self.stack.broker.proc is not None:
             others.append(self.stack.broker.proc.pid)
-        with own_core([self.stack.procs["gateway"].pid], others + local_postgresql_pids()) as placed:
+        # The client beside the gateway: on the other core it would wait, on direct calls only,
+        # behind the registry's own work after each answer (a client elsewhere does not).
+        with own_core([self.stack.procs["gateway"].pid, os.getpid()], others + local_postgresql_pids()) as placed:
             if placed:
                 pairs[OWN_CORE], cpu[OWN_CORE] = self.pair(route, "gateway", requests, settled=True)
         return pairs, cpu

@@ -159,13 +159,12 @@ def local_postgresql_pids() -> list[int]:
 @contextmanager
 def own_core(alone: list[int], rest: list[int]) -> Iterator[bool]:
     """Within the block, the processes `alone` (every thread) run on one core of their own and the
-    processes `rest` (every thread), and this process, on the others; yields False, changing
-    nothing, on a machine with a single core. Each thread's own set of cores is restored after
-    (threads and processes started within the block, such as a new PostgreSQL backend, keep the
-    set they started with).
+    processes `rest` (every thread) on the others; yields False, changing nothing, on a machine
+    with a single core. Each thread's own set of cores is restored after (threads and processes
+    started within the block, such as a new PostgreSQL backend, keep the set they started with).
 
-    So a proxy can be measured as it runs in production, where it has its own cores, instead of
-    taking turns with the services, the database and the client for two cores."""
+    So a proxy can be measured with a core of its own, as in production, instead of taking turns
+    with the services, the database and the client for two cores."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         yield False
@@ -183,7 +182,7 @@ def own_core(alone: list[int], rest: list[int]) -> Iterator[bool]:
 
     try:
         place(alone, {cores[0]})
-        place([*rest, os.getpid()], set(cores[1:]))
+        place(rest, set(cores[1:]))
         yield True
     finally:
         for tid, on in saved.items():

@@ -27,11 +27,11 @@ def test_one_process_gets_a_core_of_its_own_and_every_set_is_restored_after():
         os.sched_setaffinity(procs[1].pid, {cores[-1]})  # a thread with a set of its own before
         before = {proc.pid: thread_cores(proc.pid) for proc in procs}
         mine = os.sched_getaffinity(0)
-        with own_core([procs[0].pid], [procs[1].pid]) as placed:
+        with own_core([procs[0].pid, os.getpid()], [procs[1].pid]) as placed:
             assert placed
             assert thread_cores(procs[0].pid) == [{cores[0]}, {cores[0]}]
             assert thread_cores(procs[1].pid) == [set(cores[1:])] * 2
-            assert os.sched_getaffinity(0) == set(cores[1:])  # the client too
+            assert os.sched_getaffinity(0) == {cores[0]}  # the client, placed with the first
         assert {proc.pid: thread_cores(proc.pid) for proc in procs} == before
         assert os.sched_getaffinity(0) == mine
     finally:
