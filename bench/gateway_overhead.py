@@ -35,9 +35,9 @@ Then the gateway's pair runs once more with the gateway on a core of its own, as
 shared only with the client, and everything else (the services, the broker, the other proxies, a
 local PostgreSQL) on the other (the "turns: gateway on its own core" columns; bench.stack.own_core).
 The client goes with the gateway because on the services' core a direct call's client would wait
-behind the registry's own work after each answer, which a client elsewhere does not: with the
-client there, the gateway seemed to add 0.15 ms less to a read than it does. On two cores shared
-by everything, where the scheduler puts the gateway adds 0.1 to 0.45 ms on a slow host.
+behind the registry's own work after each answer, which a client elsewhere does not, and the
+gateway would look cheaper than it is. On two cores shared by everything, where the scheduler
+puts the gateway added about 0.15 to 0.35 ms to a read or a registration on a slow host (README).
 """
 from __future__ import annotations
 
