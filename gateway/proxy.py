@@ -310,7 +310,7 @@ class Proxy:
     @staticmethod
     def _problem(exc: ProblemError, answer_headers: list[tuple[bytes, bytes]]) -> Answer:
         headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()] + answer_headers
-        return exc.status, *problem_answer(exc.status, exc.detail or "", headers, slug=exc.slug, title=exc.title)
+        return exc.status, *problem_answer(exc.status, exc.detail or "", headers, slug=exc.slug, title=exc.title, errors=exc.errors)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         """The whole body, within the size limit and the time limit (a client trickling bytes is cut off)."""

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,6 +69,9 @@ def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
         except ProblemError as exc:
             return exc
         scope.setdefault("state", {})["caller"] = caller
+    query = scope.get("query_string")
+    if query and (b"%00" in query or b"\x00" in query):
+        return nul_in_query(query)
     length = header(scope, b"content-length")
     if length is not None:
         try:
@@ -79,6 +83,16 @@ def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
         if not content_type_allowed(path, header(scope, b"content-type")):
             return ProblemError(415, "send JSON (Content-Type: application/json)" + (" or CSV (text/csv)" if is_import(path) else ""))
     return None
+
+
+def nul_in_query(query: bytes) -> ProblemError:
+    """The 422 for a query string carrying a NUL character (%00): no parameter of the API takes one,
+    and PostgreSQL cannot even compare text holding one (the query would fail with a 500)."""
+    names = sorted({name.replace("\x00", "%00") for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+                    if "\x00" in name or "\x00" in value})
+    message = "NUL characters (%00) are not allowed"
+    errors = [{"loc": ["query", name], "msg": message} for name in names] or [{"loc": ["query"], "msg": message}]
+    return ProblemError(422, "; ".join(f"query.{name}: {message}" for name in names) or f"query: {message}", errors=errors)
 
 
 # Scope key of the request headers a server noted as it parsed them (gateway/server.py): name →
@@ -134,6 +148,7 @@ class RequestContextMiddleware:
         start = time.perf_counter()
         status_holder = [500]
         started: list[bool] = []
+        answered: list[bool] = []  # the whole answer has been sent
         rid_header = (b"x-request-id", rid.encode())
 
         async def send_wrapper(message: Message) -> None:
@@ -141,13 +156,15 @@ class RequestContextMiddleware:
                 status_holder[0] = message["status"]
                 started.append(True)
                 message["headers"] = list(message.get("headers", [])) + [rid_header]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered.append(True)
             await send(message)
 
         try:
             problem = precheck(scope, self.secret)
             if problem is not None:
                 status_holder[0] = problem.status
-                await send_problem(send, problem.status, problem.detail or "", [rid_header], slug=problem.slug)
+                await send_problem(send, problem.status, problem.detail or "", [rid_header], slug=problem.slug, errors=problem.errors)
                 return
             limit = body_limit(scope["path"])
             received = 0
@@ -169,6 +186,11 @@ class RequestContextMiddleware:
             except Exception:
                 # Handled here, not by Starlette's outermost handler, so that the answer and the log line
                 # still carry the request id (the outer handler runs after it is reset).
+                if answered:
+                    # Starlette's server-error middleware sent the app's 500 (its handler logged the
+                    # error) and raises it again for the server: uvicorn would log it twice and close
+                    # the connection, and a request already on its way on it would be lost.
+                    return
                 if started:
                     raise
                 log.exception("unhandled error")
