@@ -5,7 +5,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import AwareDatetime
 from sqlalchemy import select
 
 from gateway.audit import AuditEventPublic, add_key_change, audit_page, audit_query
@@ -15,6 +14,7 @@ from shared.db import utcnow
 from shared.errors import PROBLEM_RESPONSES, NotFound, ProblemError
 from shared.pagination import Cursor, Limit, Page, page_of, paginate
 from shared.service import SessionDep
+from shared.times import AwareUtcTime
 
 router = APIRouter(prefix="/api/v1/admin", tags=["administration"], responses=PROBLEM_RESPONSES)
 
@@ -88,8 +88,8 @@ async def list_audit_events(
     actor: Annotated[str | None, Query(max_length=64, description="Key id or key prefix (`cli` for the command-line tool)")] = None,
     action: Annotated[str | None, Query(max_length=60, description="e.g. `volunteer.read`; `volunteer.*` for every volunteer action")] = None,
     object: Annotated[str | None, Query(max_length=200, description="e.g. `volunteers/<id>`")] = None,  # noqa: A002 - the wire name
-    from_: Annotated[AwareDatetime | None, Query(alias="from", description="From this time (inclusive), RFC 3339")] = None,
-    to: Annotated[AwareDatetime | None, Query(description="Until this time (exclusive), RFC 3339")] = None,
+    from_: Annotated[AwareUtcTime | None, Query(alias="from", description="From this time (inclusive), RFC 3339")] = None,
+    to: Annotated[AwareUtcTime | None, Query(description="Until this time (exclusive), RFC 3339")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ):

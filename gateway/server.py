@@ -48,6 +48,10 @@ def find_gateway(app):
     return app if isinstance(app, Gateway) else None
 
 
+class _HeadTooLarge(Exception):
+    """Raised from the parser's callback when a whole head turns out over the limit."""
+
+
 class _Unwaited:
     """Stands for a cycle's message event where nobody waits on it."""
 
@@ -77,6 +81,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gateway = find_gateway(self.app)
+        self.max_head_bytes = self.gateway.settings.max_head_bytes if self.gateway is not None else float("inf")
         # The same X-Forwarded-For / -Proto rewrite uvicorn applies to ASGI requests (trusted hosts
         # only): the failed-authentication throttle counts per client address, not per load balancer.
         self.forwarded = (
@@ -87,6 +92,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     # usual request (its head in one packet) costs nothing.
     head_timer: asyncio.TimerHandle | None = None
     in_head = False
+
+    # Bytes received since the current request head began (or the last request ended), held to
+    # `max_head_bytes`; not counted while a body is arriving.
+    head_bytes = 0
+    in_body = False
 
     # A proxied request whose head the parser has read: dispatched once the bytes at hand are parsed,
     # so that a body that came with its head is handed over whole.
@@ -100,9 +110,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self.idle_until = None
+        if not self.in_body:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._head_too_large()
+                return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
@@ -115,8 +130,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             fast, self.pending = self.pending, None
             if not self.transport.is_closing():
                 self._dispatch(fast)
-        if self.in_head and self.head_timer is None and self.gateway is not None and not self.transport.is_closing():
-            self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
+        if self.in_head and self.gateway is not None and not self.transport.is_closing():
+            if self.head_bytes > self.max_head_bytes:  # a head still coming, already too large
+                self._head_too_large()
+            elif self.head_timer is None:
+                self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
 
     def on_message_begin(self) -> None:
         # uvicorn's scope is built only for a request that goes to ASGI (`_asgi_headers_complete`).
@@ -151,13 +169,33 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         self.head_timer = None
         if self.in_head and not self.transport.is_closing():
-            body = problem_body(408, "the request head was not received in time", title="Request timeout", slug="request-timeout")
-            self.transport.write(STATUS_LINE[408] + b"content-type: " + PROBLEM_JSON.encode() + b"\r\ncontent-length: "
-                                 + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
-            self.transport.close()
+            self._refuse_and_close(408, "the request head was not received in time", title="Request timeout", slug="request-timeout")
+
+    def _head_too_large(self) -> None:
+        self._stop_head_timer()
+        self._refuse_and_close(431, f"the request head exceeds {self.max_head_bytes} bytes", title="Request header fields too large",
+                               slug="head-too-large")
+
+    def send_400_response(self, msg: str) -> None:
+        """What the parser cannot read (a control character in a header, a malformed request line or
+        framing): a problem like every other refusal (uvicorn answers plain text), then the connection
+        closes, since where the next request would begin is unknown."""
+        self._refuse_and_close(400, "the request is not valid HTTP/1.1 (request line, a header or the body's framing)")
+
+    def _refuse_and_close(self, status: int, detail: str, **kw) -> None:
+        body = problem_body(status, detail, **kw)
+        self.transport.write(STATUS_LINE[status] + b"content-type: " + PROBLEM_JSON.encode() + b"\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
+        # The bytes counted may hold body bytes too: only then is the head itself measured.
+        if self.head_bytes > self.max_head_bytes and (
+            len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > self.max_head_bytes
+        ):
+            raise _HeadTooLarge  # ends the parsing: data_received answers
+        self.in_body, self.head_bytes = True, 0
         proxy = self.gateway.proxy if self.gateway is not None else None
         if proxy is None or not self._fast_path_allowed():
             self._asgi_headers_complete()
@@ -201,6 +239,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_body = False
         cycle = self.cycle
         if type(cycle) is _Fast:
             cycle.complete = True

@@ -34,6 +34,9 @@ class GatewaySettings(ServiceSettings):
     # A request head (request line and headers) not complete this long after its first byte is
     # answered 408 and the connection closed (a client trickling header bytes holds no connection).
     header_read_timeout_seconds: float = 10.0
+    # A request head (request line and headers) larger than this is answered 431 and the connection
+    # closed: the parser would otherwise hold a head of any size in memory and forward it.
+    max_head_bytes: int = 65536
     # A service failing this many requests in a row is not called for `circuit_cooldown_seconds`.
     circuit_failure_threshold: int = 5
     circuit_cooldown_seconds: float = 5.0

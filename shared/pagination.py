@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 
 from shared.errors import ProblemError
+from shared.times import as_utc
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(stamp)
         if moment.tzinfo is None:  # never one of ours (they are UTC); a naive time cannot be compared
             raise ValueError("cursor time without an offset")
-        return moment, uuid.UUID(id_)
+        return as_utc(moment), uuid.UUID(id_)  # ValueError too for a time with no UTC equivalent
     except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
         raise ProblemError(422, "invalid cursor", errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor"}]) from exc
 

@@ -7,6 +7,7 @@ the object-level test until someone adds one (and so decides how it is isolated)
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import statistics
 import time
@@ -979,6 +980,40 @@ async def test_api8_a_nul_in_any_query_parameter_is_a_422_naming_it(world: World
     async with direct:
         body = assert_problem(await direct.get("/programs", params={"code": "\x00"}), 422, "direct")
         assert "code" in _error_fields(body)
+
+
+def _is_time(param: dict) -> bool:
+    schema = param.get("schema", {})
+    return any(option.get("format") == "date-time" for option in [schema, *schema.get("anyOf", [])])
+
+
+async def test_api8_times_with_no_utc_equivalent_are_a_422_on_every_route(world: World):
+    """A time the database driver cannot convert to UTC (year 9999 at -23:59 is past year 9999) in
+    any time parameter, or inside a cursor, is a 422 naming it, never a 500; the latest and earliest
+    times that do have one are answered."""
+    w = world
+    failures, covered = [], []
+    for op in [op for op in w.routes if any(_is_time(p) for p in op.query_params)]:
+        values = await path_values(w, op, w.a)
+        for name in sorted(p["name"] for p in op.query_params if _is_time(p)):
+            for moment in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59"):
+                answer = await w.admin.request(op.method, op.url(values), params={name: moment})
+                if answer.status_code != 422 or name not in _error_fields(assert_problem(answer, 422, f"{op} {name}")):
+                    failures.append(f"{op} ?{name}={moment}: {answer.status_code} {answer.text[:200]}")
+            for moment in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z"):
+                answer = await w.admin.request(op.method, op.url(values), params={name: moment})
+                if answer.status_code != 200:
+                    failures.append(f"{op} ?{name}={moment}: {answer.status_code} {answer.text[:200]}")
+            covered.append(f"{op} ?{name}")
+    cursor = base64.urlsafe_b64encode(orjson.dumps(["9999-12-31T23:59:59-23:59", str(uuid.uuid4())])).decode().rstrip("=")
+    for op in list_operations(w):
+        values = await path_values(w, op, w.a)
+        answer = await w.admin.get(op.url(values), params={"cursor": cursor})
+        if answer.status_code != 422 or "cursor" not in _error_fields(assert_problem(answer, 422, f"{op} cursor")):
+            failures.append(f"{op} ?cursor: {answer.status_code} {answer.text[:200]}")
+        covered.append(f"{op} ?cursor")
+    assert not failures, "\n".join(failures)
+    assert {"GET /admin/audit-events ?from", "GET /organizations ?updated_since"} <= set(covered), covered
 
 
 async def raw_get(stack: Stack, target: str, key: str) -> tuple[int, dict[str, str], bytes]:

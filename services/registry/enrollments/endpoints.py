@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from fastapi import APIRouter
 
 from services.registry.enrollments import service
 from services.registry.enrollments.models import EnrollmentCreate, EnrollmentEnd, EnrollmentPublic
 from services.registry.scope import VisibilityDep
-from services.registry.volunteers.endpoints import as_utc_query
 from shared.caller import require_scope
 from shared.errors import PROBLEM_RESPONSES
 from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page, page_of
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(tags=["enrolments"], responses=PROBLEM_RESPONSES)
 
@@ -34,10 +33,10 @@ async def enrol(volunteer_id: uuid.UUID, body: EnrollmentCreate, session: Sessio
 )
 async def list_enrollments(
     volunteer_id: uuid.UUID, session: SessionDep, scope: VisibilityDep,
-    limit: Limit = 50, cursor: Cursor = None, updated_since: datetime | None = None, open: bool | None = None,
+    limit: Limit = 50, cursor: Cursor = None, updated_since: UtcTime | None = None, open: bool | None = None,
 ):
     rows = await service.list_for(session, scope, volunteer_id, limit=limit, cursor=cursor,
-                                  updated_since=as_utc_query(updated_since), open_only=open)
+                                  updated_since=updated_since, open_only=open)
     return page_of(rows, limit, EnrollmentPublic)
 
 

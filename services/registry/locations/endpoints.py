@@ -1,7 +1,6 @@
 """HTTP surface of the gazetteer: search and read, and the national CSV import."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -14,6 +13,7 @@ from shared.errors import PROBLEM_RESPONSES, ProblemError
 from shared.http import IMPORT_LIMIT
 from shared.pagination import Cursor, Limit, Page
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(prefix="/locations", tags=["locations"], responses=PROBLEM_RESPONSES)
 
@@ -43,7 +43,7 @@ async def list_locations(
     level: LocationLevel | None = None,
     parent: Annotated[str | None, Query(pattern=r"^[0-9]{2}([0-9]{2}){0,2}$", description="Parent code: children of it")] = None,
     q: Annotated[str | None, Query(min_length=1, max_length=200, description="Name, Latin or Khmer script")] = None,
-    updated_since: datetime | None = None,
+    updated_since: UtcTime | None = None,
 ):
     rows = await repository.list_page(
         session,

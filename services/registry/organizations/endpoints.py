@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from fastapi import APIRouter
 from sqlalchemy import select
@@ -17,6 +16,7 @@ from shared.errors import PROBLEM_RESPONSES
 from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page, page_of, paginate
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(prefix="/organizations", tags=["organizations"], responses=PROBLEM_RESPONSES)
 
@@ -34,7 +34,7 @@ async def list_organizations(
     cursor: Cursor = None,
     parent_id: uuid.UUID | None = None,
     kind: OrganizationKind | None = None,  # an unknown kind is a 422 naming the allowed ones
-    updated_since: datetime | None = None,
+    updated_since: UtcTime | None = None,
 ):
     query = select(Organization)
     if scope.orgs is not None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,6 +13,7 @@ from shared.errors import PROBLEM_RESPONSES
 from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page, page_of
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(prefix="/programs", tags=["programmes"], responses=PROBLEM_RESPONSES)
 
@@ -30,7 +30,7 @@ async def list_programs(
     limit: Limit = 50,
     cursor: Cursor = None,
     code: Annotated[str | None, Query(max_length=20)] = None,
-    updated_since: datetime | None = None,
+    updated_since: UtcTime | None = None,
 ):
     rows = await repository.list_page(session, limit=limit, cursor=cursor, code=code, updated_since=updated_since)
     return page_of(rows, limit, ProgramPublic)

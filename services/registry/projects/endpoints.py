@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -15,6 +14,7 @@ from shared.errors import PROBLEM_RESPONSES
 from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page, page_of
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=PROBLEM_RESPONSES)
 
@@ -35,7 +35,7 @@ async def list_projects(
     focus_area: FocusArea | None = None,
     location: Annotated[str | None, Query(pattern=r"^[0-9]{2}([0-9]{2}){0,3}$",
                                           description="Gazetteer code: projects in it or in a place below it")] = None,
-    updated_since: datetime | None = None,
+    updated_since: UtcTime | None = None,
 ):
     rows = await repository.list_page(
         session,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,28 +12,18 @@ from services.registry.volunteers import importer, service
 from services.registry.volunteers.models import (
     DuplicatePair, ImportSummary, MergeRequest, VolunteerCreate, VolunteerPublic, VolunteerUpdate,
 )
-from services.registry.volunteers.rules import as_utc
 from shared.caller import require_scope
 from shared.errors import PROBLEM_JSON, PROBLEM_RESPONSES, Problem, ProblemError
 from shared.idempotency import IdempotencyDep
 from shared.pagination import Cursor, Limit, Page
 from shared.service import SessionDep
+from shared.times import UtcTime
 
 router = APIRouter(prefix="/volunteers", tags=["volunteers"], responses=PROBLEM_RESPONSES)
 
 
 def conflict(description: str) -> dict:
     return {409: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": description}}
-
-
-def as_utc_query(moment: datetime | None, name: str = "updated_since") -> datetime | None:
-    """A time query parameter in UTC; one without an offset is read as UTC (naive times cannot be compared)."""
-    if moment is None:
-        return None
-    try:
-        return as_utc(moment)
-    except ValueError as exc:
-        raise ProblemError(422, f"{name}: {exc}", errors=[{"loc": ["query", name], "msg": str(exc)}]) from exc
 
 
 def text_query(value: str | None, name: str) -> str | None:
@@ -66,13 +55,13 @@ async def list_volunteers(
     q: Annotated[str | None, Query(min_length=1, max_length=200, description="Name (Latin or Khmer, any part) or phone")] = None,
     external_system: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     external_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    updated_since: datetime | None = None,
+    updated_since: UtcTime | None = None,
 ):
     return await service.search(
         session, scope, limit, cursor, q,
         organization_id=organization_id, province=province, program_id=program_id, project_id=project_id,
         external_system=text_query(external_system, "external_system"), external_id=text_query(external_id, "external_id"),
-        updated_since=as_utc_query(updated_since),
+        updated_since=updated_since,
     )
 
 

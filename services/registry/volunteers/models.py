@@ -15,9 +15,10 @@ from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from services.registry.normalize import normalize_phone
-from services.registry.volunteers.rules import as_utc, is_plausible_email
+from services.registry.volunteers.rules import is_plausible_email
 from shared.db import timestamp_field
 from shared.text import clean_text
+from shared.times import as_utc
 
 Sex = Literal["female", "male", "other", "undisclosed"]
 EducationLevel = Literal["none", "primary", "lower_secondary", "upper_secondary", "vocational", "higher", "undisclosed"]

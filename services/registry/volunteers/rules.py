@@ -84,19 +84,6 @@ def check_person(facts: PersonFacts, registered_on: date, now: datetime | None =
     return errors
 
 
-def as_utc(moment: datetime) -> datetime:
-    """Times without an offset are taken as UTC (the wire format is RFC 3339 UTC).
-
-    Raises ValueError for a time that has no UTC equivalent (year 9999 at -14:00 is past year 9999).
-    """
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError as exc:
-        raise ValueError("time out of range") from exc
-
-
 def is_plausible_email(value: str) -> bool:
     """A shape check, not a deliverability check: one @, a local part, a dotted domain, no spaces."""
     if len(value) > 254 or any(ch.isspace() for ch in value):
