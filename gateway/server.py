@@ -108,6 +108,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     idle_until: float | None = None
     idle_timer: asyncio.TimerHandle | None = None
 
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection has the keep-alive time to send its first byte, as an idle kept-alive one
+        has for its next request (uvicorn keeps a connection that never sends anything open for ever,
+        so silent connections could take every file descriptor)."""
+        super().connection_made(transport)
+        self.idle_until = self.loop.time() + self.timeout_keep_alive
+        self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
+
     def data_received(self, data: bytes) -> None:
         self.idle_until = None
         if not self.in_body:

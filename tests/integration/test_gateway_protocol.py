@@ -64,6 +64,15 @@ async def test_connection_close_is_honoured_after_the_answer(stack: Stack):
     writer.close()
 
 
+async def test_a_connection_that_never_sends_a_byte_is_closed_after_the_keep_alive_time(stack: Stack):
+    """uvicorn's default 5 s, as for an idle kept-alive connection: silent connections cannot pile up."""
+    reader, writer = await connect(stack)
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(reader.read(), 15) == b""
+    assert 4 <= asyncio.get_running_loop().time() - started < 10
+    writer.close()
+
+
 async def test_a_request_the_parser_cannot_read_is_a_400_problem_and_the_connection_closes(stack: Stack):
     """A control character in a header value (here a NUL in the request id, which would otherwise
     travel to the services, the events and the audit trail) or a malformed request line."""
