@@ -8,7 +8,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from pydantic import ConfigDict, field_validator
 from sqlalchemy import JSON, Column, select
@@ -18,6 +18,7 @@ from sqlmodel import Field, SQLModel
 from shared.caller import SCOPES, CallerContext
 from shared.db import timestamp_field
 from shared.text import clean_text
+from shared.times import as_utc
 
 KEY_PREFIX = "vmc_"
 
@@ -64,9 +65,15 @@ class ApiKeyCreate(SQLModel):
 
     @field_validator("expires_at")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+    def _future(cls, value: datetime | None) -> datetime | None:
+        """With a zone, in UTC, and still to come: a key born expired is surely a mistaken date."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
             raise ValueError("give a time zone (RFC 3339, e.g. 2027-01-01T00:00:00Z)")
+        value = as_utc(value)  # ValueError for a time with no UTC equivalent
+        if value <= datetime.now(timezone.utc):
+            raise ValueError("must be in the future")
         return value
 
 

@@ -459,8 +459,8 @@ async def test_api2_missing_malformed_wrong_revoked_and_expired_keys_are_401(wor
     live = await new_key(w.admin, w.a, ["registry:read"])
     prefix = live["key"].split("_")[1]
     revoked = await new_key(w.admin, w.a, ["registry:read"])
-    expired = await new_key(w.admin, w.a, ["registry:read"],
-                            expires_at=(datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat())
+    expires = datetime.now(timezone.utc) + timedelta(seconds=1)  # a key cannot be made expired
+    expired = await new_key(w.admin, w.a, ["registry:read"], expires_at=expires.isoformat())
     source = fresh_source()
     async with client(w.stack, revoked["key"], source=source) as c:
         assert (await c.get("/organizations")).status_code == 200
@@ -477,6 +477,7 @@ async def test_api2_missing_malformed_wrong_revoked_and_expired_keys_are_401(wor
         "revoked": {"Authorization": f"Bearer {revoked['key']}"},
         "expired": {"Authorization": f"Bearer {expired['key']}"},
     }
+    await asyncio.sleep(max(0.0, (expires - datetime.now(timezone.utc)).total_seconds()))
     async with client(w.stack, source=source) as anonymous:
         for what, given in headers.items():
             for method, path in (("GET", "/organizations"), ("GET", f"/organizations/{w.a}"), ("GET", "/admin/api-keys")):

@@ -126,6 +126,8 @@ async def test_cli_key_works_on_the_running_gateway_and_revocation_bites_within_
         ({"scopes": ["registry:read", "root"]}, "scopes"),
         ({"scopes": []}, "scopes"),
         ({"expires_at": "2030-01-01T00:00:00"}, "expires_at"),
+        ({"expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
+        ({"expires_at": "9999-12-31T23:59:59-23:59"}, "expires_at"),
         ({"rate_limit_per_minute": 0}, "rate_limit_per_minute"),
         ({"organization_id": "GDY"}, "organization_id"),
         ({"key_hash": "0" * 64}, "key_hash"),

@@ -74,6 +74,8 @@ def test_create_list_revoke(data_dir, capsys):
         (["--organization-id", "not-a-uuid", "--scope", "admin"], "--organization-id"),
         (["--organization-id", ORG, "--scope", "admin", "--expires-at", "2030-01-01T00:00:00"], "--expires-at"),
         (["--organization-id", ORG, "--scope", "admin", "--expires-at", "next year"], "--expires-at"),
+        (["--organization-id", ORG, "--scope", "admin", "--expires-at", "2020-01-01T00:00:00Z"], "--expires-at"),
+        (["--organization-id", ORG, "--scope", "admin", "--expires-at", "9999-12-31T23:59:59-23:59"], "--expires-at"),
         (["--organization-id", ORG, "--scope", "admin", "--rate-limit", "0"], "--rate-limit"),
     ],
 )
