@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from deploy.processes import start_tansu, start_uvicorn, stop, wait_ready
+from deploy.processes import port_in_use, start_tansu, start_uvicorn, stop, wait_ready
 
 SERVICES = [
     ("registry", "services.registry.app:create_app", 8001),
@@ -34,6 +34,17 @@ def main() -> int:
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     gateway_port = int(os.environ.get("VMC_GATEWAY_PORT", "8000"))
+    ports = {name: int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port)) for name, _, default_port in SERVICES}
+    ports["gateway"] = gateway_port
+    if not os.environ.get("VMC_KAFKA_BOOTSTRAP"):
+        ports["broker"] = int(os.environ.get("VMC_BROKER_PORT", "9092"))
+    # Checked first: a part that cannot bind would fail, but another system's part on that port would
+    # answer the readiness checks in its place (and the key printed would not be that system's).
+    taken = [f"{port} ({name}, VMC_{name.upper()}_PORT)" for name, port in ports.items() if port_in_use(port)]
+    if taken:
+        print(f"error: port(s) in use: {', '.join(taken)}. Is VMC Connect already running? Stop it, or choose other "
+              "ports with those variables.", file=sys.stderr)
+        return 1
     env = {
         "VMC_DATA_DIR": str(data_dir),
         "VMC_INTERNAL_SECRET": os.environ.get("VMC_INTERNAL_SECRET")
@@ -58,19 +69,19 @@ def main() -> int:
             env["VMC_KAFKA_BOOTSTRAP"] = os.environ["VMC_KAFKA_BOOTSTRAP"]
             print(f"broker: external, {env['VMC_KAFKA_BOOTSTRAP']}")
         else:
-            port = int(os.environ.get("VMC_BROKER_PORT", "9092"))
+            port = ports["broker"]
             procs["broker"] = start_tansu(port, logs / "broker.log")
             env["VMC_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
             # The broker starts empty (memory storage): a new epoch makes every service publish its
             # retained outbox again, and consumers skip what they already applied.
             env["VMC_BROKER_EPOCH"] = str(uuid.uuid4())
             print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes)")
-        for name, app, default_port in SERVICES:
-            port = int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port))
+        for name, app, _ in SERVICES:
+            port = ports[name]
             env[f"VMC_{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
             procs[name] = start_uvicorn(app, port, {**env, f"VMC_{name.upper()}_PORT": str(port)}, logs / f"{name}.log")
-        for name, _, default_port in SERVICES:
-            port = int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port))
+        for name, _, _ in SERVICES:
+            port = ports[name]
             wait_ready(f"http://127.0.0.1:{port}/ready", 90, procs[name])
             print(f"{name}: ready on 127.0.0.1:{port}")
         procs["gateway"] = start_uvicorn(

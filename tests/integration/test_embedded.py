@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -121,3 +122,20 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
         assert "registry exited" in rest
     finally:
         shut_down(proc)
+
+
+def test_a_port_in_use_stops_the_launch_before_anything_starts(data_dir):
+    """A second `make run` beside a running one: the other system's parts would have answered this
+    one's readiness checks, and it printed a key that the running gateway does not know."""
+    ports = {name: free_port() for name in ("gateway", "broker", "registry", "activities", "analytics")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports["registry"]))
+        taken.listen()
+        proc = launch(data_dir, ports)
+        try:
+            output, _ = proc.communicate(timeout=30)
+        finally:
+            shut_down(proc)
+    assert proc.returncode == 1
+    assert f"{ports['registry']} (registry, VMC_REGISTRY_PORT)" in output and "already running" in output, output
+    assert "VMC Connect is running" not in output and not (data_dir / "logs" / "broker.log").exists()
