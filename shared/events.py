@@ -95,6 +95,63 @@ class LocationsImported(Payload):
     locations: list[LocationRecord]
 
 
+# ---- activities -------------------------------------------------------------------------------
+ACTIVITY_SUBMITTED = "vmc.activity.submitted"
+ACTIVITY_CORRECTED = "vmc.activity.corrected"
+ACTIVITY_VERIFIED = "vmc.activity.verified"
+ACTIVITY_REJECTED = "vmc.activity.rejected"
+ACTIVITY_VOIDED = "vmc.activity.voided"
+ACTIVITY_REASSIGNED = "vmc.activity.reassigned"
+ASSESSMENT_RECORDED = "vmc.assessment.recorded"
+ASSESSMENT_REPLACED = "vmc.assessment.replaced"
+
+
+class Beneficiaries(Payload):
+    """People reached; `children` counts those of the three who are under 18."""
+
+    female: int = Field(0, ge=0)
+    male: int = Field(0, ge=0)
+    other: int = Field(0, ge=0)
+    children: int = Field(0, ge=0)
+
+
+class ActivityChanged(Payload):
+    """An activity's full state after a change: everything analytics needs to place the figure, no
+    description, evidence or reason (free text may name people). `revision` grows with every change of
+    the activity (a correction, a decision, a merge), so a consumer keeps the highest it has seen;
+    `version` counts corrections only (the history partners see)."""
+
+    id: uuid.UUID
+    volunteer_id: uuid.UUID
+    project_id: uuid.UUID
+    program_id: uuid.UUID
+    organization_id: uuid.UUID
+    activity_type: str
+    focus_area: str
+    project_focus_areas: list[str] = []
+    date: date
+    hours: float
+    approved_hours: float | None = None
+    location_code: str
+    beneficiaries: Beneficiaries
+    status: Literal["submitted", "verified", "rejected", "voided"]
+    version: int
+    revision: int
+
+
+class AssessmentChanged(Payload):
+    """A skills assessment as recorded; `replaces` names the assessment it took the place of."""
+
+    id: uuid.UUID
+    volunteer_id: uuid.UUID
+    instrument: str
+    phase: Literal["baseline", "midline", "endline"]
+    taken_on: date
+    scores: dict[str, int]
+    total: int
+    replaces: uuid.UUID | None = None
+
+
 @dataclass(frozen=True)
 class EventSpec:
     type: str
@@ -123,6 +180,14 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec("vmc.enrollment.started", REGISTRY_TOPIC, EnrollmentChanged, 1, "A volunteer was enrolled in a project."),
         EventSpec("vmc.enrollment.ended", REGISTRY_TOPIC, EnrollmentChanged, 1, "An enrolment ended."),
         EventSpec("vmc.locations.imported", REGISTRY_TOPIC, LocationsImported, 1, "Gazetteer entries were added or renamed."),
+        EventSpec(ACTIVITY_SUBMITTED, ACTIVITIES_TOPIC, ActivityChanged, 1, "A volunteer's activity was logged."),
+        EventSpec(ACTIVITY_CORRECTED, ACTIVITIES_TOPIC, ActivityChanged, 1, "A submitted activity was corrected (a new version)."),
+        EventSpec(ACTIVITY_VERIFIED, ACTIVITIES_TOPIC, ActivityChanged, 1, "An activity was verified (approved_hours may be fewer than claimed)."),
+        EventSpec(ACTIVITY_REJECTED, ACTIVITIES_TOPIC, ActivityChanged, 1, "An activity was rejected."),
+        EventSpec(ACTIVITY_VOIDED, ACTIVITIES_TOPIC, ActivityChanged, 1, "An activity was voided."),
+        EventSpec(ACTIVITY_REASSIGNED, ACTIVITIES_TOPIC, ActivityChanged, 1, "An activity moved to the surviving volunteer of a merge."),
+        EventSpec(ASSESSMENT_RECORDED, ACTIVITIES_TOPIC, AssessmentChanged, 1, "A skills assessment was recorded."),
+        EventSpec(ASSESSMENT_REPLACED, ACTIVITIES_TOPIC, AssessmentChanged, 1, "A skills assessment replaced an earlier one of the same phase."),
     ]
 }
 
