@@ -1,4 +1,5 @@
-"""Session fixtures: one broker, one full stack (processes) per test session, async clients."""
+"""Session fixtures: one broker, one full stack (processes) per test session, async clients, and
+rolled-back database sessions per service (tests/db.py) for tests of rules and queries."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,10 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
+from services.activities.app import MIGRATIONS as ACTIVITIES_MIGRATIONS
+from services.analytics.migrations import MIGRATIONS as ANALYTICS_MIGRATIONS
+from services.registry.migrations import MIGRATIONS as REGISTRY_MIGRATIONS
+from tests.db import MigratedDatabases, db_session
 from tests.harness import Broker, Databases, Stack, new_workdir, remove_workdir
 
 
@@ -39,6 +44,20 @@ def stack(broker, workdir):
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture(scope="session")
+async def migrated_databases():
+    databases = MigratedDatabases()
+    try:
+        yield databases
+    finally:
+        await databases.close()
+
+
+registry_session = db_session("registry", REGISTRY_MIGRATIONS)
+activities_session = db_session("activities", ACTIVITIES_MIGRATIONS)
+analytics_session = db_session("analytics", ANALYTICS_MIGRATIONS)
 
 
 @pytest.fixture
