@@ -20,8 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.load import generator_name
-from services.registry.settings import GDY_ORGANIZATION_ID
-from shared.caller import SCOPES, CallerContext, encode_caller
+from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_caller
 from tests.harness import Broker, Databases, Stack, new_workdir, pg_server_url, remove_workdir
 
 DATABASES = ("postgresql", "sqlite")

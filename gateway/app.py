@@ -20,20 +20,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.admin import router as admin_router
 from gateway.audit import AuditWriter, copy_dsn
 from gateway.keys import ApiKey, ApiKeyCreate, KeyStore, create_key, split_key
+from gateway.metrics import Metrics
 from gateway.migrations import MIGRATIONS
 from gateway.openapi import MergedOpenApi
 from gateway.proxy import Proxy
 from gateway.ratelimit import make_limiter
 from gateway.routing import owner_of, upstream_urls
 from gateway.settings import GatewaySettings
-from services.registry.settings import GDY_ORGANIZATION_ID
-from shared.caller import SCOPES, annotate_scopes
+from shared.caller import GDY_ORGANIZATION_ID, SCOPES, annotate_scopes
 from shared.db import make_engine, make_sessionmaker, migrate
 from shared.errors import install_error_handlers, problem_response
 from shared.events import asyncapi_document
 from shared.http import RequestContextMiddleware
 from shared.logs import configure_logging
-from shared.metrics import CONTENT_TYPE_LATEST, Metrics
+from shared.metrics import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 

@@ -2,35 +2,19 @@
 from __future__ import annotations
 
 from gateway.settings import GatewaySettings
+from shared.manifest import API_PREFIX, ROUTE_OWNERS, SERVICES
 
-API_PREFIX = "/api/v1/"
-
-# First path segment after /api/v1/ → service name.
-OWNERS = {
-    "locations": "registry",
-    "organizations": "registry",
-    "programs": "registry",
-    "projects": "registry",
-    "volunteers": "registry",
-    "enrollments": "registry",
-    "activity-types": "activities",
-    "activities": "activities",
-    "assessment-instruments": "activities",
-    "assessments": "activities",
-    "analytics": "analytics",
-}
+_PREFIX = API_PREFIX + "/"
 
 
 def upstream_urls(settings: GatewaySettings) -> dict[str, str]:
-    return {
-        "registry": settings.registry_url.rstrip("/"),
-        "activities": settings.activities_url.rstrip("/"),
-        "analytics": settings.analytics_url.rstrip("/"),
-    }
+    """Service name → base URL, for every service of the manifest."""
+    return {service.name: settings.url_of(service.name).rstrip("/") for service in SERVICES}
 
 
 def owner_of(path: str) -> str | None:
-    if not path.startswith(API_PREFIX):
+    """The service serving a public path: by its first segment under /api/v1 (the manifest's route prefixes)."""
+    if not path.startswith(_PREFIX):
         return None
-    segment = path[len(API_PREFIX):].split("/", 1)[0]
-    return OWNERS.get(segment)
+    segment = path[len(_PREFIX):].split("/", 1)[0]
+    return ROUTE_OWNERS.get(segment)

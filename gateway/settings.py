@@ -1,20 +1,29 @@
 """Gateway settings (`VMC_GATEWAY_*`, plus the common `VMC_*`)."""
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, create_model
 from pydantic_settings import SettingsConfigDict
 
+from shared.manifest import SERVICES
 from shared.settings import ServiceSettings
 
+# One `<service>_url` field per service of the manifest, read from its `VMC_<NAME>_URL`.
+_ServiceUrls = create_model(
+    "_ServiceUrls",
+    __base__=ServiceSettings,
+    **{
+        f"{service.name}_url": (str, Field(f"http://127.0.0.1:{service.default_port}",
+                                           validation_alias=AliasChoices(service.url_setting)))
+        for service in SERVICES
+    },
+)
 
-class GatewaySettings(ServiceSettings):
+
+class GatewaySettings(_ServiceUrls):
     model_config = SettingsConfigDict(env_prefix="VMC_GATEWAY_", extra="ignore", populate_by_name=True)
 
     name: str = "gateway"
     port: int = 8000
-    registry_url: str = Field("http://127.0.0.1:8001", validation_alias=AliasChoices("VMC_REGISTRY_URL"))
-    activities_url: str = Field("http://127.0.0.1:8002", validation_alias=AliasChoices("VMC_ACTIVITIES_URL"))
-    analytics_url: str = Field("http://127.0.0.1:8003", validation_alias=AliasChoices("VMC_ANALYTICS_URL"))
     rate_limit_per_minute: int = Field(600, validation_alias=AliasChoices("VMC_RATE_LIMIT_PER_MINUTE"))
     redis_url: str = Field("", validation_alias=AliasChoices("VMC_REDIS_URL"))
     bootstrap_admin_key: str = Field("", validation_alias=AliasChoices("VMC_BOOTSTRAP_ADMIN_KEY"))
@@ -41,3 +50,7 @@ class GatewaySettings(ServiceSettings):
     circuit_failure_threshold: int = 5
     circuit_cooldown_seconds: float = 5.0
     cors_origins: str = Field("", validation_alias=AliasChoices("VMC_CORS_ORIGINS"))
+
+    def url_of(self, service: str) -> str:
+        """Base URL of a service of the manifest."""
+        return getattr(self, f"{service}_url")

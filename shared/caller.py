@@ -19,21 +19,17 @@ import orjson
 from fastapi import Depends, Request
 
 from shared.errors import ProblemError
+from shared.manifest import SERVICES
 
 CALLER_HEADER = "x-vmc-caller"
 SIGNATURE_HEADER = "x-vmc-signature"
 CONTEXT_TTL_SECONDS = 60
 
-SCOPES = (
-    "registry:read",
-    "registry:write",
-    "activities:read",
-    "activities:write",
-    "activities:verify",
-    "analytics:read",
-    "analytics:unsuppressed",
-    "admin",
-)
+# Every scope an API key may hold: each service's own (from the manifest), then the gateway's.
+SCOPES = (*(scope for service in SERVICES for scope in service.scopes), "admin")
+# The national body (General Department of Youth): the registry's first migration seeds it, and every
+# bootstrap admin key belongs to it.
+GDY_ORGANIZATION_ID = "00000000-0000-4000-8000-000000000001"
 
 
 @dataclass(frozen=True)

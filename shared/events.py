@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REGISTRY_TOPIC = "vmc.registry.v1"
 ACTIVITIES_TOPIC = "vmc.activities.v1"
-SOURCES = {REGISTRY_TOPIC: "/registry", ACTIVITIES_TOPIC: "/activities"}
+
+
+def source_of(topic: str) -> str:
+    """The CloudEvents `source` of the events on `topic`: its publisher's, from the service manifest."""
+    # Imported here rather than at the top: the manifest lists its services' event types with this
+    # module's constants, so it imports this module first.
+    from shared.manifest import SOURCES
+
+    return SOURCES[topic]
 
 
 def dead_letter_topic(consumer: str) -> str:
@@ -28,6 +36,20 @@ class Payload(BaseModel):
 
 
 # ---- registry ---------------------------------------------------------------------------------
+ORGANIZATION_CREATED = "vmc.organization.created"
+ORGANIZATION_UPDATED = "vmc.organization.updated"
+PROGRAM_CREATED = "vmc.program.created"
+PROJECT_CREATED = "vmc.project.created"
+PROJECT_UPDATED = "vmc.project.updated"
+VOLUNTEER_REGISTERED = "vmc.volunteer.registered"
+VOLUNTEER_UPDATED = "vmc.volunteer.updated"
+VOLUNTEER_ERASED = "vmc.volunteer.erased"
+VOLUNTEER_MERGED = "vmc.volunteer.merged"
+ENROLLMENT_STARTED = "vmc.enrollment.started"
+ENROLLMENT_ENDED = "vmc.enrollment.ended"
+LOCATIONS_IMPORTED = "vmc.locations.imported"
+
+
 class OrganizationChanged(Payload):
     id: uuid.UUID
     name: str | None = None
@@ -168,18 +190,18 @@ class EventSpec:
 CATALOGUE: dict[str, EventSpec] = {
     spec.type: spec
     for spec in [
-        EventSpec("vmc.organization.created", REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation was registered."),
-        EventSpec("vmc.organization.updated", REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation changed (full state)."),
-        EventSpec("vmc.program.created", REGISTRY_TOPIC, ProgramCreated, 1, "A programme was created."),
-        EventSpec("vmc.project.created", REGISTRY_TOPIC, ProjectChanged, 1, "A project was created."),
-        EventSpec("vmc.project.updated", REGISTRY_TOPIC, ProjectChanged, 1, "A project changed (full state)."),
-        EventSpec("vmc.volunteer.registered", REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer was registered."),
-        EventSpec("vmc.volunteer.updated", REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer's statistical attributes changed."),
-        EventSpec("vmc.volunteer.erased", REGISTRY_TOPIC, VolunteerErased, 1, "A volunteer's direct identifiers were erased."),
-        EventSpec("vmc.volunteer.merged", REGISTRY_TOPIC, VolunteerMerged, 1, "A duplicate volunteer was merged into a survivor."),
-        EventSpec("vmc.enrollment.started", REGISTRY_TOPIC, EnrollmentChanged, 1, "A volunteer was enrolled in a project."),
-        EventSpec("vmc.enrollment.ended", REGISTRY_TOPIC, EnrollmentChanged, 1, "An enrolment ended."),
-        EventSpec("vmc.locations.imported", REGISTRY_TOPIC, LocationsImported, 1, "Gazetteer entries were added or renamed."),
+        EventSpec(ORGANIZATION_CREATED, REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation was registered."),
+        EventSpec(ORGANIZATION_UPDATED, REGISTRY_TOPIC, OrganizationChanged, 1, "An organisation changed (full state)."),
+        EventSpec(PROGRAM_CREATED, REGISTRY_TOPIC, ProgramCreated, 1, "A programme was created."),
+        EventSpec(PROJECT_CREATED, REGISTRY_TOPIC, ProjectChanged, 1, "A project was created."),
+        EventSpec(PROJECT_UPDATED, REGISTRY_TOPIC, ProjectChanged, 1, "A project changed (full state)."),
+        EventSpec(VOLUNTEER_REGISTERED, REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer was registered."),
+        EventSpec(VOLUNTEER_UPDATED, REGISTRY_TOPIC, VolunteerChanged, 1, "A volunteer's statistical attributes changed."),
+        EventSpec(VOLUNTEER_ERASED, REGISTRY_TOPIC, VolunteerErased, 1, "A volunteer's direct identifiers were erased."),
+        EventSpec(VOLUNTEER_MERGED, REGISTRY_TOPIC, VolunteerMerged, 1, "A duplicate volunteer was merged into a survivor."),
+        EventSpec(ENROLLMENT_STARTED, REGISTRY_TOPIC, EnrollmentChanged, 1, "A volunteer was enrolled in a project."),
+        EventSpec(ENROLLMENT_ENDED, REGISTRY_TOPIC, EnrollmentChanged, 1, "An enrolment ended."),
+        EventSpec(LOCATIONS_IMPORTED, REGISTRY_TOPIC, LocationsImported, 1, "Gazetteer entries were added or renamed."),
         EventSpec(ACTIVITY_SUBMITTED, ACTIVITIES_TOPIC, ActivityChanged, 1, "A volunteer's activity was logged."),
         EventSpec(ACTIVITY_CORRECTED, ACTIVITIES_TOPIC, ActivityChanged, 1, "A submitted activity was corrected (a new version)."),
         EventSpec(ACTIVITY_VERIFIED, ACTIVITIES_TOPIC, ActivityChanged, 1, "An activity was verified (approved_hours may be fewer than claimed)."),
@@ -233,7 +255,7 @@ def new_event(type_: str, subject: uuid.UUID | str, payload: Payload, request_id
     if not isinstance(payload, spec.payload):
         raise TypeError(f"{type_} carries {spec.payload.__name__}, not {type(payload).__name__}")
     return CloudEvent(
-        source=SOURCES[spec.topic],
+        source=source_of(spec.topic),
         type=type_,
         subject=str(subject),
         dataschema=spec.dataschema,
@@ -276,7 +298,7 @@ def asyncapi_document(title: str = "VMC Connect events", version: str = "1.0.0")
                 "properties": {
                     "specversion": {"const": "1.0"},
                     "id": {"type": "string", "format": "uuid"},
-                    "source": {"const": SOURCES[spec.topic]},
+                    "source": {"const": source_of(spec.topic)},
                     "type": {"const": spec.type},
                     "subject": {"type": "string"},
                     "time": {"type": "string", "format": "date-time"},
@@ -289,7 +311,7 @@ def asyncapi_document(title: str = "VMC Connect events", version: str = "1.0.0")
         }
         channel = channels.setdefault(
             spec.topic.replace(".", "_"),
-            {"address": spec.topic, "messages": {}, "description": f"Events of {SOURCES[spec.topic]}"},
+            {"address": spec.topic, "messages": {}, "description": f"Events of {source_of(spec.topic)}"},
         )
         channel["messages"][key] = {"$ref": f"#/components/messages/{key}"}
     for channel_key, channel in channels.items():

@@ -5,7 +5,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.analytics.models import AnalyticsState, OrganizationView
 from shared.consumer import Handler
-from shared.events import CloudEvent, OrganizationChanged
+from shared.events import ORGANIZATION_CREATED, ORGANIZATION_UPDATED, CloudEvent, OrganizationChanged
 
 
 async def _touch_as_of(session: AsyncSession, event: CloudEvent) -> None:
@@ -32,6 +32,6 @@ async def organization_changed(session: AsyncSession, event: CloudEvent, payload
 
 
 HANDLERS: dict[str, Handler] = {
-    "vmc.organization.created": organization_changed,
-    "vmc.organization.updated": organization_changed,
+    ORGANIZATION_CREATED: organization_changed,
+    ORGANIZATION_UPDATED: organization_changed,
 }

@@ -16,7 +16,7 @@ from services.registry.projects.endpoints import router as projects_router
 from services.registry.organizations.models import Organization
 from services.registry.organizations.service import organization_event
 from services.registry.settings import GDY_ORGANIZATION_ID, RegistrySettings
-from shared.events import REGISTRY_TOPIC
+from shared.events import ORGANIZATION_CREATED, REGISTRY_TOPIC
 from shared.outbox import OutboxRecord, add_event
 from shared.service import ServiceSpec, create_service_app
 
@@ -27,7 +27,7 @@ async def seed(app: FastAPI) -> None:
         org = await session.get(Organization, uuid.UUID(GDY_ORGANIZATION_ID))
         published = (await session.execute(select(OutboxRecord.seq).where(OutboxRecord.key == GDY_ORGANIZATION_ID).limit(1))).first()
         if org is not None and published is None:
-            add_event(session, organization_event("vmc.organization.created", org))
+            add_event(session, organization_event(ORGANIZATION_CREATED, org))
             await session.commit()
 
 

@@ -1,10 +1,8 @@
 """Registry settings (`VMC_REGISTRY_*`, plus the common `VMC_*`)."""
 from pydantic_settings import SettingsConfigDict
 
+from shared.caller import GDY_ORGANIZATION_ID  # noqa: F401 - the registry's migrations and tests read it here
 from shared.settings import ServiceSettings
-
-# The national body every bootstrap admin key belongs to; seeded by the first migration.
-GDY_ORGANIZATION_ID = "00000000-0000-4000-8000-000000000001"
 
 
 class RegistrySettings(ServiceSettings):

@@ -11,7 +11,6 @@ from pydantic import ValidationError
 
 from shared.events import (
     CATALOGUE,
-    SOURCES,
     CloudEvent,
     EnrollmentChanged,
     LocationRecord,
@@ -27,6 +26,7 @@ from shared.events import (
     new_event,
     parse_event,
 )
+from shared.manifest import SOURCES
 
 # Words that would mean a payload reaches or names a person (§5: events carry none of these).
 PERSONAL = ("phone", "email", "mail", "guardian", "address", "first_name", "last_name", "full_name",

@@ -15,7 +15,7 @@ from services.registry.volunteers.models import Volunteer
 from services.registry.volunteers.rules import local_today
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
-from shared.events import EnrollmentChanged, new_event
+from shared.events import ENROLLMENT_ENDED, ENROLLMENT_STARTED, EnrollmentChanged, new_event
 from shared.logs import request_id_var
 from shared.outbox import add_event
 
@@ -68,7 +68,7 @@ async def enrol(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UUI
     row = Enrollment(volunteer_id=volunteer.id, project_id=project.id, role=data.role, started_on=data.started_on,
                      created_at=now, updated_at=now)
     session.add(row)
-    add_event(session, _event("vmc.enrollment.started", row))
+    add_event(session, _event(ENROLLMENT_STARTED, row))
     try:
         await session.flush()
     except IntegrityError as exc:  # a concurrent twin opened the same enrolment first
@@ -96,7 +96,7 @@ async def end(session: AsyncSession, scope: Visibility, enrollment_id: uuid.UUID
     if data.ended_on > local_today():
         raise _invalid("ended_on", "in the future (end an enrolment on or after its last day)")
     row.ended_on, row.end_reason, row.updated_at = data.ended_on, data.end_reason, utcnow()
-    add_event(session, _event("vmc.enrollment.ended", row))
+    add_event(session, _event(ENROLLMENT_ENDED, row))
     return row
 
 
@@ -115,6 +115,6 @@ async def move_to_survivor(session: AsyncSession, duplicate_id: uuid.UUID, survi
             row.ended_on = max(today, row.started_on)
             row.end_reason = f"merged into volunteer {survivor_id}"
             row.updated_at = now
-            add_event(session, _event("vmc.enrollment.ended", row))
+            add_event(session, _event(ENROLLMENT_ENDED, row))
     await session.flush()  # the ends must reach the database before the move meets the unique index
     await repository.move(session, duplicate_id, survivor_id, now)

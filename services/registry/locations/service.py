@@ -17,7 +17,7 @@ from services.registry.normalize import normalize_name
 from shared.caller import CallerContext
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
-from shared.events import LocationRecord, LocationsImported, new_event
+from shared.events import LOCATIONS_IMPORTED, LocationRecord, LocationsImported, new_event
 from shared.logs import request_id_var
 from shared.outbox import add_event
 
@@ -189,7 +189,7 @@ async def import_locations(session: AsyncSession, caller: CallerContext, text: s
                                slug="concurrent-import") from exc
         for start in range(0, len(changed), EVENT_CHUNK):
             payload = LocationsImported(locations=changed[start:start + EVENT_CHUNK])
-            add_event(session, new_event("vmc.locations.imported", GAZETTEER_SUBJECT, payload, request_id_var.get()))
+            add_event(session, new_event(LOCATIONS_IMPORTED, GAZETTEER_SUBJECT, payload, request_id_var.get()))
     return summary
 
 

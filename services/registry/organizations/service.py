@@ -11,7 +11,7 @@ from services.registry.organizations.models import Organization, OrganizationCre
 from services.registry.scope import Visibility
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
-from shared.events import OrganizationChanged, new_event
+from shared.events import ORGANIZATION_CREATED, ORGANIZATION_UPDATED, OrganizationChanged, new_event
 from shared.logs import request_id_var
 from shared.outbox import add_event
 
@@ -58,7 +58,7 @@ async def create_organization(session: AsyncSession, scope: Visibility, data: Or
     await _check_provinces(session, data.province_codes)
     org = Organization(**data.model_dump(exclude={"parent_id"}), parent_id=parent_id)
     session.add(org)
-    add_event(session, organization_event("vmc.organization.created", org))
+    add_event(session, organization_event(ORGANIZATION_CREATED, org))
     return org
 
 
@@ -90,5 +90,5 @@ async def update_organization(session: AsyncSession, scope: Visibility, org_id: 
     if org.name is None and org.name_km is None:
         raise ProblemError(422, "name or name_km is required", errors=[{"loc": ["body", "name"], "msg": "name or name_km is required"}])
     org.updated_at = utcnow()
-    add_event(session, organization_event("vmc.organization.updated", org))
+    add_event(session, organization_event(ORGANIZATION_UPDATED, org))
     return org

@@ -10,7 +10,7 @@ from services.registry.programs import repository
 from services.registry.programs.models import Program, ProgramCreate
 from shared.caller import CallerContext
 from shared.errors import NotFound, ProblemError
-from shared.events import ProgramCreated, new_event
+from shared.events import PROGRAM_CREATED, ProgramCreated, new_event
 from shared.logs import request_id_var
 from shared.outbox import add_event
 
@@ -35,7 +35,7 @@ async def create_program(session: AsyncSession, caller: CallerContext, data: Pro
     except IntegrityError as exc:
         await session.rollback()
         raise _duplicate(data.code) from exc
-    add_event(session, new_event("vmc.program.created", program.id, ProgramCreated(id=program.id, code=program.code),
+    add_event(session, new_event(PROGRAM_CREATED, program.id, ProgramCreated(id=program.id, code=program.code),
                                  request_id_var.get()))
     return program
 

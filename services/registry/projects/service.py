@@ -14,7 +14,7 @@ from services.registry.projects.models import Project, ProjectCreate, ProjectUpd
 from services.registry.scope import Visibility
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
-from shared.events import ProjectChanged, new_event
+from shared.events import PROJECT_CREATED, PROJECT_UPDATED, ProjectChanged, new_event
 from shared.logs import request_id_var
 from shared.outbox import add_event
 
@@ -74,7 +74,7 @@ async def create_project(session: AsyncSession, scope: Visibility, data: Project
     await _check_locations(session, data.location_codes)
     project = Project(**{**data.model_dump(), "focus_areas": [area.value for area in data.focus_areas]})
     session.add(project)
-    add_event(session, _event("vmc.project.created", project))
+    add_event(session, _event(PROJECT_CREATED, project))
     return project
 
 
@@ -107,5 +107,5 @@ async def update_project(session: AsyncSession, scope: Visibility, project_id: u
     for key, value in changes.items():
         setattr(project, key, value)
     project.updated_at = utcnow()
-    add_event(session, _event("vmc.project.updated", project))
+    add_event(session, _event(PROJECT_UPDATED, project))
     return project

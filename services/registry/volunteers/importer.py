@@ -38,7 +38,7 @@ from services.registry.volunteers.rules import PersonFacts, check_person, local_
 from services.registry.volunteers.service import commune_errors, name_keys, statistics_of, volunteer_event
 from shared.db import utcnow
 from shared.errors import ProblemError
-from shared.events import CloudEvent
+from shared.events import VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED, CloudEvent
 from shared.outbox import add_events
 
 CHUNK_ROWS = 1000
@@ -288,7 +288,7 @@ class ImportJob:
                                          "volunteer_id": volunteer_id, "created_at": now})
         else:
             planned.identities[row.identity] = volunteer_id
-        planned.events.append(volunteer_event("vmc.volunteer.registered", values))
+        planned.events.append(volunteer_event(VOLUNTEER_REGISTERED, values))
         planned.items.append(ImportItem(index=row.number, status="created", id=volunteer_id))
 
     def _plan_update(self, planned: _Planned, row: ParsedRow, current: dict | None, now: datetime) -> None:
@@ -325,7 +325,7 @@ class ImportJob:
             return
         planned.updates.append({"row_id": current["id"], **{n: new[n] for n in repository.PERSON_COLUMNS}, "updated_at": now})
         if statistics_of(new) != statistics_of(current):
-            planned.events.append(volunteer_event("vmc.volunteer.updated", new))
+            planned.events.append(volunteer_event(VOLUNTEER_UPDATED, new))
         planned.items.append(ImportItem(index=number, status="updated", id=current["id"]))
 
     # ---- writing -------------------------------------------------------------------------------

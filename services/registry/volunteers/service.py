@@ -26,7 +26,10 @@ from services.registry.volunteers.models import (
 from services.registry.volunteers.rules import PersonFacts, check_person, local_date, local_today
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
-from shared.events import CloudEvent, VolunteerChanged, VolunteerErased, VolunteerMerged, new_event
+from shared.events import (
+    VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED, CloudEvent, VolunteerChanged,
+    VolunteerErased, VolunteerMerged, new_event,
+)
 from shared.logs import request_id_var
 from shared.outbox import add_event
 from shared.pagination import encode_cursor, paginate
@@ -199,7 +202,7 @@ async def register(session: AsyncSession, scope: Visibility, data: VolunteerCrea
     )
     session.add(row)
     repository.add_external_ids(session, row.id, sorted(pairs))
-    add_event(session, volunteer_event("vmc.volunteer.registered", row))
+    add_event(session, volunteer_event(VOLUNTEER_REGISTERED, row))
     await _flush_or_conflict(session)
     return row
 
@@ -248,7 +251,7 @@ async def update(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UU
     if changed:
         row.updated_at = utcnow()
     if statistics_of(row) != before:
-        add_event(session, volunteer_event("vmc.volunteer.updated", row))
+        add_event(session, volunteer_event(VOLUNTEER_UPDATED, row))
     await _flush_or_conflict(session)
     return row
 
@@ -272,7 +275,7 @@ async def erase(session: AsyncSession, scope: Visibility, volunteer_id: uuid.UUI
             continue
         _erase_row(person, now)
         await repository.remove_external_ids(session, person.id)
-        add_event(session, new_event("vmc.volunteer.erased", person.id, VolunteerErased(id=person.id), request_id_var.get()))
+        add_event(session, new_event(VOLUNTEER_ERASED, person.id, VolunteerErased(id=person.id), request_id_var.get()))
 
 
 async def merge(session: AsyncSession, scope: Visibility, survivor_id: uuid.UUID, duplicate_id: uuid.UUID) -> Volunteer:
@@ -292,7 +295,7 @@ async def merge(session: AsyncSession, scope: Visibility, survivor_id: uuid.UUID
     duplicate.merged_into = survivor.id
     duplicate.updated_at = survivor.updated_at = now
     add_event(session, new_event(
-        "vmc.volunteer.merged", duplicate.id, VolunteerMerged(survivor_id=survivor.id, duplicate_id=duplicate.id),
+        VOLUNTEER_MERGED, duplicate.id, VolunteerMerged(survivor_id=survivor.id, duplicate_id=duplicate.id),
         request_id_var.get(),
     ))
     await session.flush()
