@@ -31,8 +31,9 @@ from gateway.settings import GatewaySettings
 from gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Response, UpstreamClient, UpstreamError, request_head
 from shared.caller import CallerContext, encode_caller
 from shared.errors import ProblemError
-from shared.http import body_limit, header, is_import, precheck, problem_answer, request_id_of
+from shared.http import body_limit, header, precheck, problem_answer, request_id_of
 from shared.logs import request_id_var
+from shared.manifest import upload_route
 from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -533,7 +534,7 @@ def _target(url: str) -> tuple[str, int, bytes, str]:
 
 def timeout_for(settings: GatewaySettings, method: str, path: str) -> float:
     """Per-route time limit: imports and batches may take minutes, exports longer than a read."""
-    if is_import(path) or path.endswith("/batch"):
+    if upload_route(path) is not None or path.endswith("/batch"):
         return settings.import_timeout_seconds
     if "/export/" in path:
         return settings.export_timeout_seconds

@@ -13,21 +13,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from shared.caller import CALLER_HEADER, SIGNATURE_HEADER, decode_caller
 from shared.errors import ProblemError, problem_body, PROBLEM_JSON
 from shared.logs import request_id_var
+from shared.manifest import upload_route
 from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 JSON_LIMIT = 2 * 1024 * 1024
-IMPORT_LIMIT = 50 * 1024 * 1024
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/api/v1/openapi.json", "/api/v1/docs", "/api/v1/asyncapi.json", "/openapi.json")
 
 
-def is_import(path: str) -> bool:
-    return path.endswith("/import")
-
-
 def body_limit(path: str) -> int:
-    return IMPORT_LIMIT if is_import(path) else JSON_LIMIT
+    """The largest body a route takes: an upload route's own limit (service manifest), else JSON's."""
+    upload = upload_route(path)
+    return upload.limit if upload is not None else JSON_LIMIT
 
 
 def problem_answer(status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None,
@@ -81,7 +79,9 @@ def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
             return ProblemError(400, "invalid Content-Length")
     if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or header(scope, b"transfer-encoding")):
         if not content_type_allowed(path, header(scope, b"content-type")):
-            return ProblemError(415, "send JSON (Content-Type: application/json)" + (" or CSV (text/csv)" if is_import(path) else ""))
+            upload = upload_route(path)
+            return ProblemError(415, "send JSON (Content-Type: application/json)"
+                                + (" or " + ", ".join(upload.media_types) if upload is not None else ""))
     return None
 
 
@@ -120,7 +120,8 @@ def content_type_allowed(path: str, content_type: str | None) -> bool:
     ct = (content_type or "").split(";")[0].strip().lower()
     if ct == "application/json" or ct.endswith("+json"):
         return True
-    return is_import(path) and ct in ("text/csv", "multipart/form-data", "text/plain")
+    upload = upload_route(path)
+    return upload is not None and ct in upload.media_types
 
 
 class RequestContextMiddleware:

@@ -10,7 +10,7 @@ from services.registry.locations import repository, service
 from services.registry.locations.models import ImportSummaryPublic, LocationLevel, LocationPublic
 from shared.caller import Caller, require_scope
 from shared.errors import PROBLEM_RESPONSES, ProblemError
-from shared.http import IMPORT_LIMIT
+from shared.http import body_limit
 from shared.pagination import Cursor, Limit, Page
 from shared.service import SessionDep
 from shared.times import UtcTime
@@ -83,7 +83,7 @@ async def _csv_bytes(request: Request) -> bytes:
     if content_type in ("text/csv", "text/plain"):
         return await request.body()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=10, max_part_size=IMPORT_LIMIT)
+        form = await request.form(max_files=1, max_fields=10, max_part_size=body_limit(request.scope["path"]))
         upload = form.get("file")
         if isinstance(upload, UploadFile):
             return await upload.read()
