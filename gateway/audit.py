@@ -8,9 +8,7 @@ batches (flushed on shutdown).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import secrets
 import time
 import uuid
 from collections import deque
@@ -25,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 from starlette.types import Scope
 
+from gateway.headers import new_id
 from shared.caller import CallerContext
 from shared.db import timestamp_field
 from shared.logs import request_id_var
@@ -95,16 +94,12 @@ def create_audit_table(conn: Connection) -> None:
 # in COLUMNS order; `at` is seconds since the epoch until the batch is written.
 Row = tuple
 COLUMNS = ("id", "at", "actor_key_id", "actor_prefix", "organization_id", "action", "object", "status", "request_id")
-# Entry ids: a random per-process base and a counter, shaped like a version-4 UUID (as unique as
-# uuid4 across processes, without a getrandom() call per entry).
-_ID_BASE = str(uuid.uuid4())[:24]
-_ID_COUNTER = itertools.count(int.from_bytes(secrets.token_bytes(5), "big"))
 
 
 def entry(caller: CallerContext | None, prefix: str, action: str, object_: str, status: int) -> Row:
     """One audit row; `prefix` is the key's public prefix."""
     return (
-        f"{_ID_BASE}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}",
+        new_id(),  # as unique as uuid4, without a getrandom() call per entry
         time.time(),
         caller.key_id if caller else None,
         prefix,

@@ -24,17 +24,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import Receive, Scope, Send
 
 from gateway.audit import AuditWriter, classify, entry
+from gateway.headers import header, precheck, request_id_of
 from gateway.keys import KeyStore, KnownKey
+from gateway.metrics import Metrics
 from gateway.ratelimit import ConcurrencyLimiter, Decision, LocalRateLimiter
 from gateway.routing import owner_of
 from gateway.settings import GatewaySettings
 from gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Response, UpstreamClient, UpstreamError, request_head
 from shared.caller import CallerContext, encode_caller
 from shared.errors import ProblemError
-from shared.http import body_limit, header, precheck, problem_answer, request_id_of
+from shared.http import body_limit, problem_answer
 from shared.logs import request_id_var
 from shared.manifest import upload_route
-from shared.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,42 @@
 """The gateway's HTTP/1.1 server protocol: uvicorn's httptools protocol, with a fast path for proxied requests.
 
 Run the gateway with `uvicorn gateway.app:create_app --factory --http gateway.server:GatewayHttpProtocol`.
-uvicorn still owns the connections (keep-alive, pipelining, flow control, limits, graceful shutdown)
-and every other request (admin, docs, OpenAPI, metrics). A proxied request skips the ASGI machinery:
-once its body is in, the proxy serves it from callbacks (`Proxy.serve`) or, when it cannot, runs
-`Proxy.answer` in a task; either way the answer leaves in one write, head and body together.
+uvicorn still owns the ASGI side (its request cycle, graceful shutdown, the concurrency limit) and
+every request the fast path does not take (admin, docs, OpenAPI, metrics). A proxied request skips
+the ASGI machinery: once its body is in, the proxy serves it from callbacks (`Proxy.serve`) or, when
+it cannot, runs `Proxy.answer` in a task; either way the answer leaves in one write, head and body.
 
-Why (measured with `python -m bench gateway_overhead`, see README): on a 1-client read, uvicorn's
-per-request ASGI cycle and its two writes per answer (head, then body) alone added about 0.25 ms,
-close to the 0.3 ms budget for the whole gateway; an asyncio protocol that writes each answer once
-added almost nothing.
+Why (measured with `python -m bench gateway_overhead`, see bench/README.md): on a 1-client read,
+uvicorn's per-request ASGI cycle and its two writes per answer (head, then body) alone added about
+0.25 ms, close to the 0.3 ms budget for the whole gateway; an asyncio protocol that writes each
+answer once added almost nothing.
 
-It also bounds the time a request head may take (`VMC_GATEWAY_HEADER_READ_TIMEOUT_SECONDS`): uvicorn
-has no such limit, so a client trickling header bytes would hold its connection for ever.
+Why this is uvicorn's protocol subclassed, and not uvicorn's protocol as it is: the connection edge
+needs what uvicorn's protocol does not do, so going back to it would still mean patching it.
+uvicorn parses every byte it has read whatever the client does (pipelined requests pile up, one
+RequestResponseCycle each, and its answers' writes do not stop the reading), writes a 400 ahead of
+answers still due, drops the answer of a client that half-closed, and has no limit on a head's
+time. So this class owns the connection's edge: how many requests it holds, when it reads, the order
+of its writes. The price is coupling to uvicorn's and httptools' internals (the parser callbacks,
+`RequestResponseCycle`, `FlowControl`, `_start_asgi_task`), which is why pyproject.toml pins both
+to the exact versions this was written against; tests/unit/test_gateway_server.py fails when the
+installed versions differ, so an upgrade starts by re-reading uvicorn's httptools_impl.py against
+this file. A standalone asyncio protocol would remove the coupling but re-implement uvicorn's ASGI
+cycle, which the admin and docs routes need; not worth it while the pins hold.
+
+The connection's edge, what one client can make the gateway hold:
+- at most `MAX_PIPELINED` requests wait behind the one being answered; beyond, the connection is
+  not read (`pause_reading`), and bytes already read but not parsed wait, unparsed, until answers
+  drain (the parser is fed in slices so one large read cannot queue hundreds of requests);
+- while the transport's write buffer is over its high-water mark (`pause_writing`), nothing is
+  read and no waiting request is started; `resume_writing` restarts both;
+- a refusal of the connection itself (400 unreadable, 408 head too slow, 431 head too large) is
+  written after the answers still due to earlier requests, then the connection closes;
+- a client that half-closes (FIN after its requests) gets every answer due, then the close;
+- an answer to `Expect: 100-continue` given before the body was asked for (a refusal at the head)
+  closes the connection: whether the body follows is unknown, so no next request can be found.
+It also bounds the time a request head may take (`VMC_GATEWAY_HEADER_READ_TIMEOUT_SECONDS`) and its
+size (`VMC_GATEWAY_MAX_HEAD_BYTES`), and closes a connection idle for the keep-alive time.
 
 A request takes the ASGI route instead when the fast path would change what it gets: a HEAD request,
 HTTP/1.0, an upgrade, a request pipelined behind an unfinished one, a cross-origin request when CORS
@@ -28,10 +52,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from gateway.headers import WATCHED, WATCHED_HEADERS
 from gateway.proxy import WHOLE_BODY
 from gateway.routing import owner_of
 from shared.errors import PROBLEM_JSON, problem_body
-from shared.http import WATCHED, WATCHED_HEADERS
 
 
 async def _nothing(scope, receive, send) -> None:

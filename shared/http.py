@@ -1,7 +1,6 @@
-"""Pure ASGI middleware shared by the services and the gateway: request ids, limits, metrics, origin."""
+"""Pure ASGI request context of the services and the gateway: request ids, body checks, metrics, gateway proof."""
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
@@ -28,6 +27,14 @@ def body_limit(path: str) -> int:
     return upload.limit if upload is not None else JSON_LIMIT
 
 
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of request header `name` (lower-case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def problem_answer(status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None,
                    **kw) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """Headers and body of a problem+json answer (`kw`: slug, title, extra members)."""
@@ -41,44 +48,46 @@ async def send_problem(send: Send, status: int, detail: str, headers: list[tuple
     await send({"type": "http.response.body", "body": body})
 
 
-# Request ids: a random per-process base and a counter, shaped like a UUID. As unique as uuid4 for
-# tracing, without a getrandom() system call and a UUID object on every request.
-_ID_BASE = str(uuid.uuid4())[:24]
-_ID_COUNTER = itertools.count(int.from_bytes(uuid.uuid4().bytes[:5], "big"))
-
-
-def new_request_id() -> str:
-    return f"{_ID_BASE}{next(_ID_COUNTER) & 0xFFFFFFFFFFFF:012x}"
+def usable_request_id(sent: str | None) -> str | None:
+    """The X-Request-Id a caller sent, if it is one to echo (not empty, at most 200 characters)."""
+    return sent if sent and len(sent) <= 200 else None
 
 
 def request_id_of(scope: Scope) -> str:
-    """The caller's X-Request-Id when it sent a usable one, else a new id."""
-    rid = header(scope, b"x-request-id")
-    return rid if rid and len(rid) <= 200 else new_request_id()
+    """The caller's X-Request-Id when it sent a usable one, else a new random id.
+
+    Behind the gateway a request always arrives with the gateway's id; a new one is made only for
+    direct calls (tests, probes), so a plain uuid4 will do (the gateway makes its own ids cheaper:
+    gateway/headers.py)."""
+    return usable_request_id(header(scope, b"x-request-id")) or str(uuid.uuid4())
 
 
-def precheck(scope: Scope, secret: str | None = None) -> ProblemError | None:
+HeaderReader = Callable[[Scope, bytes], str | None]
+
+
+def precheck(scope: Scope, secret: str | None = None, read: HeaderReader = header) -> ProblemError | None:
     """What can be refused from the head alone: a missing or forged gateway proof (when `secret` is
-    given), a body announced over the limit, a body in a media type the route does not take."""
+    given), a body announced over the limit, a body in a media type the route does not take.
+    `read` reads a request header (the gateway passes its own, which knows the headers its server noted)."""
     path = scope["path"]
     if secret is not None and not path.startswith(OPEN_PATHS):
         try:
-            caller = decode_caller(header(scope, CALLER_HEADER.encode()), header(scope, SIGNATURE_HEADER.encode()), secret)
+            caller = decode_caller(read(scope, CALLER_HEADER.encode()), read(scope, SIGNATURE_HEADER.encode()), secret)
         except ProblemError as exc:
             return exc
         scope.setdefault("state", {})["caller"] = caller
     query = scope.get("query_string")
     if query and (b"%00" in query or b"\x00" in query):
         return nul_in_query(query)
-    length = header(scope, b"content-length")
+    length = read(scope, b"content-length")
     if length is not None:
         try:
             if int(length) > body_limit(path):
                 return ProblemError(413, f"the request body exceeds {body_limit(path)} bytes")
         except ValueError:
             return ProblemError(400, "invalid Content-Length")
-    if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or header(scope, b"transfer-encoding")):
-        if not content_type_allowed(path, header(scope, b"content-type")):
+    if scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0") or read(scope, b"transfer-encoding")):
+        if not content_type_allowed(path, read(scope, b"content-type")):
             upload = upload_route(path)
             return ProblemError(415, "send JSON (Content-Type: application/json)"
                                 + (" or " + ", ".join(upload.media_types) if upload is not None else ""))
@@ -93,27 +102,6 @@ def nul_in_query(query: bytes) -> ProblemError:
     message = "NUL characters (%00) are not allowed"
     errors = [{"loc": ["query", name], "msg": message} for name in names] or [{"loc": ["query"], "msg": message}]
     return ProblemError(422, "; ".join(f"query.{name}: {message}" for name in names) or f"query: {message}", errors=errors)
-
-
-# Scope key of the request headers a server noted as it parsed them (gateway/server.py): name →
-# value of the first occurrence, for the names in WATCHED_HEADERS, so `header` need not scan the list.
-WATCHED = "vmc.watched"
-WATCHED_HEADERS = frozenset({
-    b"authorization", b"x-request-id", b"content-length", b"content-type", b"transfer-encoding", b"origin", b"expect",
-    b"x-forwarded-for", b"x-forwarded-proto",
-})
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """The first value of request header `name` (lower-case), or None."""
-    watched = scope.get(WATCHED)
-    if watched is not None and name in WATCHED_HEADERS:
-        value = watched.get(name)
-        return None if value is None else value.decode("latin-1")
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def content_type_allowed(path: str, content_type: str | None) -> bool:

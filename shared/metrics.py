@@ -25,8 +25,6 @@ class Metrics:
         )
         self.consumed = Counter("vmc_consumer_events_total", "Events handled", ["consumer", "outcome"], registry=r)
         self.dead_letters = Counter("vmc_dead_letters_total", "Messages sent to the dead-letter topic", ["consumer"], registry=r)
-        self._request_series: dict[tuple[str, str, int], tuple] = {}
-        self.rate_limited = Counter("vmc_rate_limited_total", "Requests refused by a rate or concurrency limit", ["reason"], registry=r)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""

@@ -39,7 +39,6 @@ class CommonSettings(BaseSettings):
     # into the same batch. Measured at one client registering (README, "Events"): 20 ms cut the
     # machine's CPU per registration by about a third, for events 20 ms later.
     outbox_linger_ms: float = _common("outbox_linger_ms", 20.0, ge=0, le=1000)
-    suppression_k: int = _common("suppression_k", 5)
 
     @model_validator(mode="after")
     def _refuse_default_secret(self):
@@ -52,7 +51,6 @@ class ServiceSettings(CommonSettings):
     """A service with a database and a port; `name` fixes the env prefix (`VMC_REGISTRY_...`)."""
 
     name: str = "service"
-    host: str = "127.0.0.1"
     port: int = 8001
     database_url: str = ""
     database_pool_size: int = 10  # PostgreSQL connections kept per process (+5 overflow)

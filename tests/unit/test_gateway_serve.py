@@ -16,7 +16,7 @@ from gateway.migrations import MIGRATIONS
 from gateway.proxy import WHOLE_BODY, Proxy
 from gateway.settings import GatewaySettings
 from shared.db import make_engine, make_sessionmaker, migrate
-from shared.metrics import Metrics
+from gateway.metrics import Metrics
 from tests.unit.test_gateway_upstream import Server, fixed
 
 ORG = "00000000-0000-4000-8000-000000000001"

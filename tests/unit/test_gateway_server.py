@@ -16,7 +16,7 @@ from uvicorn.server import ServerState
 from gateway.app import create_app
 from gateway.server import GatewayHttpProtocol
 from gateway.settings import GatewaySettings
-from shared.http import header
+from gateway.headers import header
 
 ANSWER = b'{"ok":true}'
 
