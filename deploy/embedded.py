@@ -1,4 +1,4 @@
-"""`make run`: the whole system on one machine (broker, three services, gateway) until Ctrl-C."""
+"""`make run`: the whole system on one machine (broker, the manifest's services, gateway) until Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -11,12 +11,7 @@ import uuid
 from pathlib import Path
 
 from deploy.processes import port_in_use, start_tansu, start_uvicorn, stop, wait_ready
-
-SERVICES = [
-    ("registry", "services.registry.app:create_app", 8001),
-    ("activities", "services.activities.app:create_app", 8002),
-    ("analytics", "services.analytics.app:create_app", 8003),
-]
+from shared.manifest import SERVICES
 
 
 def _persistent_secret(path: Path, make) -> str:
@@ -34,7 +29,7 @@ def main() -> int:
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     gateway_port = int(os.environ.get("VMC_GATEWAY_PORT", "8000"))
-    ports = {name: int(os.environ.get(f"VMC_{name.upper()}_PORT", default_port)) for name, _, default_port in SERVICES}
+    ports = {s.name: int(os.environ.get(s.port_setting, s.default_port)) for s in SERVICES}
     ports["gateway"] = gateway_port
     if not os.environ.get("VMC_KAFKA_BOOTSTRAP"):
         ports["broker"] = int(os.environ.get("VMC_BROKER_PORT", "9092"))
@@ -76,14 +71,14 @@ def main() -> int:
             # retained outbox again, and consumers skip what they already applied.
             env["VMC_BROKER_EPOCH"] = str(uuid.uuid4())
             print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes)")
-        for name, app, _ in SERVICES:
-            port = ports[name]
-            env[f"VMC_{name.upper()}_URL"] = f"http://127.0.0.1:{port}"
-            procs[name] = start_uvicorn(app, port, {**env, f"VMC_{name.upper()}_PORT": str(port)}, logs / f"{name}.log")
-        for name, _, _ in SERVICES:
-            port = ports[name]
-            wait_ready(f"http://127.0.0.1:{port}/ready", 90, procs[name])
-            print(f"{name}: ready on 127.0.0.1:{port}")
+        for s in SERVICES:
+            port = ports[s.name]
+            env[s.url_setting] = f"http://127.0.0.1:{port}"
+            procs[s.name] = start_uvicorn(s.app, port, {**env, s.port_setting: str(port)}, logs / f"{s.name}.log")
+        for s in SERVICES:
+            port = ports[s.name]
+            wait_ready(f"http://127.0.0.1:{port}/ready", 90, procs[s.name])
+            print(f"{s.name}: ready on 127.0.0.1:{port}")
         procs["gateway"] = start_uvicorn(
             "gateway.app:create_app", gateway_port, {**env, "VMC_GATEWAY_PORT": str(gateway_port)}, logs / "gateway.log"
         )
@@ -104,7 +99,8 @@ def main() -> int:
         print(f"error: {exc}; see the logs in {logs}", file=sys.stderr)
         return 1
     finally:
-        for name in ("gateway", "registry", "activities", "analytics", "broker"):
+        # The gateway first (no request reaches a stopped service), the broker last (services flush to it).
+        for name in ("gateway", *(s.name for s in SERVICES), "broker"):
             if name in procs:
                 stop(procs[name])
 

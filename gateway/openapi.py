@@ -15,14 +15,15 @@ from typing import Any
 
 import aiohttp
 
+from gateway.routing import owner_of
 from shared.caller import SCOPES
 from shared.errors import PROBLEM_JSON, Problem
+from shared.http import body_limit
 
 log = logging.getLogger(__name__)
 
 TITLE = "VMC Connect API"
 VERSION = "1.0.0"
-API_PREFIX = "/api/v1/"
 # Operations anyone may call (no key).
 OPEN_OPERATIONS = {"/api/v1/openapi.json", "/api/v1/asyncapi.json", "/api/v1/docs", "/health", "/ready", "/metrics"}
 _ERRORS = {
@@ -34,8 +35,7 @@ _ERRORS = {
     503: "The service behind this route is unavailable (retry after `Retry-After` seconds)",
     504: "The service behind this route did not answer in time",
 }
-_BODY_ERRORS = {400: "The body cannot be parsed (not JSON, or not UTF-8)",
-                413: "The body is too large (JSON 2 MiB, CSV imports 50 MiB)", 415: "Unsupported media type"}
+_BODY_ERRORS = {400: "The body cannot be parsed (not JSON, or not UTF-8)", 415: "Unsupported media type"}
 _METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 DESCRIPTION = f"""The public API of VMC Connect, the integration backend of Cambodia's national youth
@@ -84,6 +84,7 @@ def _document_operation(path: str, operation: dict) -> None:
     errors = dict(_ERRORS)
     if "requestBody" in operation:
         errors.update(_BODY_ERRORS)
+        errors[413] = f"The body is too large (over {body_limit(path) / 2**20:g} MiB)"
     if any(str(p.get("name", "")).lower() == "idempotency-key" for p in operation.get("parameters", [])):
         errors[409] = "This Idempotency-Key was already used with another request body"
     for status, description in errors.items():
@@ -121,8 +122,8 @@ def merge(gateway_doc: dict, service_docs: dict[str, dict]) -> dict:
                 ref = f"#/components/{kind}/{name}"
                 target[renames[ref].rsplit("/", 1)[1] if ref in renames else name] = value
         for path, operations in document.get("paths", {}).items():
-            if source != "gateway" and not path.startswith(API_PREFIX):
-                continue  # a service's own /health, /ready, /metrics are not public
+            if source != "gateway" and owner_of(path) != source:
+                continue  # not public: a service's own /health, /ready, /metrics, its internal routes
             if path in merged["paths"]:
                 log.warning("path served by two sources", extra={"path": path, "source": source})
             merged["paths"].setdefault(path, {}).update(operations)

@@ -97,7 +97,17 @@ ROUTE_OWNERS: dict[str, str] = {prefix.lstrip("/"): s.name for s in SERVICES for
 SOURCES: dict[str, str] = {s.topic: s.source for s in SERVICES if s.topic}
 _UPLOADS = [(API_PREFIX + route.path, route) for s in SERVICES for route in s.upload_routes]
 _EXACT_UPLOADS = {path: route for path, route in _UPLOADS if "{" not in path}
-_TEMPLATE_UPLOADS = [(re.compile(re.sub(r"\{[^/]+\}", "[^/]+", path) + "$"), route) for path, route in _UPLOADS if "{" in path]
+
+
+def _compile_templates(uploads: list[tuple[str, UploadRoute]]) -> list[tuple[re.Pattern[str], UploadRoute]]:
+    """A pattern per templated path: a `{name}` segment matches any one segment."""
+    return [
+        (re.compile("/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in path.split("/"))), route)
+        for path, route in uploads
+    ]
+
+
+_TEMPLATE_UPLOADS = _compile_templates([(path, route) for path, route in _UPLOADS if "{" in path])
 
 
 def service(name: str) -> ServiceEntry:
@@ -111,6 +121,6 @@ def upload_route(path: str) -> UploadRoute | None:
     """The upload route a request path (with API_PREFIX) is, if it is one."""
     route = _EXACT_UPLOADS.get(path)  # the common case, on every request through the gateway
     if route is None and _TEMPLATE_UPLOADS:
-        route = next((r for pattern, r in _TEMPLATE_UPLOADS if pattern.match(path)), None)
+        route = next((r for pattern, r in _TEMPLATE_UPLOADS if pattern.fullmatch(path)), None)
     return route
 

@@ -15,7 +15,7 @@ import httpx
 
 from gateway.app import Gateway, create_app
 from gateway.settings import GatewaySettings
-from tests.harness import Stack
+from tests.harness import SERVICES, Stack
 
 
 def settings_for(stack: Stack, **overrides) -> GatewaySettings:
@@ -23,9 +23,7 @@ def settings_for(stack: Stack, **overrides) -> GatewaySettings:
         "data_dir": tempfile.mkdtemp(prefix="vmc-gw-"),
         "database_url": stack.db_urls["gateway"],
         "internal_secret": stack.secret,
-        "registry_url": stack.urls["registry"],
-        "activities_url": stack.urls["activities"],
-        "analytics_url": stack.urls["analytics"],
+        **{f"{name}_url": stack.urls[name] for name in SERVICES},
         "log_level": "WARNING",
     }
     values.update(overrides)

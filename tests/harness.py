@@ -23,13 +23,11 @@ import asyncpg
 import pytest
 
 from deploy.processes import free_port, start_tansu, start_uvicorn, stop, wait_ready
+from shared import manifest
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
-SERVICES = {
-    "registry": "services.registry.app:create_app",
-    "activities": "services.activities.app:create_app",
-    "analytics": "services.analytics.app:create_app",
-}
+# Each service of the manifest: its name and app import string (the gateway starts beside them).
+SERVICES = {service.name: service.app for service in manifest.SERVICES}
 
 
 def _pg_reachable() -> bool:
