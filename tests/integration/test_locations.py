@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 
 import httpx
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.eventlog import find_events
 from tests.api import walk
+from tests.factories import fresh_district
 from tests.harness import unique
 
 HEADER = "code,level,name_en,name_km,parent_code"
@@ -23,14 +23,6 @@ def csv_body(*rows: str, header: str = HEADER) -> bytes:
 
 async def post_csv(client: httpx.AsyncClient, body: bytes, **params) -> httpx.Response:
     return await client.post("/locations/import", content=body, params=params, headers={"Content-Type": "text/csv"})
-
-
-async def fresh_district(client: httpx.AsyncClient) -> str:
-    """A district code no other test uses: real districts are numbered below 50."""
-    while True:
-        code = f"{random.randint(1, 25):02d}{random.randint(50, 99):02d}"
-        if (await client.get(f"/locations/{code}")).status_code == 404:
-            return code
 
 
 async def key_client(stack, admin: httpx.AsyncClient, scopes: list[str], national: bool = False) -> httpx.AsyncClient:

@@ -1,9 +1,7 @@
 """Programmes and projects through the gateway: creation rules, isolation between organisations, events."""
 from __future__ import annotations
 
-import random
 import uuid
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -11,50 +9,10 @@ import pytest
 from services.registry.settings import GDY_ORGANIZATION_ID
 from tests.eventlog import find_events
 from tests.api import assert_problem, walk
+from tests.factories import (
+    create_org, create_program, create_project, fresh_district, org_key, program_code, project_body,
+)
 from tests.harness import unique
-
-WRITER = ["registry:read", "registry:write"]
-
-
-# ---- factories ----------------------------------------------------------------------------------
-def program_code() -> str:
-    return f"T-{uuid.uuid4().hex[:10].upper()}"
-
-
-async def create_program(admin: httpx.AsyncClient, **overrides) -> dict:
-    answer = await admin.post("/programs", json={"code": program_code(), "name": unique("programme"), **overrides})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-async def create_org(client: httpx.AsyncClient, parent_id: str = GDY_ORGANIZATION_ID) -> dict:
-    answer = await client.post("/organizations", json={"name": unique("org"), "kind": "ngo", "parent_id": parent_id})
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-def project_body(program_id: str, organization_id: str, **overrides) -> dict:
-    return {
-        "program_id": program_id, "organization_id": organization_id, "name": unique("project"),
-        "name_km": "គម្រោង", "focus_areas": ["climate_change", "digital_literacy"], "location_codes": ["12", "17"],
-        "start_date": "2026-01-15", "end_date": "2026-12-31", **overrides,
-    }
-
-
-async def create_project(client: httpx.AsyncClient, program_id: str, organization_id: str, **overrides) -> dict:
-    answer = await client.post("/projects", json=project_body(program_id, organization_id, **overrides))
-    assert answer.status_code == 201, answer.text
-    return answer.json()
-
-
-@asynccontextmanager
-async def org_key(stack, admin: httpx.AsyncClient, organization_id: str, scopes=WRITER):
-    created = await admin.post("/admin/api-keys", json={"name": unique("key"), "organization_id": organization_id, "scopes": scopes})
-    assert created.status_code == 201, created.text
-    async with httpx.AsyncClient(base_url=stack.api, headers={"Authorization": f"Bearer {created.json()['key']}"},
-                                 timeout=30) as client:
-        yield client
-
 
 # ---- programmes ---------------------------------------------------------------------------------
 async def test_programmes_are_national_with_unique_codes(stack, admin: httpx.AsyncClient, broker):
@@ -86,7 +44,7 @@ async def test_programmes_are_national_with_unique_codes(stack, admin: httpx.Asy
 async def test_project_lifecycle_filters_and_events(admin: httpx.AsyncClient, broker):
     program = await create_program(admin)
     org = await create_org(admin)
-    project = await create_project(admin, program["id"], org["id"], focus_areas=["health", "education", "health"])
+    project = await create_project(admin, program_id=program["id"], organization_id=org["id"], focus_areas=["health", "education", "health"])
     assert project["focus_areas"] == ["education", "health"]
     assert project["location_codes"] == ["12", "17"]
     assert (await admin.get(f"/projects/{project['id']}")).json() == project
@@ -126,15 +84,11 @@ async def test_project_lifecycle_filters_and_events(admin: httpx.AsyncClient, br
 async def test_location_filter_matches_places_below_the_code(admin: httpx.AsyncClient):
     program = await create_program(admin)
     org = await create_org(admin)
-    district = None
-    while district is None:
-        code = f"{random.randint(1, 25):02d}{random.randint(50, 99):02d}"
-        if (await admin.get(f"/locations/{code}")).status_code == 404:
-            district = code
+    district = await fresh_district(admin)
     csv = f"code,level,name_en,name_km,parent_code\n{district},district,D,,{district[:2]}\n{district}01,commune,C,,{district}\n"
     imported = await admin.post("/locations/import", content=csv.encode(), headers={"Content-Type": "text/csv"})
     assert imported.json()["created"] == 2
-    project = await create_project(admin, program["id"], org["id"], location_codes=[f"{district}01"])
+    project = await create_project(admin, program_id=program["id"], organization_id=org["id"], location_codes=[f"{district}01"])
     for prefix in (district[:2], district, f"{district}01"):
         assert [p["id"] for p in await walk(admin, "/projects", program_id=program["id"], location=prefix)] == [project["id"]]
     assert await walk(admin, "/projects", program_id=program["id"], location=f"{district}02") == []
@@ -144,7 +98,7 @@ async def test_organisations_see_and_change_only_their_own_projects(stack, admin
     program = await create_program(admin)
     org_a, org_b = await create_org(admin), await create_org(admin)
     child_of_a = await create_org(admin, parent_id=org_a["id"])
-    theirs = await create_project(admin, program["id"], org_b["id"])
+    theirs = await create_project(admin, program_id=program["id"], organization_id=org_b["id"])
 
     async with org_key(stack, admin, org_a["id"]) as a:
         assert_problem(await a.get(f"/projects/{theirs['id']}"), 404)
@@ -153,8 +107,8 @@ async def test_organisations_see_and_change_only_their_own_projects(stack, admin
         assert await walk(a, "/projects", organization_id=org_b["id"]) == []
         assert_problem(await a.post("/projects", json=project_body(program["id"], org_b["id"])), 422, ["body", "organization_id"])
 
-        own = await create_project(a, program["id"], org_a["id"])
-        below = await create_project(a, program["id"], child_of_a["id"])
+        own = await create_project(a, program_id=program["id"], organization_id=org_a["id"])
+        below = await create_project(a, program_id=program["id"], organization_id=child_of_a["id"])
         assert {p["id"] for p in await walk(a, "/projects", program_id=program["id"])} == {own["id"], below["id"]}
         assert_problem(await a.patch(f"/projects/{own['id']}", json={"organization_id": org_b["id"]}), 422,
                        ["body", "organization_id"])
@@ -192,7 +146,7 @@ async def test_bad_project_input_is_422_naming_the_field(admin: httpx.AsyncClien
 
 async def test_bad_project_patches_are_422_and_change_nothing(admin: httpx.AsyncClient):
     program = await create_program(admin)
-    project = await create_project(admin, program["id"], GDY_ORGANIZATION_ID)
+    project = await create_project(admin, program_id=program["id"], organization_id=GDY_ORGANIZATION_ID)
     for body, loc in [
         ({"start_date": None}, ["body", "start_date"]),
         ({"start_date": "2027-02-01"}, ["body", "end_date"]),  # would end before it starts
