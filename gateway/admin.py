@@ -15,6 +15,7 @@ from shared.errors import PROBLEM_RESPONSES, NotFound, ProblemError
 from shared.pagination import Cursor, Limit, Page, page_of, paginate
 from shared.service import SessionDep
 from shared.times import AwareUtcTime
+from shared.unit_of_work import after_commit
 
 router = APIRouter(prefix="/api/v1/admin", tags=["administration"], responses=PROBLEM_RESPONSES)
 
@@ -51,8 +52,7 @@ async def create_api_key(body: ApiKeyCreate, request: Request, session: SessionD
             raise ProblemError(403, "an organisation's admin key creates keys for its own organisation only")
     row, key = await create_key(session, body, request.app.state.settings.internal_secret)
     add_key_change(session, caller, _prefix(request), "api_key.create", row.id, 201)
-    await session.commit()
-    request.app.state.keys.invalidate()
+    after_commit(session, request.app.state.keys.invalidate)
     return ApiKeyCreated(**ApiKeyPublic.model_validate(row, from_attributes=True).model_dump(), key=key)
 
 
@@ -73,8 +73,8 @@ async def revoke_api_key(key_id: uuid.UUID, request: Request, session: SessionDe
     if row.revoked_at is None:
         row.revoked_at = row.updated_at = utcnow()
         add_key_change(session, caller, _prefix(request), "api_key.revoke", row.id, 204)
-        await session.commit()
-    request.app.state.keys.invalidate()
+    # Cleared once the revocation is stored: cleared earlier, a concurrent lookup could cache the key as valid again.
+    after_commit(session, request.app.state.keys.invalidate)
 
 
 @router.get(

@@ -25,9 +25,12 @@ from sqlmodel import Field, SQLModel
 from shared.db import timestamp_field
 from shared.events import CloudEvent, MalformedEvent, Payload, UnknownEventType, dead_letter_topic, parse_event
 from shared.metrics import Metrics
+from shared.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
+# A handler writes through the session it is given and never commits: the runtime commits its work
+# with the processed-event record (see `_apply`).
 Handler = Callable[[AsyncSession, CloudEvent, Payload], Awaitable[None]]
 
 
@@ -236,7 +239,9 @@ class EventConsumer:
             except (MalformedEvent, ValidationError, UnknownEventType) as exc:
                 raise _Poison(str(exc)) from exc
             events.append((event, payload))
-        async with self._maker() as session:
+        # The batch is one unit of work: the handlers' writes and the processed-event records are
+        # committed together, once, here; a handler that raises leaves neither.
+        async with unit_of_work(self._maker) as session:
             ids = list({e.id for e, _ in events})
             seen = set(
                 (
@@ -259,7 +264,6 @@ class EventConsumer:
                     await handler(session, event, payload)
                     applied += 1
                 session.add(ProcessedEvent(consumer=self.name, event_id=event.id, processed_at=now))
-            await session.commit()
         if events:
             self.last_event_time = max(e.time for e, _ in events)
         self._metrics.consumed.labels(self.name, "applied").inc(applied)
@@ -294,11 +298,10 @@ class EventConsumer:
             event_id = parse_event(message.value).id
         except MalformedEvent:
             return
-        async with self._maker() as session:
+        async with unit_of_work(self._maker) as session:
             if await session.get(ProcessedEvent, (self.name, event_id)) is None:
                 session.add(
                     ProcessedEvent(
                         consumer=self.name, event_id=event_id, processed_at=datetime.now(timezone.utc), outcome="dead_letter"
                     )
                 )
-                await session.commit()

@@ -29,10 +29,29 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 5) -> AsyncEn
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):
+            # The driver's own BEGIN comes only before a write, so a SAVEPOINT could open the
+            # transaction and its RELEASE commit everything: SQLAlchemy says BEGIN itself (below).
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=10000"):
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN")
+
+        @event.listens_for(engine.sync_engine, "handle_error")
+        def _end_failed_commit(context):
+            # A COMMIT that SQLite refuses (a deferred constraint, a busy database) leaves its
+            # transaction open, and SQLAlchemy hands the connection on as if it had ended: the next
+            # BEGIN would fail on the one connection for ever. A failure outside a statement is a
+            # COMMIT or ROLLBACK; ending the transaction here cannot hide it, the error still raises.
+            if context.statement is None and context.connection is not None:
+                try:
+                    context.connection.connection.dbapi_connection.rollback()
+                except Exception:  # noqa: BLE001 - the original error is the one to raise
+                    log.warning("could not end a failed SQLite transaction", exc_info=True)
 
         return engine
     # Modest per-process pools: several replicas of four components share one server's connection limit.

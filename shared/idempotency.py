@@ -1,5 +1,5 @@
 """`Idempotency-Key` on creates: a retry with the same key and body gets the original answer; the
-same key with another body is a 409. The record is written in the create's own transaction."""
+same key with another body is a 409. The record is written in the create's own unit of work."""
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +43,7 @@ def _hash(payload: Any) -> str:
 
 class Idempotency:
     """Use in a create endpoint: `return await idem.create(session, body, make, PublicModel)`. Without
-    the header it just makes, presents and commits."""
+    the header it just makes and presents."""
 
     def __init__(self, key_id: str, route: str, key: str | None):
         self.key_id, self.route, self.key = key_id, route, key
@@ -65,24 +65,19 @@ class Idempotency:
                                slug="idempotency-key-reused")
         return self._response(record)
 
-    async def remember(self, session: AsyncSession, status_code: int, content: Any) -> Response | None:
-        """Store the answer; if a concurrent twin stored one first, roll back and replay that one."""
-        if self.key is None:
-            return None
-        session.add(IdempotencyRecord(
+    def _record(self, status_code: int, content: Any) -> IdempotencyRecord:
+        return IdempotencyRecord(
             key_id=self.key_id, route=self.route, idempotency_key=self.key, request_hash=self.request_hash,
             status_code=status_code, body=orjson.dumps(jsonable_encoder(content)),
-        ))
-        try:
-            await session.flush()
-        except IntegrityError:
-            await session.rollback()
-            record = await session.get(IdempotencyRecord, (self.key_id, self.route, self.key))
-            if record is None or record.request_hash != self.request_hash:
-                raise ProblemError(409, "this Idempotency-Key was already used with a different request body",
-                                   slug="idempotency-key-reused")
-            return self._response(record)
-        return None
+        )
+
+    async def _twin_answer(self, session: AsyncSession) -> Response:
+        """The answer a concurrent request with this key stored first (or a 409 if its body differed)."""
+        record = await session.get(IdempotencyRecord, (self.key_id, self.route, self.key))
+        if record is None or record.request_hash != self.request_hash:
+            raise ProblemError(409, "this Idempotency-Key was already used with a different request body",
+                               slug="idempotency-key-reused")
+        return self._response(record)
 
     async def create(
         self,
@@ -92,18 +87,36 @@ class Idempotency:
         present: Callable[[Any], Any],
         status_code: int = 201,
     ) -> Any:
-        """A create endpoint's whole unit of work: the replay of an earlier answer, or `make()` the
-        object, `present` it (a wire model class, or a function, possibly async), remember, commit."""
+        """A create endpoint's work: the replay of an earlier answer, or `make()` the object, `present`
+        it (a wire model class, or a function, possibly async) and remember the answer. The request's
+        unit of work commits it."""
         if replay := await self.check(session, body):
             return replay
-        made = await make()
-        public = present.model_validate(made, from_attributes=True) if isinstance(present, type) else present(made)
-        if inspect.isawaitable(public):
-            public = await public
-        if replay := await self.remember(session, status_code, public):
-            return replay
-        await session.commit()
+        if self.key is None:
+            return await _presented(await make(), present)
+        try:
+            # If a concurrent twin stored its answer first, this create is undone with the record:
+            # the twin's object is the one the client gets, not a second one.
+            async with session.begin_nested():
+                public = await _presented(await make(), present)
+                await session.flush()  # the create's own conflicts are its own errors, not the twin's
+                session.add(self._record(status_code, public))
+                try:
+                    await session.flush()
+                except IntegrityError as exc:
+                    raise _TwinFirst from exc
+        except _TwinFirst:
+            return await self._twin_answer(session)
         return public
+
+
+class _TwinFirst(Exception):
+    """Another request with the same key stored its record while this one was making the object."""
+
+
+async def _presented(made: Any, present: Callable[[Any], Any]) -> Any:
+    public = present.model_validate(made, from_attributes=True) if isinstance(present, type) else present(made)
+    return await public if inspect.isawaitable(public) else public
 
 
 async def idempotency(

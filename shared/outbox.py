@@ -108,7 +108,8 @@ class OutboxRelay:
 
         @event.listens_for(maker.kw["sync_session_class"], "after_commit")
         def _after_commit(session):
-            if session.info.pop("outbox_dirty", False):
+            # A released savepoint fires this too; the events are visible only at the outer commit.
+            if not session.in_nested_transaction() and session.info.pop("outbox_dirty", False):
                 self._wake.set()
 
     def wake(self) -> None:

@@ -27,6 +27,7 @@ from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 from shared.outbox import OutboxRelay
 from shared.settings import ServiceSettings
+from shared.unit_of_work import unit_of_work
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,15 @@ def shared_tables():
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.maker() as session:
+    """The request's unit of work: committed once when the endpoint returns, rolled back if it raises."""
+    async with unit_of_work(request.app.state.maker) as session:
         yield session
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": FastAPI runs the exit (the commit) once the endpoint and its response model are
+# done but before the answer is sent, so a failed commit is the request's error answer, never a lost
+# write behind a 201 (the default "request" scope exits after the response has gone out).
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 class _ReadyCache:

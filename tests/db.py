@@ -11,28 +11,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.db import Migration, make_engine, migrate
 from tests.harness import Databases, database_mode, new_workdir, remove_workdir
-
-
-def _sqlite_transactions_by_sqlalchemy(engine: AsyncEngine) -> None:
-    """Let SQLAlchemy, not the sqlite3 module, begin transactions (SQLAlchemy's pysqlite recipe).
-
-    sqlite3 delays BEGIN until the first write and ignores SAVEPOINT bookkeeping: the outer
-    transaction would not exist when the session opens its savepoint, and releasing that savepoint
-    (what the session's `commit()` does) would commit for real, so a test's rows would outlive it.
-    """
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(connection):
-        connection.exec_driver_sql("BEGIN")
 
 
 class MigratedDatabases:
@@ -50,8 +32,6 @@ class MigratedDatabases:
         if (service, mode) not in self.engines:
             databases = self.databases.setdefault(mode, Databases(self.workdir, mode))
             engine = make_engine(databases.url(service))
-            if mode == "sqlite":
-                _sqlite_transactions_by_sqlalchemy(engine)
             await migrate(engine, migrations)
             self.engines[service, mode] = engine
         return self.engines[service, mode]

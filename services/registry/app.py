@@ -19,16 +19,16 @@ from services.registry.settings import GDY_ORGANIZATION_ID, RegistrySettings
 from shared.events import ORGANIZATION_CREATED, REGISTRY_TOPIC
 from shared.outbox import OutboxRecord, add_event
 from shared.service import ServiceSpec, create_service_app
+from shared.unit_of_work import unit_of_work
 
 
 async def seed(app: FastAPI) -> None:
     """Publish the seeded national organisation once, so projections know it."""
-    async with app.state.maker() as session:
+    async with unit_of_work(app.state.maker) as session:
         org = await session.get(Organization, uuid.UUID(GDY_ORGANIZATION_ID))
         published = (await session.execute(select(OutboxRecord.seq).where(OutboxRecord.key == GDY_ORGANIZATION_ID).limit(1))).first()
         if org is not None and published is None:
             add_event(session, organization_event(ORGANIZATION_CREATED, org))
-            await session.commit()
 
 
 def create_app(settings: RegistrySettings | None = None) -> FastAPI:

@@ -50,7 +50,4 @@ async def get_enrollment(enrollment_id: uuid.UUID, session: SessionDep, scope: V
              summary="End an enrolment",
              responses={409: PROBLEM_RESPONSES[404] | {"description": "The enrolment has already ended"}})
 async def end_enrollment(enrollment_id: uuid.UUID, body: EnrollmentEnd, session: SessionDep, scope: VisibilityDep):
-    row = await service.end(session, scope, enrollment_id, body)
-    public = EnrollmentPublic.model_validate(row, from_attributes=True)
-    await session.commit()
-    return public
+    return await service.end(session, scope, enrollment_id, body)

@@ -73,8 +73,6 @@ async def get_location(code: CodeParam, session: SessionDep):
 async def import_locations(request: Request, session: SessionDep, caller: Caller, dry_run: bool = False):
     raw = await _csv_bytes(request)
     summary = await service.import_locations(session, caller, service.decode_csv(raw), dry_run=dry_run)
-    if not dry_run:
-        await session.commit()
     return summary.as_dict()
 
 

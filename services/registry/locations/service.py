@@ -183,8 +183,8 @@ async def import_locations(session: AsyncSession, caller: CallerContext, text: s
             await repository.insert_many(session, inserts)
             await repository.update_many(session, updates)
         except IntegrityError as exc:
-            # Another import added one of these codes since we read the gazetteer.
-            await session.rollback()
+            # Another import added one of these codes since we read the gazetteer; the unit of work
+            # rolls the whole import back.
             raise ProblemError(409, "the gazetteer changed during this import (a concurrent import?); send the file again",
                                slug="concurrent-import") from exc
         for start in range(0, len(changed), EVENT_CHUNK):

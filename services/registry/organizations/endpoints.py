@@ -56,6 +56,4 @@ async def get_organization(org_id: uuid.UUID, session: SessionDep, scope: Visibi
 
 @router.patch("/{org_id}", response_model=OrganizationPublic, dependencies=[require_scope("registry:write")])
 async def update_organization(org_id: uuid.UUID, body: OrganizationUpdate, session: SessionDep, scope: VisibilityDep):
-    org = await service.update_organization(session, scope, org_id, body)
-    await session.commit()
-    return org
+    return await service.update_organization(session, scope, org_id, body)

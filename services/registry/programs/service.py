@@ -32,8 +32,7 @@ async def create_program(session: AsyncSession, caller: CallerContext, data: Pro
     try:
         # Flushed here so that two concurrent creates of one code end in a 409, not a 500 at commit.
         await session.flush()
-    except IntegrityError as exc:
-        await session.rollback()
+    except IntegrityError as exc:  # the unit of work rolls the request back
         raise _duplicate(data.code) from exc
     add_event(session, new_event(PROGRAM_CREATED, program.id, ProgramCreated(id=program.id, code=program.code),
                                  request_id_var.get()))

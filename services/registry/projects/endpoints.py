@@ -58,6 +58,4 @@ async def get_project(project_id: uuid.UUID, session: SessionDep, scope: Visibil
 
 @router.patch("/{project_id}", response_model=ProjectPublic, dependencies=[require_scope("registry:write")])
 async def update_project(project_id: uuid.UUID, body: ProjectUpdate, session: SessionDep, scope: VisibilityDep):
-    project = await service.update_project(session, scope, project_id, body)
-    await session.commit()
-    return project
+    return await service.update_project(session, scope, project_id, body)

@@ -84,8 +84,6 @@ async def import_volunteers(request: Request, session: SessionDep, scope: Visibi
     job = await importer.start(session, scope, await _csv_bytes(request))
     for chunk in job.chunks():
         await job.apply(session, chunk, dry_run=dry_run)
-        if not dry_run:
-            await session.commit()  # one transaction per chunk; the summary says which rows were taken
     # Serialised directly: re-validating 50,000 items against the response model would cost seconds.
     return Response(job.summary(dry_run).model_dump_json(exclude_none=True), media_type="application/json")
 
@@ -118,17 +116,13 @@ READ_WRITE = [require_scope("registry:write"), require_scope("registry:read")]
               summary="Change some fields (null clears an optional one; external_ids replaces the list)",
               responses=conflict("Erased or merged volunteer, or an external id belongs to another volunteer"))
 async def update_volunteer(volunteer_id: uuid.UUID, body: VolunteerUpdate, session: SessionDep, scope: VisibilityDep):
-    row = await service.update(session, scope, volunteer_id, body)
-    public = await service.public(session, row)
-    await session.commit()
-    return public
+    return await service.public(session, await service.update(session, scope, volunteer_id, body))
 
 
 @router.delete("/{volunteer_id}", status_code=204, dependencies=[require_scope("registry:write")],
                summary="Erase a volunteer's personal data (the pseudonymous record stays for statistics)")
 async def erase_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: VisibilityDep):
     await service.erase(session, scope, volunteer_id)
-    await session.commit()
     return Response(status_code=204)
 
 
@@ -136,7 +130,4 @@ async def erase_volunteer(volunteer_id: uuid.UUID, session: SessionDep, scope: V
              summary="Merge a duplicate into this volunteer (it keeps both records' external ids and enrolments)",
              responses=conflict("One of the two is erased or already merged"))
 async def merge_volunteers(volunteer_id: uuid.UUID, body: MergeRequest, session: SessionDep, scope: VisibilityDep):
-    survivor = await service.merge(session, scope, volunteer_id, body.duplicate_id)
-    public = await service.public(session, survivor)
-    await session.commit()
-    return public
+    return await service.public(session, await service.merge(session, scope, volunteer_id, body.duplicate_id))

@@ -12,10 +12,12 @@ flattened (`consent_given`, `consent_given_at`, `guardian_name`, `guardian_relat
   `consent_given_at`, which is kept); if nothing differs the row is `duplicate` (counted `ignored`).
   A row without an external id whose name(s) and birth date equal an active volunteer's (or an
   earlier row's) is also `duplicate`: so re-sending a file creates nothing twice either way.
-* Rows are written in chunks of `CHUNK_ROWS`, one transaction each, with Core executemany statements
+* Rows are written in chunks of `CHUNK_ROWS`, one savepoint each, with Core executemany statements
   (volunteers, external ids, updates, outbox events): no ORM objects, no per-row flush. The summary
   lists every row, `id` included, so a partner can map its rows to ours; a chunk that a concurrent
-  writer makes fail is re-planned once, then reported row by row as not saved.
+  writer makes fail is undone alone, re-planned once, then reported row by row as not saved. The
+  request's unit of work commits the whole file once, before the summary is sent: a summary is
+  never sent for rows that were not stored.
 * `dry_run=true` does all of the above except the writes.
 """
 from __future__ import annotations
@@ -188,7 +190,7 @@ class _Planned:
 
 
 class ImportJob:
-    """One file's import; the endpoint drives it chunk by chunk and commits after each."""
+    """One file's import; the endpoint drives it chunk by chunk, in the request's unit of work."""
 
     def __init__(self, scope: Visibility, columns: list[str], rows: list[tuple[int, list[str]]],
                  provinces: set[str], communes: set[str], organizations: set[uuid.UUID]):
@@ -212,11 +214,12 @@ class ImportJob:
             if dry_run:
                 break
             try:
-                await self._write(session, planned)
+                # Only this chunk is undone when it fails; the chunks before it stay in the unit of work.
+                async with session.begin_nested():
+                    await self._write(session, planned)
                 break
             except IntegrityError:
                 # A concurrent writer took an external id (or a row) since we looked: look again once.
-                await session.rollback()
                 if attempt == 2:
                     planned = self._not_saved(planned)
         self.items += planned.items
@@ -400,5 +403,4 @@ async def start(session: AsyncSession, scope: Visibility, raw: bytes) -> ImportJ
             except (ValueError, IndexError):
                 pass  # reported by the row's own validation
     allowed = {org for org in await repository.existing_organizations(session, named) if scope.can_manage(org)}
-    await session.rollback()  # end the read transaction: chunks run in transactions of their own
     return ImportJob(scope, columns, rows, provinces, communes, allowed)
