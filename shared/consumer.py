@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError
 from pydantic import ValidationError
 from sqlalchemy import select, text
@@ -22,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
+from shared.broker import Membership, PartitionCounts
 from shared.db import timestamp_field
 from shared.events import CloudEvent, MalformedEvent, Payload, UnknownEventType, dead_letter_topic, parse_event
 from shared.metrics import Metrics
@@ -48,27 +49,6 @@ TABLES = [ProcessedEvent.__table__]
 
 # Failures of the infrastructure, not of a message: never a reason to dead-letter.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, asyncio.TimeoutError)
-
-
-class _Membership(ConsumerRebalanceListener):
-    """Counts rebalances so that an offset read before one is never committed after it.
-
-    After a rebalance the partition may belong to another member, or (Tansu on memory storage
-    restarted empty) the offset may belong to a log that no longer exists: aiokafka retries a
-    commit with the member id it has *now*, and committing such an offset would skip as many new
-    messages. Not committing only means a redelivery, which the processed-events record absorbs."""
-
-    def __init__(self) -> None:
-        self.generation = 0
-        self.pending: asyncio.Future | None = None
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        self.generation += 1
-        if self.pending is not None:
-            self.pending.cancel()
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        return None
 
 
 class _Poison(Exception):
@@ -101,7 +81,7 @@ class EventConsumer:
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._membership = _Membership()
+        self._membership = Membership()  # offsets read before a rebalance are not committed after it
         self.last_event_time: datetime | None = None
         self.healthy = False
         metrics.dead_letters.labels(name)  # exported as 0 from the start, so alerts see the series
@@ -149,7 +129,7 @@ class EventConsumer:
                 await asyncio.sleep(delay)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        partitions: dict[str, int] = {}
+        partitions = PartitionCounts(self.topics)  # Tansu: a re-created topic needs a new member
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             generation = self._membership.generation
@@ -162,19 +142,7 @@ class EventConsumer:
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(
                         max(0, highwater - (messages[-1].offset + 1))
                     )
-            self._check_partitions(consumer, partitions)
-
-    def _check_partitions(self, consumer: AIOKafkaConsumer, known: dict[str, int]) -> None:
-        """Restart when a topic's partition count changed (an empty broker re-created the topic).
-
-        Tansu hands a member that rejoins in the same generation its previous assignment, so the
-        new partitions would never be read; a new member gets a fresh assignment."""
-        for topic in self.topics:
-            count = len(consumer.partitions_for_topic(topic) or ())
-            if count and known.get(topic, count) != count:
-                raise RuntimeError(f"{topic} now has {count} partitions, not {known[topic]}: rejoining as a new member")
-            if count:
-                known[topic] = count
+            partitions.check(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, generation: int) -> None:
         if generation != self._membership.generation:

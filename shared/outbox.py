@@ -17,6 +17,7 @@ from sqlalchemy import BigInteger, Column, Integer, LargeBinary, event, insert, 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
+from shared.broker import RelayState, is_new_epoch
 from shared.db import timestamp_field
 from shared.events import CloudEvent, CATALOGUE
 from shared.metrics import Metrics
@@ -36,13 +37,6 @@ class OutboxRecord(SQLModel, table=True):
     value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = timestamp_field()
     published_at: datetime | None = timestamp_field(index=True, nullable=True, default_now=False)
-
-
-class RelayState(SQLModel, table=True):
-    __tablename__ = "relay_state"
-
-    name: str = Field(primary_key=True, max_length=100)
-    value: str = Field(max_length=200)
 
 
 TABLES = [OutboxRecord.__table__, RelayState.__table__]
@@ -174,18 +168,14 @@ class OutboxRelay:
             self._producer = None
 
     async def _apply_epoch(self) -> None:
-        """After the embedded broker started empty, publish the retained outbox again."""
+        """After the embedded broker started empty (a new epoch: shared/broker.py), publish the retained
+        outbox again."""
         if not self._epoch:
             return
         async with self._maker() as session:
-            state = await session.get(RelayState, "broker_epoch")
-            if state is not None and state.value == self._epoch:
+            if not await is_new_epoch(session, self._epoch):
                 return
             result = await session.execute(update(OutboxRecord).values(published_at=None))
-            if state is None:
-                session.add(RelayState(name="broker_epoch", value=self._epoch))
-            else:
-                state.value = self._epoch
             await session.commit()
             log.info("new broker epoch: republishing retained outbox", extra={"events": result.rowcount})
 

@@ -17,12 +17,12 @@ from starlette.responses import Response
 from shared import consumer as consumer_mod
 from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
+from shared.broker import broker_reachable, ensure_topics_forever, make_consumer, make_producer
 from shared.caller import annotate_scopes
 from shared.consumer import EventConsumer, Handler
 from shared.db import Migration, make_engine, make_sessionmaker, migrate
 from shared.errors import install_error_handlers, problem_response
 from shared.http import RequestContextMiddleware
-from shared.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
 from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 from shared.outbox import OutboxRelay
@@ -102,7 +102,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         if spec.on_startup:
             await spec.on_startup(app)
         topics = list(spec.publishes) + [t for c in spec.consumers for t in c.topics]
-        topics_task = asyncio.create_task(_ensure_topics_forever(settings, topics))
+        topics_task = asyncio.create_task(ensure_topics_forever(settings, topics))
 
         def producer_factory():
             return make_producer(settings, f"{spec.name}-{id(app)}")
@@ -169,20 +169,6 @@ async def _wait_briefly(task: asyncio.Task) -> None:
         await asyncio.wait_for(asyncio.shield(task), 5)
     except (asyncio.TimeoutError, Exception):  # the broker may be away; the task keeps trying
         pass
-
-
-async def _ensure_topics_forever(settings: ServiceSettings, topics: list[str]) -> None:
-    delay = 0.2
-    while True:
-        try:
-            await ensure_topics(settings, topics)
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # broker away at start-up: keep trying, the service still serves
-            log.warning("cannot create topics yet", extra={"error": repr(exc)})
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
 
 
 def operations_router() -> APIRouter:

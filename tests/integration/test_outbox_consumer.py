@@ -22,12 +22,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import SQLModel
 
+from shared.broker import RelayState, ensure_topics, make_consumer, make_producer
 from shared.consumer import EventConsumer, Handler, ProcessedEvent
 from shared.db import Migration, make_engine, make_sessionmaker, migrate
 from shared.events import CloudEvent, ProgramCreated, dead_letter_topic, new_event
-from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.metrics import Metrics
-from shared.outbox import OutboxRecord, OutboxRelay, RelayState, add_event
+from shared.outbox import OutboxRecord, OutboxRelay, add_event
 from shared.service import shared_tables
 from shared.settings import CommonSettings
 from tests.conftest import eventually
