@@ -10,6 +10,7 @@ from services.registry.migrations import MIGRATIONS
 from services.registry.organizations.endpoints import router as organizations_router
 from services.registry.volunteers.endpoints import router as volunteers_router
 from services.registry.enrollments.endpoints import router as enrollments_router
+from services.registry.internal.endpoints import router as internal_router
 from services.registry.locations.endpoints import router as locations_router
 from services.registry.programs.endpoints import router as programs_router
 from services.registry.projects.endpoints import router as projects_router
@@ -38,7 +39,7 @@ def create_app(settings: RegistrySettings | None = None) -> FastAPI:
             settings=settings or RegistrySettings(),
             migrations=MIGRATIONS,
             routers=[organizations_router, locations_router, programs_router, projects_router,
-                     volunteers_router, enrollments_router],
+                     volunteers_router, enrollments_router, internal_router],
             publishes=[REGISTRY_TOPIC],
             on_startup=seed,
             description="Locations, organisations, programmes, projects, volunteers and enrolments.",

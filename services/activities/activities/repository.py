@@ -1,0 +1,104 @@
+"""Queries on activities: lookups, the day totals behind the 24-hour rule and its lock, bulk writes, lists."""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import Select, func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.activities.activities.models import COUNTING, Activity
+
+DayKey = tuple[uuid.UUID, date]
+
+
+async def get(session: AsyncSession, activity_id: uuid.UUID) -> Activity | None:
+    return await session.get(Activity, activity_id)
+
+
+async def by_client_references(session: AsyncSession, organization_id: uuid.UUID, refs: Collection[str]) -> dict[str, Activity]:
+    if not refs:
+        return {}
+    query = select(Activity).where(Activity.submitter_organization_id == organization_id,
+                                   Activity.client_reference.in_(list(refs)))
+    return {row.client_reference: row for row in (await session.execute(query)).scalars()}
+
+
+def _lock_key(key: DayKey) -> int:
+    digest = hashlib.blake2b(f"{key[0]}:{key[1].isoformat()}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_days(session: AsyncSession, keys: Collection[DayKey]) -> None:
+    """Hold each volunteer-day until the transaction ends, so that two concurrent requests cannot both
+    see room under 24 hours and together exceed it. PostgreSQL: transaction advisory locks, taken in
+    key order (no deadlock between two batches). SQLite has one writer connection: already serial."""
+    if not keys or session.bind.dialect.name != "postgresql":
+        return
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS s"),
+        {"keys": sorted({_lock_key(k) for k in keys})},
+    )
+
+
+async def day_totals(session: AsyncSession, keys: Collection[DayKey], exclude: Collection[uuid.UUID] = ()) -> dict[DayKey, float]:
+    """Hours already counted on each volunteer-day (submitted and verified entries)."""
+    if not keys:
+        return {}
+    volunteers, dates = {k[0] for k in keys}, {k[1] for k in keys}
+    query = (select(Activity.volunteer_id, Activity.date, func.sum(Activity.hours))
+             .where(Activity.volunteer_id.in_(list(volunteers)), Activity.date.in_(list(dates)),
+                    Activity.status.in_(COUNTING))
+             .group_by(Activity.volunteer_id, Activity.date))
+    if exclude:
+        query = query.where(Activity.id.not_in(list(exclude)))
+    return {(v, d): float(total or 0) for v, d, total in (await session.execute(query)).all() if (v, d) in keys}
+
+
+async def insert_many(session: AsyncSession, rows: Sequence[dict]) -> None:
+    """One executemany for the lot: about four times the ORM's rate (measured.md, bulk ingestion)."""
+    if rows:
+        await session.execute(insert(Activity.__table__), list(rows))
+
+
+@dataclass
+class ActivityFilters:
+    volunteer_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+    organization_id: uuid.UUID | None = None
+    status: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    updated_since: datetime | None = None
+
+
+def list_query(orgs: Collection[uuid.UUID] | None, f: ActivityFilters) -> Select:
+    query = select(Activity)
+    if orgs is not None:
+        query = query.where(Activity.organization_id.in_(list(orgs)) | Activity.volunteer_organization_id.in_(list(orgs)))
+    for column, value in ((Activity.volunteer_id, f.volunteer_id), (Activity.project_id, f.project_id),
+                          (Activity.organization_id, f.organization_id), (Activity.status, f.status)):
+        if value is not None:
+            query = query.where(column == value)
+    if f.date_from is not None:
+        query = query.where(Activity.date >= f.date_from)
+    if f.date_to is not None:
+        query = query.where(Activity.date <= f.date_to)
+    if f.updated_since is not None:
+        query = query.where(Activity.updated_at >= f.updated_since)
+    return query
+
+
+async def rows(session: AsyncSession, query: Select) -> list[Activity]:
+    return list((await session.execute(query)).scalars())
+
+
+async def of_volunteer(session: AsyncSession, volunteer_id: uuid.UUID, *, lock: bool = False) -> list[Activity]:
+    query = select(Activity).where(Activity.volunteer_id == volunteer_id).order_by(Activity.date, Activity.created_at)
+    if lock and session.bind.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return await rows(session, query)
+

@@ -1,0 +1,331 @@
+"""Rules for logging activities: references known and visible, the volunteer enrolled and not erased,
+dates inside the project and not in the future, at most 24 hours a volunteer-day, one entry per client
+reference; the same rules for one entry and for a batch. Also: following a merge of two volunteers.
+
+Every entry is decided first, then all accepted ones are written at once (rows and outbox events)
+inside a savepoint: a concurrent twin with the same client reference undoes the writes, and the
+decisions are taken again against what the twin stored (bounded: twice).
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.activities.activities import repository
+from services.activities.activities.models import (
+    COUNTING, MAX_DAY_HOURS, Activity, ActivityCreate, ActivityPublic, BatchItem, BatchSummary,
+)
+from services.activities.activity_types import repository as activity_types
+from services.activities.activity_types.models import ActivityType
+from services.activities.registry_view import lookup
+from services.activities.registry_view.client import RegistryClient
+from services.activities.registry_view.models import VolunteerView
+from services.activities.scope import Visibility
+from shared.caller import CallerContext
+from shared.db import utcnow
+from shared.errors import NotFound, ProblemError, validation_errors
+from shared.events import ACTIVITY_REASSIGNED, ACTIVITY_SUBMITTED, ActivityChanged, Beneficiaries, CloudEvent, new_event
+from shared.logs import request_id_var
+from shared.outbox import add_events
+from shared.pagination import encode_cursor, paginate
+
+# Cambodia has one time zone and no daylight saving time: a fixed offset needs no tz database.
+PHNOM_PENH = timezone(timedelta(hours=7), "Asia/Phnom_Penh")
+RETRY_AFTER_S = "2"
+
+
+def local_today(now: datetime | None = None) -> date:
+    return (now or datetime.now(timezone.utc)).astimezone(PHNOM_PENH).date()
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+def activity_event(type_: str, row: Activity | Mapping[str, Any]) -> CloudEvent:
+    """The event of an activity's state (a row, or the values of one written in bulk)."""
+    get = row.get if isinstance(row, Mapping) else lambda name: getattr(row, name)
+    payload = ActivityChanged(
+        id=get("id"), volunteer_id=get("volunteer_id"), project_id=get("project_id"), program_id=get("program_id"),
+        organization_id=get("organization_id"), activity_type=get("activity_type"), focus_area=get("focus_area"),
+        project_focus_areas=list(get("project_focus_areas")), date=get("date"), hours=get("hours"),
+        approved_hours=get("approved_hours"), location_code=get("location_code"),
+        beneficiaries=Beneficiaries(female=get("beneficiaries_female"), male=get("beneficiaries_male"),
+                                    other=get("beneficiaries_other"), children=get("beneficiaries_children")),
+        status=get("status"), version=get("version"), revision=get("revision"),
+    )
+    return new_event(type_, payload.id, payload, request_id_var.get())
+
+
+# ---- deciding ----------------------------------------------------------------------------------
+
+@dataclass
+class Decision:
+    """What becomes of one entry: an error, a duplicate of an existing entry, or values to insert."""
+
+    index: int
+    errors: list[dict] = field(default_factory=list)
+    # References that could not be checked (registry unavailable): a reason to retry, never a 422.
+    unchecked: list[dict] = field(default_factory=list)
+    duplicate_of: uuid.UUID | None = None
+    values: dict | None = None
+
+
+@dataclass
+class _Context:
+    caller: CallerContext
+    known: lookup.Known
+    types: dict[str, ActivityType]
+    today: date
+
+
+def _error(field_: str, msg: str) -> dict:
+    return {"loc": [field_], "msg": msg}
+
+
+def _check_volunteer(ctx: _Context, d: ActivityCreate, decision: Decision) -> bool:
+    raw = ctx.known.volunteers.get(d.volunteer_id)
+    volunteer = ctx.known.volunteer(d.volunteer_id)
+    if volunteer is not None and not ctx.known.visible(ctx.caller, volunteer.organization_id):
+        decision.errors.append(_error("volunteer_id", "volunteer not found"))
+    elif raw is not None and raw.merged_into is not None:
+        decision.errors.append(_error("volunteer_id", f"the volunteer was merged into {raw.merged_into}: log activities for that volunteer"))
+    elif raw is not None and raw.erased:
+        decision.errors.append(_error("volunteer_id", "the volunteer was erased: no new activities can be logged for them"))
+    elif volunteer is None:
+        _missing(ctx, decision, "volunteer_id", "volunteer")
+    else:
+        return True
+    return False
+
+
+def _check_project(ctx: _Context, d: ActivityCreate, decision: Decision) -> bool:
+    project = ctx.known.project(d.project_id)
+    if project is None:
+        _missing(ctx, decision, "project_id", "project")
+    elif not ctx.known.visible(ctx.caller, project.organization_id):
+        decision.errors.append(_error("project_id", "project not found"))
+    elif project.start_date is not None and d.date < project.start_date:
+        decision.errors.append(_error("date", f"before the project's start ({project.start_date.isoformat()})"))
+    elif project.end_date is not None and d.date > project.end_date:
+        decision.errors.append(_error("date", f"after the project's end ({project.end_date.isoformat()})"))
+    else:
+        return True
+    return False
+
+
+def _missing(ctx: _Context, decision: Decision, field_: str, what: str) -> None:
+    if ctx.known.registry_down:
+        decision.unchecked.append(_error(field_, f"{what} could not be checked: the registry is unavailable; retry shortly"))
+    else:
+        decision.errors.append(_error(field_, f"{what} not found"))
+
+
+def _check(ctx: _Context, d: ActivityCreate, decision: Decision) -> None:
+    if d.activity_type not in ctx.types:
+        decision.errors.append(_error("activity_type", f"unknown activity type {d.activity_type!r} (see GET /activity-types)"))
+    if d.date > ctx.today:
+        decision.errors.append(_error("date", f"in the future (today is {ctx.today.isoformat()} in Asia/Phnom_Penh)"))
+    volunteer_ok = _check_volunteer(ctx, d, decision)
+    project_ok = _check_project(ctx, d, decision)
+    if volunteer_ok and project_ok and not ctx.known.enrolled(d.volunteer_id, d.project_id, d.date):
+        if ctx.known.registry_down:
+            _missing(ctx, decision, "project_id", "the volunteer's enrolment")
+        else:
+            decision.errors.append(_error("project_id", f"the volunteer is not enrolled in this project on {d.date.isoformat()}"))
+    if d.location_code not in ctx.known.locations:
+        _missing(ctx, decision, "location_code", f"location {d.location_code}")
+
+
+def _values(ctx: _Context, caller: CallerContext, d: ActivityCreate, now: datetime) -> dict:
+    project = ctx.known.projects[d.project_id]
+    return {
+        "id": uuid.uuid4(), "volunteer_id": d.volunteer_id, "project_id": d.project_id, "program_id": project.program_id,
+        "organization_id": project.organization_id,
+        "volunteer_organization_id": ctx.known.volunteers[d.volunteer_id].organization_id,
+        "submitter_organization_id": caller.organization_id, "activity_type": d.activity_type,
+        "focus_area": ctx.types[d.activity_type].focus_area, "project_focus_areas": list(project.focus_areas),
+        "date": d.date, "hours": d.hours, "approved_hours": None, "location_code": d.location_code,
+        "beneficiaries_female": d.beneficiaries.female, "beneficiaries_male": d.beneficiaries.male,
+        "beneficiaries_other": d.beneficiaries.other, "beneficiaries_children": d.beneficiaries.children,
+        "description": d.description, "evidence_urls": list(d.evidence_urls), "client_reference": d.client_reference,
+        "status": "submitted", "status_reason": None, "decided_at": None, "version": 1, "revision": 1,
+        "conflict": None, "created_at": now, "updated_at": now,
+    }
+
+
+async def _decide(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
+                  entries: Sequence[tuple[int, ActivityCreate]]) -> list[Decision]:
+    refs = {d.client_reference for _, d in entries if d.client_reference is not None}
+    existing = await repository.by_client_references(session, caller.organization_id, refs)
+    needs = lookup.Needs()
+    for _, d in entries:
+        if d.client_reference not in existing:
+            needs.add(d.volunteer_id, d.project_id, d.date, d.location_code)
+    ctx = _Context(caller, await lookup.resolve(session, registry, needs),
+                   await activity_types.by_codes(session, {d.activity_type for _, d in entries}), local_today())
+    keys = {(d.volunteer_id, d.date) for _, d in entries}
+    await repository.lock_days(session, keys)
+    totals = await repository.day_totals(session, keys)
+    taken: dict[str, uuid.UUID] = {}
+    now = utcnow()
+    decisions = []
+    for index, d in entries:
+        decision = Decision(index)
+        decisions.append(decision)
+        ref = d.client_reference
+        if ref is not None and (ref in existing or ref in taken):
+            decision.duplicate_of = existing[ref].id if ref in existing else taken[ref]
+            continue
+        _check(ctx, d, decision)
+        key = (d.volunteer_id, d.date)
+        already = totals.get(key, 0.0)
+        if not decision.errors and not decision.unchecked and already + d.hours > MAX_DAY_HOURS + 1e-9:
+            decision.errors.append(_error("hours", f"the volunteer's hours on {d.date.isoformat()} would total "
+                                                   f"{already + d.hours:g} (at most {MAX_DAY_HOURS} a day; {already:g} already logged)"))
+        if decision.errors or decision.unchecked:
+            continue
+        totals[key] = already + d.hours
+        decision.values = _values(ctx, caller, d, now)
+        if ref is not None:
+            taken[ref] = decision.values["id"]
+    return decisions
+
+
+async def _write(session: AsyncSession, decisions: Sequence[Decision]) -> None:
+    rows = [d.values for d in decisions if d.values is not None]
+    await repository.insert_many(session, rows)
+    await add_events(session, [activity_event(ACTIVITY_SUBMITTED, row) for row in rows])
+
+
+async def _record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
+                  entries: Sequence[tuple[int, ActivityCreate]], dry_run: bool = False) -> list[Decision]:
+    for attempt in (1, 2):
+        try:
+            async with session.begin_nested():
+                decisions = await _decide(session, caller, registry, entries)
+                if not dry_run:
+                    await _write(session, decisions)
+                    await session.flush()
+            return decisions
+        except IntegrityError:
+            # A concurrent request stored one of these client references first; decide again.
+            if attempt == 2:
+                raise ProblemError(409, "concurrent requests are storing the same client references; retry",
+                                   slug="concurrent-duplicate")
+    raise AssertionError("unreachable")
+
+
+# ---- one entry ---------------------------------------------------------------------------------
+
+async def record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
+                 data: ActivityCreate) -> tuple[ActivityPublic, bool]:
+    """The entry, and whether it was created now (False: the client reference named an existing one)."""
+    [decision] = await _record(session, caller, registry, [(0, data)])
+    errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in decision.errors]
+    if decision.unchecked and not errors:
+        raise ProblemError(503, "the registry is unavailable to check this entry's references; retry shortly",
+                           headers={"Retry-After": RETRY_AFTER_S},
+                           errors=[{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in decision.unchecked])
+    if errors:
+        detail = "; ".join(f"{e['loc'][1]}: {e['msg']}" for e in errors[:5])
+        raise ProblemError(422, detail, errors=errors)
+    if decision.duplicate_of is not None:
+        return ActivityPublic.of(await repository.get(session, decision.duplicate_of)), False
+    return ActivityPublic.of(decision.values), True
+
+
+# ---- batches -----------------------------------------------------------------------------------
+
+def _parse(index: int, item: Any) -> tuple[ActivityCreate | None, Decision | None]:
+    if not isinstance(item, dict):
+        return None, Decision(index, [{"loc": [], "msg": "an item must be a JSON object"}])
+    try:
+        return ActivityCreate.model_validate(item), None
+    except ValidationError as exc:
+        return None, Decision(index, validation_errors(list(exc.errors())))
+
+
+async def record_batch(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
+                       items: Sequence[Any], dry_run: bool) -> BatchSummary:
+    """Good items taken, bad ones reported, by index (§4 summary); a re-sent batch creates nothing twice."""
+    parsed, refused = [], []
+    for index, item in enumerate(items):
+        data, decision = _parse(index, item)
+        if data is not None:
+            parsed.append((index, data))
+        else:
+            refused.append(decision)
+    decisions = sorted([*refused, *(await _record(session, caller, registry, parsed, dry_run) if parsed else [])],
+                       key=lambda d: d.index)
+    summary = BatchSummary(dry_run=dry_run)
+    for d in decisions:
+        if d.errors or d.unchecked:
+            summary.errors += 1
+            summary.items.append(BatchItem(index=d.index, status="error", errors=d.errors + d.unchecked))
+        elif d.duplicate_of is not None:
+            summary.ignored += 1
+            summary.items.append(BatchItem(index=d.index, status="duplicate", id=d.duplicate_of))
+        else:
+            summary.created += 1
+            summary.items.append(BatchItem(index=d.index, status="created", id=None if dry_run else d.values["id"]))
+    return summary
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+async def get_visible(session: AsyncSession, scope: Visibility, activity_id: uuid.UUID) -> Activity:
+    row = await repository.get(session, activity_id)
+    if row is None or not scope.can_see(row):
+        raise NotFound("activity")
+    return row
+
+
+async def search(session: AsyncSession, scope: Visibility, limit: int, cursor: str | None,
+                 filters: repository.ActivityFilters) -> dict:
+    rows = await repository.rows(session, paginate(repository.list_query(scope.orgs, filters), Activity, limit, cursor))
+    more, rows = len(rows) > limit, rows[:limit]
+    return {"items": [ActivityPublic.of(r) for r in rows],
+            "next_cursor": encode_cursor(rows[-1].updated_at, rows[-1].id) if more and rows else None}
+
+
+# ---- following the registry --------------------------------------------------------------------
+
+async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID) -> None:
+    """Hand the duplicate's activities to the survivor (or to whoever the survivor was merged into since).
+
+    The 24-hour rule is checked again on the survivor's days: a day now over 24 hours keeps every entry
+    (statistics and the verifiers decide), each of its entries says so in `conflict`.
+    """
+    survivor = await session.get(VolunteerView, survivor_id)
+    seen = {duplicate_id}
+    while survivor is not None and survivor.merged_into is not None and survivor.merged_into not in seen:
+        seen.add(survivor.id)
+        survivor_id = survivor.merged_into
+        survivor = await session.get(VolunteerView, survivor_id)
+    moved = await repository.of_volunteer(session, duplicate_id, lock=True)
+    if not moved:
+        return
+    now = utcnow()
+    for row in moved:
+        row.volunteer_id = survivor_id
+        if survivor is not None and survivor.organization_id is not None:
+            row.volunteer_organization_id = survivor.organization_id
+        row.revision += 1
+        row.updated_at = now
+    await session.flush()
+    days = {row.date for row in moved}
+    await repository.lock_days(session, {(survivor_id, day) for day in days})
+    over = {day for (_, day), total in
+            (await repository.day_totals(session, {(survivor_id, day) for day in days})).items() if total > MAX_DAY_HOURS + 1e-9}
+    for row in await repository.of_volunteer(session, survivor_id, lock=True):
+        if row.date in over and row.status in COUNTING:
+            row.conflict = (f"after merging volunteer {duplicate_id} into {survivor_id}, this volunteer's entries "
+                            f"on {row.date.isoformat()} total more than {MAX_DAY_HOURS} hours")
+            row.updated_at = now
+    await add_events(session, [activity_event(ACTIVITY_REASSIGNED, row) for row in moved])

@@ -1,0 +1,134 @@
+"""Read-your-writes across services: what the rules need of the registry, from the projection, and on a
+miss from the registry itself, asked once per request with a short timeout.
+
+When the registry cannot be asked, what the projection lacks is *unknown*, not missing: the caller
+answers 503 (retry), never a 422 that would call a volunteer created a moment ago nonexistent.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.activities.registry_view import repository
+from services.activities.registry_view.client import RegistryClient, RegistryUnavailable
+from services.activities.registry_view.models import (
+    FETCHED, EnrollmentView, LocationView, OrganizationView, ProgramView, ProjectView, VolunteerView,
+)
+from shared.caller import CallerContext
+
+
+@dataclass
+class Needs:
+    """The references a request's items name: volunteers, projects, places, and (volunteer, project)
+    pairs with the dates on which an enrolment must cover them."""
+
+    volunteer_ids: set[uuid.UUID] = field(default_factory=set)
+    project_ids: set[uuid.UUID] = field(default_factory=set)
+    location_codes: set[str] = field(default_factory=set)
+    enrolled_on: dict[tuple[uuid.UUID, uuid.UUID], set[date]] = field(default_factory=dict)
+
+    def add(self, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date, location_code: str) -> None:
+        self.volunteer_ids.add(volunteer_id)
+        self.project_ids.add(project_id)
+        self.location_codes.add(location_code)
+        self.enrolled_on.setdefault((volunteer_id, project_id), set()).add(on)
+
+
+@dataclass
+class Known:
+    volunteers: dict[uuid.UUID, VolunteerView]
+    projects: dict[uuid.UUID, ProjectView]
+    programs: dict[uuid.UUID, ProgramView]
+    organizations: dict[uuid.UUID, OrganizationView]
+    enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]]
+    locations: dict[str, LocationView]
+    registry_down: bool = False
+
+    def chain(self, org_id: uuid.UUID | None) -> list[uuid.UUID] | None:
+        """The organisation and its ancestors, or None when a link is not known."""
+        chain: list[uuid.UUID] = []
+        while org_id is not None:
+            org = self.organizations.get(org_id)
+            if org is None or org_id in chain:
+                return None
+            chain.append(org_id)
+            org_id = org.parent_id
+        return chain
+
+    def volunteer(self, volunteer_id: uuid.UUID) -> VolunteerView | None:
+        """The volunteer when fully known (registration applied and organisation chain known)."""
+        row = self.volunteers.get(volunteer_id)
+        return row if row is not None and self.chain(row.organization_id) is not None else None
+
+    def project(self, project_id: uuid.UUID) -> ProjectView | None:
+        row = self.projects.get(project_id)
+        if row is None or row.program_id not in self.programs or self.chain(row.organization_id) is None:
+            return None
+        return row
+
+    def visible(self, caller: CallerContext, org_id: uuid.UUID) -> bool:
+        return caller.national or caller.organization_id in (self.chain(org_id) or ())
+
+    def enrolled(self, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date) -> bool:
+        return any(e.started_on <= on and (e.ended_on is None or on <= e.ended_on)
+                   for e in self.enrollments.get((volunteer_id, project_id), ()))
+
+    def misses(self, needs: Needs) -> bool:
+        return (any(self.volunteer(v) is None for v in needs.volunteer_ids)
+                or any(self.project(p) is None for p in needs.project_ids)
+                or any(code not in self.locations for code in needs.location_codes)
+                or any(not self.enrolled(v, p, on) for (v, p), dates in needs.enrolled_on.items() for on in dates))
+
+
+async def _load(session: AsyncSession, needs: Needs) -> Known:
+    projects = await repository.projects(session, needs.project_ids)
+    enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]] = {}
+    for row in await repository.enrollments(session, needs.volunteer_ids, needs.project_ids):
+        enrollments.setdefault((row.volunteer_id, row.project_id), []).append(row)
+    return Known(
+        volunteers=await repository.volunteers(session, needs.volunteer_ids),
+        projects=projects,
+        programs=await repository.programs(session, {p.program_id for p in projects.values()}),
+        organizations=await repository.all_organizations(session),
+        enrollments=enrollments,
+        locations=await repository.locations(session, needs.location_codes),
+    )
+
+
+async def _store(session: AsyncSession, answer: dict) -> None:
+    def rows(name: str) -> list[dict]:
+        return [{**row, "event_time": FETCHED} for row in answer.get(name, [])]
+
+    await repository.store_fetched(session, OrganizationView, rows("organizations"), ["id"])
+    await repository.store_fetched(session, ProgramView, rows("programs"), ["id"])
+    await repository.store_fetched(session, ProjectView, rows("projects"), ["id"])
+    await repository.store_fetched(session, VolunteerView, rows("volunteers"), ["id"])
+    await repository.store_fetched(session, EnrollmentView, rows("enrollments"), ["id"])
+    await repository.upsert_locations(session, answer.get("locations", []))
+
+
+def _typed(answer: dict) -> dict:
+    """JSON values into the column types (ids, dates) the inserts need."""
+    ids = ("id", "organization_id", "program_id", "parent_id", "volunteer_id", "project_id", "merged_into")
+    dates = ("start_date", "end_date", "started_on", "ended_on")
+    out = {}
+    for name, rows in answer.items():
+        out[name] = [{k: (uuid.UUID(v) if k in ids and v else date.fromisoformat(v) if k in dates and v else v)
+                      for k, v in row.items()} for row in rows]
+    return out
+
+
+async def resolve(session: AsyncSession, registry: RegistryClient, needs: Needs) -> Known:
+    known = await _load(session, needs)
+    if not known.misses(needs):
+        return known
+    try:
+        answer = await registry.references(needs.volunteer_ids, needs.project_ids, needs.location_codes)
+    except RegistryUnavailable:
+        known.registry_down = True
+        return known
+    await _store(session, _typed(answer))
+    return await _load(session, needs)

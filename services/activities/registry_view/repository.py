@@ -1,0 +1,82 @@
+"""Queries on the registry projection: bulk reads by id, and upserts that tolerate concurrent writers."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.activities.registry_view.models import (
+    FETCHED, EnrollmentView, LocationView, OrganizationView, ProgramView, ProjectView, VolunteerView,
+)
+
+
+async def _by_ids(session: AsyncSession, model, ids: Collection) -> dict:
+    if not ids:
+        return {}
+    key = model.code if model is LocationView else model.id
+    rows = (await session.execute(select(model).where(key.in_(list(ids))))).scalars()
+    return {(r.code if model is LocationView else r.id): r for r in rows}
+
+
+async def volunteers(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, VolunteerView]:
+    return await _by_ids(session, VolunteerView, ids)
+
+
+async def projects(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ProjectView]:
+    return await _by_ids(session, ProjectView, ids)
+
+
+async def programs(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ProgramView]:
+    return await _by_ids(session, ProgramView, ids)
+
+
+async def locations(session: AsyncSession, codes: Collection[str]) -> dict[str, LocationView]:
+    return await _by_ids(session, LocationView, codes)
+
+
+async def all_organizations(session: AsyncSession) -> dict[uuid.UUID, OrganizationView]:
+    """Every organisation (a few hundred): visibility walks the tree in memory."""
+    return {r.id: r for r in (await session.execute(select(OrganizationView))).scalars()}
+
+
+async def enrollments(session: AsyncSession, volunteer_ids: Collection[uuid.UUID],
+                      project_ids: Collection[uuid.UUID]) -> list[EnrollmentView]:
+    if not volunteer_ids or not project_ids:
+        return []
+    query = select(EnrollmentView).where(EnrollmentView.volunteer_id.in_(list(volunteer_ids)),
+                                         EnrollmentView.project_id.in_(list(project_ids)))
+    return list((await session.execute(query)).scalars())
+
+
+def _insert(session: AsyncSession, table: Table):
+    return (pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+async def store_fetched(session: AsyncSession, model, rows: Sequence[dict], keys: Sequence[str]) -> None:
+    """Write rows the registry answered with. A row an event already wrote (event_time past FETCHED) is
+    left alone: events are the projection's truth; an answer only fills what no event brought yet."""
+    if not rows:
+        return
+    table = model.__table__
+    statement = _insert(session, table)
+    columns = {name: statement.excluded[name] for name in rows[0] if name not in keys}
+    if "event_time" in table.c and columns:
+        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=columns,
+                                                    where=table.c.event_time == FETCHED)
+    else:
+        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+    # In key order: two requests storing the same rows then lock them in the same order (no deadlock).
+    await session.execute(statement, sorted(rows, key=lambda row: tuple(str(row[k]) for k in keys)))
+
+
+async def upsert_locations(session: AsyncSession, rows: Sequence[dict]) -> None:
+    if not rows:
+        return
+    statement = _insert(session, LocationView.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=["code"], set_={"level": statement.excluded.level, "parent_code": statement.excluded.parent_code})
+    await session.execute(statement, sorted(rows, key=lambda row: row["code"]))
