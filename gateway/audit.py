@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections import deque
@@ -27,6 +28,7 @@ from gateway.headers import new_id
 from shared.caller import CallerContext
 from shared.db import timestamp_field
 from shared.logs import request_id_var
+from shared.manifest import API_PREFIX, SERVICES, AuditedRoute, path_pattern
 from shared.pagination import decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
@@ -121,35 +123,36 @@ def as_values(row: Row) -> dict[str, Any]:
     return values
 
 
+def _audited_routes(services) -> tuple[dict, dict]:
+    """The manifest's audited routes as `classify` looks them up: exact paths in one dict, templated
+    ones by method and first segment, so a request on a route nobody audits costs two lookups."""
+    exact: dict[tuple[str, str], AuditedRoute] = {}
+    templated: dict[tuple[str, str], list[tuple[re.Pattern[str], AuditedRoute]]] = {}
+    for service in services:
+        for route in service.audited_routes:
+            if "{" in route.path:
+                key = (route.method, route.path[1:].split("/", 1)[0])
+                templated.setdefault(key, []).append((path_pattern(route.path), route))
+            else:
+                exact[(route.method, route.path)] = route
+    return exact, templated
+
+
+_EXACT, _TEMPLATED = _audited_routes(SERVICES)
+
+
 def classify(method: str, path: str, scope: Scope) -> tuple[str, str] | None:
     """(action, object) when a proxied request must be audited, else None. Cheap: runs per request."""
-    # path is /api/v1/<segment>/...
-    parts = path[8:].rstrip("/").split("/")
-    segment = parts[0]
-    if segment == "volunteers":
-        return _volunteer_action(method, parts)
-    if segment == "analytics" and method == "GET":
-        if len(parts) >= 3 and parts[1] == "export":
-            return f"export.{parts[2]}", "/".join(parts[:3])
-        if _accepts_csv(scope):
-            return "analytics.export", "/".join(parts[:2])
-    return None
-
-
-def _volunteer_action(method: str, parts: list[str]) -> tuple[str, str] | None:
-    n = len(parts)
-    if n == 1:
-        return {"GET": ("volunteer.list", "volunteers"), "POST": ("volunteer.create", "volunteers")}.get(method)
-    second = parts[1]
-    if n == 2:
-        if second == "duplicates" and method == "GET":
-            return "volunteer.duplicates", "volunteers/duplicates"
-        if second == "import" and method == "POST":
-            return "volunteer.import", "volunteers/import"
-        action = {"GET": "volunteer.read", "PATCH": "volunteer.update", "PUT": "volunteer.update", "DELETE": "volunteer.erase"}.get(method)
-        return (action, f"volunteers/{second}") if action else None
-    if n == 3 and parts[2] == "merge" and method == "POST":
-        return "volunteer.merge", f"volunteers/{second}"
+    tail = path[len(API_PREFIX):].rstrip("/")  # path is /api/v1/<segment>/...
+    route = _EXACT.get((method, tail))
+    if route is not None and (not route.csv_only or _accepts_csv(scope)):
+        return route.action, route.object
+    for pattern, route in _TEMPLATED.get((method, tail[1:].split("/", 1)[0]), ()):
+        match = pattern.fullmatch(tail)
+        if match is not None and (not route.csv_only or _accepts_csv(scope)):
+            segments = match.groupdict()
+            # The action column holds 60 characters; a segment in it comes from the client.
+            return route.action.format(**segments)[:60], route.object.format(**segments)
     return None
 
 

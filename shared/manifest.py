@@ -2,7 +2,8 @@
 
 Adding a service is a package under `services/` plus one `ServiceEntry` here: the gateway routes its
 `route_prefixes` to `VMC_<NAME>_URL`, `make run` and the test harness start `app` on `VMC_<NAME>_PORT`,
-its scopes join the API keys' scopes, its events get its CloudEvents `source`. Nothing here imports a
+its scopes join the API keys' scopes, its events get its CloudEvents `source`, its upload routes get
+their body limit and its audited routes an entry in the audit trail (§6). Nothing here imports a
 service's code (the gateway reads this module and must know services only by URL).
 """
 from __future__ import annotations
@@ -27,6 +28,17 @@ class UploadRoute:
 
 
 @dataclass(frozen=True)
+class AuditedRoute:
+    """A route every call of which the gateway's audit trail records (§6): personal data, exports."""
+
+    method: str
+    path: str  # under API_PREFIX; a `{name}` segment matches any one segment
+    action: str  # e.g. "volunteer.read"; may use the path's `{name}` segments ("export.{format}")
+    object: str  # what the entry names, e.g. "volunteers/{volunteer_id}" (ids and paths, never personal data)
+    csv_only: bool = False  # recorded only when the client asks for CSV (`Accept: text/csv`): an export
+
+
+@dataclass(frozen=True)
 class ServiceEntry:
     name: str  # also fixes its settings' env prefix: VMC_<NAME>_PORT, VMC_<NAME>_URL, VMC_<NAME>_DATABASE_URL
     app: str  # import string of its app factory; only processes that run the service import it
@@ -36,6 +48,7 @@ class ServiceEntry:
     topic: str | None = None  # the topic it publishes on
     event_types: tuple[str, ...] = ()  # the catalogue's types it publishes (on `topic`)
     upload_routes: tuple[UploadRoute, ...] = ()
+    audited_routes: tuple[AuditedRoute, ...] = ()
 
     @property
     def port_setting(self) -> str:
@@ -70,6 +83,17 @@ SERVICES: tuple[ServiceEntry, ...] = (
             events.LOCATIONS_IMPORTED,
         ),
         upload_routes=(UploadRoute("/volunteers/import"), UploadRoute("/locations/import")),
+        audited_routes=(
+            AuditedRoute("GET", "/volunteers", "volunteer.list", "volunteers"),
+            AuditedRoute("POST", "/volunteers", "volunteer.create", "volunteers"),
+            AuditedRoute("GET", "/volunteers/duplicates", "volunteer.duplicates", "volunteers/duplicates"),
+            AuditedRoute("POST", "/volunteers/import", "volunteer.import", "volunteers/import"),
+            AuditedRoute("GET", "/volunteers/{id}", "volunteer.read", "volunteers/{id}"),
+            AuditedRoute("PATCH", "/volunteers/{id}", "volunteer.update", "volunteers/{id}"),
+            AuditedRoute("PUT", "/volunteers/{id}", "volunteer.update", "volunteers/{id}"),
+            AuditedRoute("DELETE", "/volunteers/{id}", "volunteer.erase", "volunteers/{id}"),
+            AuditedRoute("POST", "/volunteers/{id}/merge", "volunteer.merge", "volunteers/{id}"),
+        ),
     ),
     ServiceEntry(
         name="activities",
@@ -89,25 +113,27 @@ SERVICES: tuple[ServiceEntry, ...] = (
         default_port=8003,
         route_prefixes=("/analytics",),
         scopes=("analytics:read", "analytics:unsuppressed"),
+        audited_routes=(
+            AuditedRoute("GET", "/analytics/export/{format}", "export.{format}", "analytics/export/{format}"),
+            AuditedRoute("GET", "/analytics/{figure}", "analytics.export", "analytics/{figure}", csv_only=True),
+        ),
     ),
 )
 
 # Derived lookups, built once: the gateway consults them on every request.
 ROUTE_OWNERS: dict[str, str] = {prefix.lstrip("/"): s.name for s in SERVICES for prefix in s.route_prefixes}
 SOURCES: dict[str, str] = {s.topic: s.source for s in SERVICES if s.topic}
+
+
+def path_pattern(template: str) -> re.Pattern[str]:
+    """A route template as a pattern for `fullmatch`: a `{name}` segment is any one segment, captured as `name`."""
+    return re.compile("/".join(f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+                               for part in template.split("/")))
+
+
 _UPLOADS = [(API_PREFIX + route.path, route) for s in SERVICES for route in s.upload_routes]
 _EXACT_UPLOADS = {path: route for path, route in _UPLOADS if "{" not in path}
-
-
-def _compile_templates(uploads: list[tuple[str, UploadRoute]]) -> list[tuple[re.Pattern[str], UploadRoute]]:
-    """A pattern per templated path: a `{name}` segment matches any one segment."""
-    return [
-        (re.compile("/".join("[^/]+" if part.startswith("{") else re.escape(part) for part in path.split("/"))), route)
-        for path, route in uploads
-    ]
-
-
-_TEMPLATE_UPLOADS = _compile_templates([(path, route) for path, route in _UPLOADS if "{" in path])
+_TEMPLATE_UPLOADS = [(path_pattern(path), route) for path, route in _UPLOADS if "{" in path]
 
 
 def service(name: str) -> ServiceEntry:

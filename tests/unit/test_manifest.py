@@ -134,7 +134,15 @@ def test_other_routes_take_json_bodies_only():
 
 def test_templated_upload_paths_match_one_segment(monkeypatch):
     upload = manifest.UploadRoute("/projects/{project_id}/import", limit=3 * manifest.MIB)
-    monkeypatch.setattr(manifest, "_TEMPLATE_UPLOADS", manifest._compile_templates([(API_PREFIX + upload.path, upload)]))
+    monkeypatch.setattr(manifest, "_TEMPLATE_UPLOADS", [(manifest.path_pattern(API_PREFIX + upload.path), upload)])
     assert manifest.upload_route(API_PREFIX + "/projects/p-1/import") is upload
     assert manifest.upload_route(API_PREFIX + "/projects/p-1/x/import") is None
     assert manifest.upload_route(API_PREFIX + "/projects/p-1/import/more") is None
+
+
+@by_name
+def test_audited_routes_are_under_that_services_prefixes(entry):
+    for route in entry.audited_routes:
+        assert route.method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        assert owner_of(API_PREFIX + route.path) == entry.name, f"{entry.name} audits {route.path}, a route it does not own"
+
