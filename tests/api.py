@@ -1,20 +1,36 @@
 """Small helpers for talking to the API in tests: walk every page of a list, check a problem answer."""
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 
+MAX_PAGES = 1000  # far beyond any list a test session fills; a cursor that never ends fails instead of hanging
 
-async def walk(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
-    """Every item of a paginated list (500 a page unless `limit` is given)."""
-    items, cursor = [], None
-    while True:
+
+async def pages(client: httpx.AsyncClient, path: str, **params) -> AsyncIterator[list[dict]]:
+    """The items of each page of a paginated list, in order (500 a page unless `limit` is given).
+
+    Fails if a cursor comes back twice or the pages do not end: a paging bug must not hang the suite.
+    """
+    seen: set[str] = set()
+    cursor = None
+    for _ in range(MAX_PAGES):
         page = await client.get(path, params={"limit": 500, **params, **({"cursor": cursor} if cursor else {})})
         assert page.status_code == 200, page.text
         body = page.json()
-        items += body["items"]
+        yield body["items"]
         cursor = body["next_cursor"]
         if not cursor:
-            return items
+            return
+        assert cursor not in seen, f"{path} answered the cursor {cursor} twice"
+        seen.add(cursor)
+    raise AssertionError(f"{path} still had a next page after {MAX_PAGES} pages")
+
+
+async def walk(client: httpx.AsyncClient, path: str, **params) -> list[dict]:
+    """Every item of a paginated list."""
+    return [item async for page in pages(client, path, **params) for item in page]
 
 
 def assert_problem(answer: httpx.Response, status: int, loc: list | None = None, says: str | None = None) -> dict:

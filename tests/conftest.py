@@ -3,6 +3,7 @@ rolled-back database sessions per service (tests/db.py) for tests of rules and q
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 
@@ -75,11 +76,16 @@ async def anonymous(stack):
         yield client
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
-    """Wait for `check()` to become true, or fail after `timeout` seconds (no bare sleeps in tests)."""
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 20.0, interval: float = 0.1,
+                     what: str = "condition"):
+    """Wait for `check()` (a coroutine function or a plain one) to become true, or fail after `timeout`
+    seconds: the one way tests wait for something, never a bare sleep."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await check():
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout} s")

@@ -1,7 +1,6 @@
 """Reading a topic from the beginning in tests (a fresh consumer group each time)."""
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +30,6 @@ async def find_events(bootstrap: str, topic: str, match: Callable[[dict], bool],
                         event["_raw"] = message.value
                         event["_key"] = message.key
                         found.append(event)
-            await asyncio.sleep(0)
     finally:
         await consumer.stop()
     if len(found) < count:

@@ -180,10 +180,19 @@ class Stack:
         for name in SERVICES:
             self.start_part(name)
         for name in SERVICES:
-            wait_ready(self.urls[name] + "/ready", 90, self.procs[name])
+            self.wait_ready(name, "/ready", 90)
         self.start_part("gateway")
-        wait_ready(self.urls["gateway"] + "/ready", 60, self.procs["gateway"])
+        self.wait_ready("gateway", "/ready", 60)
         return self
+
+    def wait_ready(self, name: str, path: str, timeout: float) -> None:
+        """Wait for `name` to answer 200 on `path`; a failure shows the end of its log (why it died)."""
+        try:
+            wait_ready(self.urls[name] + path, timeout, self.procs[name])
+        except (RuntimeError, TimeoutError) as exc:
+            log = self.workdir / f"{name}.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+            raise RuntimeError(f"{name}: {exc}\n--- end of {log} ---\n{tail}") from exc
 
     def start_part(self, name: str) -> None:
         app = SERVICES.get(name, "gateway.app:create_app")
@@ -201,7 +210,7 @@ class Stack:
     def restart_part(self, name: str) -> None:
         self.stop_part(name)
         self.start_part(name)
-        wait_ready(self.urls[name] + "/health", 60, self.procs[name])
+        self.wait_ready(name, "/health", 60)
 
     @property
     def api(self) -> str:

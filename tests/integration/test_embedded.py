@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,18 +29,42 @@ def launch(data_dir: Path, ports: dict[str, int], admin_key: str | None = None) 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> list[str]:
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line.rstrip())
-        if marker in line:
-            return lines
-    raise AssertionError(f"{marker!r} not printed; got: {lines}")
+class Output:
+    """The launcher's output, read by a thread: a read on the pipe itself could block past any deadline."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip())
+        self.lines.put(None)  # the launcher closed its output
+
+    def _next(self, deadline: float) -> str | None:
+        return self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+
+    def until(self, marker: str, timeout: float = 90) -> list[str]:
+        """The lines up to and including the first one containing `marker`."""
+        lines, deadline = [], time.monotonic() + timeout
+        try:
+            while (line := self._next(deadline)) is not None:
+                lines.append(line)
+                if marker in line:
+                    return lines
+        except queue.Empty:
+            pass
+        raise AssertionError(f"{marker!r} not printed within {timeout} s; got: {lines}")
+
+    def rest(self, timeout: float = 60) -> str:
+        """Everything until the launcher closes its output."""
+        lines, deadline = [], time.monotonic() + timeout
+        try:
+            while (line := self._next(deadline)) is not None:
+                lines.append(line)
+        except queue.Empty:
+            raise AssertionError(f"the launcher's output still open after {timeout} s; got: {lines}") from None
+        return "\n".join(lines)
 
 
 def shut_down(proc: subprocess.Popen) -> None:
@@ -89,7 +115,7 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
     key = "vmc_0badc0de_given-bootstrap-key-for-the-test"
     proc = launch(data_dir, ports, key)
     try:
-        lines = read_until(proc, "First admin API key")
+        lines = Output(proc).until("First admin API key")
         assert any(f"http://127.0.0.1:{ports['gateway']}/api/v1" in line for line in lines)
         assert lines[-1].endswith(key)
         api = httpx.Client(base_url=f"http://127.0.0.1:{ports['gateway']}/api/v1",
@@ -102,8 +128,9 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
         shut_down(proc)
 
     proc = launch(data_dir, ports)  # same data dir, no key given: the stored one still works
+    output = Output(proc)
     try:
-        read_until(proc, "First admin API key")
+        output.until("First admin API key")
         api = httpx.Client(base_url=f"http://127.0.0.1:{ports['gateway']}/api/v1",
                            headers={"Authorization": f"Bearer {key}"}, timeout=30)
         names = {o["name"] for o in api.get("/organizations", params={"limit": 500}).json()["items"]}
@@ -117,7 +144,7 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
 
         # A part that dies is reported, and the launcher stops the rest.
         os.kill(pid_of("services.registry.app:create_app", ports["registry"]), signal.SIGKILL)
-        rest = proc.stdout.read()
+        rest = output.rest()
         assert proc.wait(60) == 1
         assert "registry exited" in rest
     finally:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import DBAPIError
 
 from gateway.migrations import MIGRATIONS
 from shared.db import make_engine, migrate
+from tests.api import pages
 from tests.conftest import eventually
 from tests.harness import unique
 
@@ -96,15 +97,9 @@ async def test_filters_and_pages(stack, admin):
     empty = await admin.get("/admin/audit-events", params={**window, "from": after.isoformat(), "to": (after + timedelta(hours=1)).isoformat()})
     assert empty.json()["items"] == []
 
-    pages, cursor = [], None
-    while True:
-        page = (await admin.get("/admin/audit-events", params={"actor": key["prefix"], "limit": 3, **({"cursor": cursor} if cursor else {})})).json()
-        pages.append(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
-    assert [len(p) for p in pages] == [3, 1]
-    assert len({e["id"] for p in pages for e in p}) == 4
+    walked = [page async for page in pages(admin, "/admin/audit-events", actor=key["prefix"], limit=3)]
+    assert [len(p) for p in walked] == [3, 1]
+    assert len({e["id"] for p in walked for e in p}) == 4
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from gateway.keys import ApiKey
 from shared.db import make_engine, make_sessionmaker
+from tests.api import walk
 from tests.conftest import eventually
 from tests.harness import unique
 
@@ -55,7 +56,7 @@ async def test_created_key_is_shown_once_stored_hashed_and_listed_by_prefix(stac
     row = await stored_key(stack, prefix)
     assert row.key_hash != key and key.split("_", 2)[2] not in row.key_hash and len(row.key_hash) == 64
 
-    listed = (await admin.get("/admin/api-keys", params={"limit": 500})).json()["items"]
+    listed = await walk(admin, "/admin/api-keys")  # every page: the suite's keys outgrow one
     mine = [k for k in listed if k["id"] == body["id"]]
     assert mine and mine[0]["prefix"] == prefix and "key" not in mine[0] and "key_hash" not in mine[0]
     assert key not in json.dumps(listed)
@@ -91,7 +92,7 @@ async def test_missing_scope_is_403_and_non_national_admins_stay_in_their_organi
         assert (await client.post("/admin/api-keys", json=key_body(national=True))).status_code == 403
         other_org = key_body(organization_id="8e1c2d3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")
         assert (await client.post("/admin/api-keys", json=other_org)).status_code == 403
-        listed = (await client.get("/admin/api-keys", params={"limit": 500})).json()["items"]
+        listed = await walk(client, "/admin/api-keys")
         assert listed and {k["organization_id"] for k in listed} == {ORG}
 
 

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from shared.db import make_engine
+from tests.api import walk
 from tests.conftest import eventually
 from tests.harness import (
     Broker, Databases, Stack, database_mode, needs_stoppable_broker, new_workdir, pg_server_url, remove_workdir, unique,
@@ -66,13 +67,7 @@ def organization_body() -> dict:
 
 
 async def registry_count(admin: httpx.AsyncClient) -> int:
-    count, cursor = 0, None
-    while True:
-        page = (await admin.get("/organizations", params={"limit": 500, **({"cursor": cursor} if cursor else {})})).json()
-        count += len(page["items"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            return count
+    return len(await walk(admin, "/organizations"))
 
 
 async def analytics_count(admin: httpx.AsyncClient) -> int:

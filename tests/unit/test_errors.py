@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from shared.errors import install_error_handlers
 from shared.http import RequestContextMiddleware
 from shared.metrics import Metrics
+from tests.conftest import eventually
 
 
 class TooManyConnectionsError(Exception):
@@ -91,8 +92,7 @@ async def test_a_500_leaves_the_kept_alive_connection_serving(caplog: pytest.Log
                                            http="httptools", lifespan="off", log_level="error"))
     task = asyncio.create_task(server.serve())
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: server.started, timeout=10, interval=0.01, what="the server listening")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         with caplog.at_level(logging.ERROR):
             status, body = await _exchange(reader, writer, "/boom")

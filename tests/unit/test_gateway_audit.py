@@ -1,7 +1,6 @@
 """Which proxied requests the audit trail records, and as what (never the personal data itself)."""
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,6 +12,7 @@ from gateway.migrations import MIGRATIONS
 from shared.caller import CallerContext
 from shared.db import make_engine, make_sessionmaker, migrate
 from shared.logs import request_id_var
+from tests.conftest import eventually
 from tests.harness import Databases, database_mode
 
 VID = "0b6f7a8e-2f7e-4c55-9a39-6f2f1a0f4b11"
@@ -114,11 +114,10 @@ async def test_postgresql_batches_are_copied_on_the_writers_own_connection_and_i
 
 
 async def eventually_stored(engine, count: int) -> None:
-    for _ in range(200):
-        if len(await stored(engine)) >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"fewer than {count} audit rows stored")
+    async def enough() -> bool:
+        return len(await stored(engine)) >= count
+
+    await eventually(enough, timeout=10, interval=0.02, what=f"{count} audit rows stored")
 
 
 def test_the_copy_connection_uses_the_databases_address_and_credentials():
