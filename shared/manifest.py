@@ -59,10 +59,6 @@ class ServiceEntry:
         return f"VMC_{self.name.upper()}_URL"
 
     @property
-    def database_setting(self) -> str:
-        return f"VMC_{self.name.upper()}_DATABASE_URL"
-
-    @property
     def source(self) -> str:
         """The CloudEvents `source` of its events."""
         return f"/{self.name}"
@@ -134,13 +130,6 @@ def path_pattern(template: str) -> re.Pattern[str]:
 _UPLOADS = [(API_PREFIX + route.path, route) for s in SERVICES for route in s.upload_routes]
 _EXACT_UPLOADS = {path: route for path, route in _UPLOADS if "{" not in path}
 _TEMPLATE_UPLOADS = [(path_pattern(path), route) for path, route in _UPLOADS if "{" in path]
-
-
-def service(name: str) -> ServiceEntry:
-    for entry in SERVICES:
-        if entry.name == name:
-            return entry
-    raise KeyError(name)
 
 
 def upload_route(path: str) -> UploadRoute | None:

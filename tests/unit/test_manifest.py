@@ -6,7 +6,8 @@ import importlib
 import pytest
 from fastapi import FastAPI
 
-from gateway.routing import owner_of
+from gateway.routing import owner_of, upstream_urls
+from gateway.settings import GatewaySettings
 from shared import manifest
 from shared.caller import SCOPES
 from shared.events import CATALOGUE
@@ -98,7 +99,7 @@ def test_every_public_route_of_a_service_is_routed_to_it_by_the_gateway(entry):
 
 
 def test_the_route_checks_see_routes():
-    assert public_operations(manifest.service("registry")), "no public route found: the checks above would pass on nothing"
+    assert public_operations(next(e for e in SERVICES if e.name == "registry")), "no public route found: the checks above would pass on nothing"
 
 
 @by_name
@@ -146,3 +147,11 @@ def test_audited_routes_are_under_that_services_prefixes(entry):
         assert route.method in ("GET", "POST", "PUT", "PATCH", "DELETE")
         assert owner_of(API_PREFIX + route.path) == entry.name, f"{entry.name} audits {route.path}, a route it does not own"
 
+
+
+def test_the_gateway_finds_each_service_at_its_url_setting(monkeypatch, tmp_path):
+    for port, entry in enumerate(SERVICES, start=9100):
+        monkeypatch.setenv(entry.url_setting, f"http://10.0.0.1:{port}/")
+    urls = upstream_urls(GatewaySettings(data_dir=tmp_path))
+    assert urls == {entry.name: f"http://10.0.0.1:{port}" for port, entry in enumerate(SERVICES, start=9100)}
+    assert [entry.url_setting for entry in SERVICES] == ["VMC_REGISTRY_URL", "VMC_ACTIVITIES_URL", "VMC_ANALYTICS_URL"]
