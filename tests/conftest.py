@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from services.activities.app import MIGRATIONS as ACTIVITIES_MIGRATIONS
+from services.activities.migrations import MIGRATIONS as ACTIVITIES_MIGRATIONS
 from services.analytics.migrations import MIGRATIONS as ANALYTICS_MIGRATIONS
 from services.registry.migrations import MIGRATIONS as REGISTRY_MIGRATIONS
 from tests.db import MigratedDatabases, db_session
