@@ -3,6 +3,11 @@
 Every event type is listed once here with its payload model; producers and consumers import it and
 the AsyncAPI document is generated from it. Payloads never carry names, phones, emails or guardian
 details (§5): they identify people only by their pseudonymous ids.
+
+Each publishing service has a section: its type constants (`VOLUNTEER_REGISTERED = "vmc.volunteer.
+registered"`), which producers and consumers' handler tables use instead of strings, then its payload
+models; CATALOGUE lists every type once. The service manifest (shared/manifest.py) names the types each
+service publishes, and tests/unit/test_manifest.py checks that every handler names a type listed here.
 """
 from __future__ import annotations
 

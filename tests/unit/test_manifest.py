@@ -87,6 +87,7 @@ def test_route_prefixes_are_single_segments_owned_by_one_service():
 
 
 def test_names_and_default_ports_are_distinct():
+    assert all(e.name.isidentifier() and e.name.islower() for e in SERVICES)  # a settings field and env prefix
     assert len({e.name for e in SERVICES}) == len(SERVICES)
     assert len({e.default_port for e in SERVICES}) == len(SERVICES)
     assert 8000 not in {e.default_port for e in SERVICES}  # the gateway's
