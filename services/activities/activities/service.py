@@ -160,7 +160,7 @@ def _values(ctx: _Context, caller: CallerContext, d: ActivityCreate, now: dateti
 
 
 async def _decide(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
-                  entries: Sequence[tuple[int, ActivityCreate]]) -> list[Decision]:
+                  entries: Sequence[tuple[int, ActivityCreate]], exclude: Sequence[uuid.UUID] = ()) -> list[Decision]:
     refs = {d.client_reference for _, d in entries if d.client_reference is not None}
     existing = await repository.by_client_references(session, caller.organization_id, refs)
     needs = lookup.Needs()
@@ -171,7 +171,7 @@ async def _decide(session: AsyncSession, caller: CallerContext, registry: Regist
                    await activity_types.by_codes(session, {d.activity_type for _, d in entries}), local_today())
     keys = {(d.volunteer_id, d.date) for _, d in entries}
     await repository.lock_days(session, keys)
-    totals = await repository.day_totals(session, keys)
+    totals = await repository.day_totals(session, keys, exclude=exclude)
     taken: dict[str, uuid.UUID] = {}
     now = utcnow()
     decisions = []
@@ -238,6 +238,14 @@ async def record(session: AsyncSession, caller: CallerContext, registry: Registr
     if decision.duplicate_of is not None:
         return ActivityPublic.of(await repository.get(session, decision.duplicate_of)), False
     return ActivityPublic.of(decision.values), True
+
+
+async def check_correction(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
+                           data: ActivityCreate, activity_id: uuid.UUID) -> Decision:
+    """The rules of a new entry applied to a correction of `activity_id` (its day locked, its own
+    earlier hours not counted against the day); nothing is written."""
+    [decision] = await _decide(session, caller, registry, [(0, data)], exclude=[activity_id])
+    return decision
 
 
 # ---- batches -----------------------------------------------------------------------------------
