@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 
+from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_caller
 from shared.events import ACTIVITIES_TOPIC
 from tests.api import assert_problem, walk
 from tests.conftest import eventually
@@ -148,13 +149,20 @@ async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_d
     mine = (await log(admin, activity_body(s, date="2026-06-01", hours=20))).json()
     theirs = (await log(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-01", hours=10))).json()
     other_day = (await log(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-02", hours=1))).json()
+    scores = {item: 3 for item in ("communication", "teamwork", "leadership", "problem_solving", "critical_thinking",
+                                    "self_confidence")}
+    assessed = await admin.post("/assessments", json={"volunteer_id": duplicate["id"], "instrument": "soft-skills-v1",
+                                                      "phase": "baseline", "taken_on": "2026-02-02", "scores": scores})
+    assert assessed.status_code == 201, assessed.text
     merged = await admin.post(f"/volunteers/{s.volunteer['id']}/merge", json={"duplicate_id": duplicate["id"]})
     assert merged.status_code == 200, merged.text
 
     async def moved() -> bool:
-        return (await admin.get(f"/activities/{theirs['id']}")).json()["volunteer_id"] == s.volunteer["id"]
+        activity = (await admin.get(f"/activities/{theirs['id']}")).json()
+        assessment = (await admin.get(f"/assessments/{assessed.json()['id']}")).json()
+        return activity["volunteer_id"] == assessment["volunteer_id"] == s.volunteer["id"]
 
-    await eventually(moved, what="the duplicate's activity re-pointed to the survivor")
+    await eventually(moved, what="the duplicate's activity and assessment re-pointed to the survivor")
     both = {a["id"]: a for a in await walk(admin, "/activities", volunteer_id=s.volunteer["id"])}
     assert set(both) == {mine["id"], theirs["id"], other_day["id"]}  # nothing dropped
     assert "24" in both[mine["id"]]["conflict"] and "24" in both[theirs["id"]]["conflict"]
@@ -205,3 +213,15 @@ async def _ready(stack) -> bool:
             return (await client.get(stack.urls["registry"] + "/health")).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+async def test_the_registrys_internal_route_is_not_public(admin: httpx.AsyncClient, stack):
+    body = {"volunteer_ids": [], "project_ids": [], "location_codes": ["12"]}
+    assert_problem(await admin.post("/internal/references", json=body), 404)
+    async with httpx.AsyncClient(base_url=stack.urls["registry"] + "/api/v1") as direct:
+        assert_problem(await direct.post("/internal/references", json=body), 401)  # no caller context
+        key = CallerContext("some-api-key", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
+        assert_problem(await direct.post("/internal/references", json=body, headers=encode_caller(key, stack.secret)), 404)
+        service = CallerContext("service:activities", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(), national=True)
+        answer = await direct.post("/internal/references", json=body, headers=encode_caller(service, stack.secret))
+        assert answer.status_code == 200 and answer.json()["locations"][0]["level"] == "province", answer.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import service as activities
+from services.activities.assessments import service as assessments
 from services.activities.registry_view import repository
 from services.activities.registry_view.models import (
     FETCHED, EnrollmentView, OrganizationView, ProgramView, ProjectView, VolunteerView,
@@ -67,6 +68,7 @@ async def volunteer_merged(session: AsyncSession, event: CloudEvent, p: Voluntee
     (await _volunteer_row(session, p.duplicate_id)).merged_into = p.survivor_id
     await session.flush()
     await activities.follow_merge(session, p.duplicate_id, p.survivor_id)
+    await assessments.follow_merge(session, p.duplicate_id, p.survivor_id)
 
 
 async def enrollment_changed(session: AsyncSession, event: CloudEvent, p: EnrollmentChanged) -> None:
