@@ -30,7 +30,7 @@ from gateway.metrics import Metrics
 from gateway.ratelimit import ConcurrencyLimiter, Decision, LocalRateLimiter
 from gateway.routing import owner_of
 from gateway.settings import GatewaySettings
-from gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Response, UpstreamClient, UpstreamError, request_head
+from gateway.upstream import ConnectFailed, Dropped, ReadTimeout, Response, UpstreamClient, UpstreamError, request_head, retry_delay
 from shared.caller import CallerContext, encode_caller
 from shared.errors import ProblemError
 from shared.http import body_limit, problem_answer
@@ -49,7 +49,6 @@ _DROP_RESPONSE = {b"connection", b"keep-alive", b"transfer-encoding", b"content-
 # Signed caller headers are reused for this long (the context is valid for 60 s): signing costs more
 # than the rest of the header work, and a key's context rarely changes.
 SIGNED_REUSE_SECONDS = 25.0
-IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 # Scope key under which a server that already holds the whole request body hands it over (see
 # gateway/server.py): no receive() round, no time limit to arm for bytes that are already here.
 WHOLE_BODY = "vmc.body"
@@ -96,7 +95,12 @@ class Proxy:
         self.metrics = metrics
         self.limiter = limiter or LocalRateLimiter()
         self.concurrency = ConcurrencyLimiter(settings.max_concurrent_per_key)
+        # Per service, two circuits: its ordinary routes, and its long ones (imports, batches, exports),
+        # whose time-outs say the long job is slow, not that the service is away for every route.
         self.breakers = {
+            name: CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds) for name in upstreams
+        }
+        self.long_breakers = {
             name: CircuitBreaker(settings.circuit_failure_threshold, settings.circuit_cooldown_seconds) for name in upstreams
         }
         self.session: aiohttp.ClientSession | None = None  # readiness and OpenAPI fetches only
@@ -191,7 +195,7 @@ class Proxy:
             decision = await self.limiter.hit(caller.key_id, self.rate_limit_of(known))
             self._admit(caller, decision, answer_headers)
             try:
-                breaker = self._breaker(owner)
+                breaker = self._breaker(owner, path)
                 plan = self._plan(scope, owner, breaker, caller, await self._read_body(scope, receive))
                 response = await self._send(plan)
                 status = response.status
@@ -233,7 +237,8 @@ class Proxy:
         if known is None:
             return False
         caller = known.caller
-        if self.breakers[owner].open or not self.concurrency.available(caller.key_id):
+        breaker = self.breaker_of(owner, path)
+        if breaker.open or not self.concurrency.available(caller.key_id):
             return False
         decision = self.limiter.hit_now(caller.key_id, self.rate_limit_of(known))
         if decision is None:
@@ -244,11 +249,11 @@ class Proxy:
         try:
             self._admit(caller, decision, flight.answer_headers)
             try:
-                flight.plan = plan = self._plan(scope, owner, self.breakers[owner], caller, body)
+                flight.plan = plan = self._plan(scope, owner, breaker, caller, body)
                 head = plan.head()
                 conn = self.upstream.take_idle(plan.host, plan.port)
                 if conn is None:
-                    flight.continue_in_task(reuse=True)
+                    flight.continue_in_task(attempt=0, delay=0.0)
                 else:
                     flight.conn = conn
                     try:
@@ -350,18 +355,27 @@ class Proxy:
             raise ProblemError(408, f"the request body was not received within {self.settings.body_read_timeout_seconds:g} s",
                                title="Request timeout", slug="request-timeout") from None
 
-    def _breaker(self, owner: str) -> CircuitBreaker:
-        breaker = self.breakers[owner]
+    def breaker_of(self, owner: str, path: str) -> CircuitBreaker:
+        """The circuit a request goes through: its service's long-route one or its ordinary one."""
+        return (self.long_breakers if is_long_route(path) else self.breakers)[owner]
+
+    def _breaker(self, owner: str, path: str) -> CircuitBreaker:
+        breaker = self.breaker_of(owner, path)
         if not breaker.allow():
             raise ProblemError(503, f"the {owner} service is unavailable (circuit open); retry shortly",
                                headers={"Retry-After": str(max(1, int(breaker.cooldown)))})
         return breaker
 
     def _plan(self, scope: Scope, owner: str, breaker: CircuitBreaker, caller: CallerContext, body: bytes) -> Plan:
-        """The request as it goes upstream: the client's headers less hop-by-hop ones, credentials and
-        any claimed caller context; the gateway's signed context and the request id added."""
+        """The request as it goes upstream: the client's headers less hop-by-hop ones (those listed
+        here and those its Connection header names, RFC 9110 §7.6.1), credentials and any claimed
+        caller context; the gateway's signed context and the request id added."""
         method = scope["method"]
-        headers = [(k, v) for k, v in scope["headers"] if k not in _DROP_REQUEST and not k.startswith(b"x-vmc-")]
+        drop = _DROP_REQUEST
+        named = [value for name, value in scope["headers"] if name == b"connection"]
+        if named:
+            drop = drop | {token.strip().lower() for value in named for token in value.split(b",")}
+        headers = [(k, v) for k, v in scope["headers"] if k not in drop and not k.startswith(b"x-vmc-")]
         headers += self._signed_headers(caller)
         headers.append((b"x-request-id", (request_id_var.get() or "").encode("latin-1")))
         # The path as the client encoded it: decoded, %3F, %23 or %2F would change the query or the route.
@@ -372,28 +386,24 @@ class Proxy:
         return Plan(owner, breaker, method, host, port, host_header, prefix + raw, headers, body,
                     timeout_for(self.settings, method, scope["path"]))
 
-    async def _send(self, plan: Plan, reuse: bool = True) -> Response:
-        """Forward, with the bounded retries: never after a timeout (the work may be under way); for
-        idempotent methods only, the client sends again once if a kept-alive connection drops before
-        the answer (`reuse=False` is that second try), and this loop tries once more, a moment later,
-        if the connection is refused."""
-        attempts = 2 if plan.method in IDEMPOTENT else 1
-        for attempt in range(attempts):
+    async def _send(self, plan: Plan, attempt: int = 0) -> Response:
+        """Forward, tried again as `retry_delay` says (`attempt` > 0: a retry, on a fresh connection)."""
+        while True:
             try:
                 response = await self.upstream.request(
                     plan.method, plan.host, plan.port, plan.target, plan.headers, plan.body, timeout=plan.timeout,
-                    connect_timeout=self.settings.connect_timeout_seconds, host_header=plan.host_header, reuse=reuse,
+                    connect_timeout=self.settings.connect_timeout_seconds, host_header=plan.host_header, reuse=attempt == 0,
                 )
-            except ConnectFailed as exc:  # refused or no connection in time: the service never saw the request
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(0.05)
-                    continue
-                raise self._upstream_problem(plan, exc) from None
             except (UpstreamError, OSError) as exc:
-                raise self._upstream_problem(plan, exc) from None
+                delay = retry_delay(plan.method, exc, attempt)
+                if delay is None:
+                    raise self._upstream_problem(plan, exc) from None
+                attempt += 1
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                continue
             plan.breaker.success()
             return response
-        raise AssertionError("unreachable")
 
     @staticmethod
     def _upstream_problem(plan: Plan, exc: Exception) -> ProblemError:
@@ -469,8 +479,9 @@ class _Flight:
         plan, conn = self.plan, self.conn
         self.conn = None
         self.proxy.upstream.put_back(plan.host, plan.port, conn)
-        if isinstance(error, Dropped) and plan.method in IDEMPOTENT:
-            self.continue_in_task(reuse=False)  # the kept-alive connection was closed: once more, fresh
+        delay = None if error is None else retry_delay(plan.method, error, 0)
+        if delay is not None:
+            self.continue_in_task(attempt=1, delay=delay)
             return
         token = request_id_var.set(self.rid)
         try:
@@ -482,15 +493,17 @@ class _Flight:
         finally:
             request_id_var.reset(token)
 
-    def continue_in_task(self, reuse: bool) -> None:
-        task = asyncio.get_running_loop().create_task(self._forward(reuse))
+    def continue_in_task(self, attempt: int, delay: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._forward(attempt, delay))
         _background.add(task)
         task.add_done_callback(_background.discard)
 
-    async def _forward(self, reuse: bool) -> None:
+    async def _forward(self, attempt: int, delay: float) -> None:
         request_id_var.set(self.rid)  # the task's own context
         try:
-            answer = self.proxy._relay(await self.proxy._send(self.plan, reuse), self.answer_headers)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            answer = self.proxy._relay(await self.proxy._send(self.plan, attempt), self.answer_headers)
         except ProblemError as exc:
             answer = self.proxy._problem(exc, self.answer_headers)
         except Exception:
@@ -531,6 +544,11 @@ def _target(url: str) -> tuple[str, int, bytes, str]:
         raise ValueError(f"upstream URLs must be http://host:port, not {url!r}")
     port = parts.port or 80
     return parts.hostname, port, parts.netloc.encode("latin-1"), parts.path.rstrip("/")
+
+
+def is_long_route(path: str) -> bool:
+    """Imports, batches and exports: their own time limits and their own circuit (see `timeout_for`)."""
+    return upload_route(path) is not None or path.endswith("/batch") or "/export/" in path
 
 
 def timeout_for(settings: GatewaySettings, method: str, path: str) -> float:

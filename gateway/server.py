@@ -49,13 +49,20 @@ import urllib.parse
 
 import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from gateway.headers import WATCHED, WATCHED_HEADERS
 from gateway.proxy import WHOLE_BODY
 from gateway.routing import owner_of
 from shared.errors import PROBLEM_JSON, problem_body
+
+# Requests a connection may have waiting behind the one being answered (pipelining) before it is not
+# read any more: what one client can make the gateway hold is bounded whatever it sends.
+MAX_PIPELINED = 16
+# The parser is fed at most this much at a time, so that the limit above is checked between slices:
+# one read (up to 256 KiB) of small pipelined GETs would otherwise be parsed into a thousand requests.
+FEED_SLICE = 8192
 
 
 async def _nothing(scope, receive, send) -> None:
@@ -101,6 +108,19 @@ class _Fast:
         self.disconnected = False
 
 
+class _Flow(FlowControl):
+    """uvicorn's flow control, whose resume_reading (uvicorn's request cycle calls it each time it
+    wants body bytes, and after each answer) waits while the connection must not be read."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GatewayHttpProtocol):
+        super().__init__(transport)
+        self.protocol = protocol
+
+    def resume_reading(self) -> None:
+        if not self.protocol.hold_reading():
+            super().resume_reading()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -132,16 +152,45 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     idle_until: float | None = None
     idle_timer: asyncio.TimerHandle | None = None
 
+    # Bytes read but not parsed while MAX_PIPELINED requests wait (fed once answers drain).
+    held = b""
+    feed_scheduled = False
+    # A refusal of the connection (400, 408, 431) waiting for the answers due before it.
+    refusal: bytes | None = None
+    # The client half-closed: answer what is due, then close.
+    eof = False
+    # An answer was written while writes were backed up: the next waiting request starts on resume_writing.
+    next_deferred = False
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """A new connection has the keep-alive time to send its first byte, as an idle kept-alive one
         has for its next request (uvicorn keeps a connection that never sends anything open for ever,
         so silent connections could take every file descriptor)."""
         super().connection_made(transport)
+        self.flow = _Flow(transport, self)
         self.idle_until = self.loop.time() + self.timeout_keep_alive
         self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
 
     def data_received(self, data: bytes) -> None:
         self.idle_until = None
+        if self.held or self.refusal is not None:  # read before the pause took effect: it waits its turn
+            if self.refusal is None:
+                self.held += data
+            return
+        if len(data) <= FEED_SLICE:
+            self._feed(data)
+            return
+        view = memoryview(data)
+        for offset in range(0, len(data), FEED_SLICE):
+            if self.transport.is_closing() or self.refusal is not None:
+                return
+            if len(self.pipeline) >= MAX_PIPELINED:  # enough waiting: the rest is parsed as they drain
+                self.held = data[offset:]
+                self.flow.pause_reading()
+                return
+            self._feed(view[offset:offset + FEED_SLICE])
+
+    def _feed(self, data) -> None:
         if not self.in_body:
             self.head_bytes += len(data)
         try:
@@ -149,24 +198,70 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._head_too_large()
-                return
-            self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("Invalid HTTP request received.")
-            return
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self.pending is not None:
+        if self.pending is not None:  # even before a refusal: its answer is due first
             fast, self.pending = self.pending, None
             if not self.transport.is_closing():
                 self._dispatch(fast)
-        if self.in_head and self.gateway is not None and not self.transport.is_closing():
+        if self.in_head and self.gateway is not None and self.refusal is None and not self.transport.is_closing():
             if self.head_bytes > self.max_head_bytes:  # a head still coming, already too large
                 self._head_too_large()
             elif self.head_timer is None:
                 self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
+
+    def _feed_held(self) -> None:
+        """Parse the bytes held while too many requests waited, now that some were answered."""
+        self.feed_scheduled = False
+        held, self.held = self.held, b""
+        if held and not self.transport.is_closing():
+            self.data_received(held)
+        if self.held or self.transport.is_closing():
+            return
+        if self.eof and not self._answers_due():  # what the half-closed client sent last was no whole request
+            self.transport.close()
+        else:
+            self.flow.resume_reading()
+
+    def hold_reading(self) -> bool:
+        """Whether the connection must not be read now: its writes are backed up, enough requests
+        wait, bytes already read wait to be parsed, or it is closing after what is due."""
+        return (self.flow.write_paused or len(self.pipeline) >= MAX_PIPELINED or bool(self.held)
+                or self.refusal is not None or self.eof)
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer is over its high-water mark (the client does not read): stop
+        reading and starting waiting requests until it drains."""
+        self.flow.pause_writing()
+        self.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        if self.transport.is_closing():
+            return
+        if self.next_deferred and self.pipeline:
+            self.next_deferred = False
+            self._next_pipelined()
+        elif self.refusal is not None and not self._answers_due():
+            self._write_refusal()
+        self.flow.resume_reading()
+
+    def eof_received(self) -> bool:
+        """The client half-closed. A request still arriving will never be whole: close. Otherwise keep
+        the connection open for the answers due (returning True), and close after the last."""
+        self.eof = True
+        if self.in_head or self.in_body or not (self._answers_due() or self.held):
+            return False
+        return True
+
+    def _answers_due(self) -> bool:
+        return self.pending is not None or (self.cycle is not None and not self.cycle.response_complete) or bool(self.pipeline)
 
     def on_message_begin(self) -> None:
         # uvicorn's scope is built only for a request that goes to ASGI (`_asgi_headers_complete`).
@@ -175,6 +270,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers = []
         self.watched: dict[bytes, bytes] = {}
         self.in_head = True
+        self.head_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -184,9 +280,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if name == b"expect" and value.lower() == b"100-continue":
                 self.expect_100_continue = True
         self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self.held, self.refusal = b"", None
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -200,6 +298,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self.head_timer = None
+        if self.held and not self.transport.is_closing():  # the rest of the head is here, waiting its turn
+            self.head_timer = self.loop.call_later(self.gateway.settings.header_read_timeout_seconds, self._head_timed_out)
+            return
         if self.in_head and not self.transport.is_closing():
             self._refuse_and_close(408, "the request head was not received in time", title="Request timeout", slug="request-timeout")
 
@@ -215,18 +316,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refuse_and_close(400, "the request is not valid HTTP/1.1 (request line, a header or the body's framing)")
 
     def _refuse_and_close(self, status: int, detail: str, **kw) -> None:
+        """A refusal of the connection: written now, or after the answers due to earlier (pipelined)
+        requests, which the client pairs with its requests in order. Nothing more is read or parsed."""
         body = problem_body(status, detail, **kw)
-        self.transport.write(STATUS_LINE[status] + b"content-type: " + PROBLEM_JSON.encode() + b"\r\ncontent-length: "
-                             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.refusal = (STATUS_LINE[status] + b"content-type: " + PROBLEM_JSON.encode() + b"\r\ncontent-length: "
+                        + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.held = b""
+        self.flow.pause_reading()
+        if not self._answers_due():
+            self._write_refusal()
+
+    def _write_refusal(self) -> None:
+        self.transport.write(self.refusal)
         self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
-        # The bytes counted may hold body bytes too: only then is the head itself measured.
-        if self.head_bytes > self.max_head_bytes and (
-            len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > self.max_head_bytes
-        ):
-            raise _HeadTooLarge  # ends the parsing: data_received answers
+        # Measured as it was parsed (the bytes read may hold earlier pipelined requests or a body).
+        if len(self.url) + self.head_size > self.max_head_bytes:
+            raise _HeadTooLarge  # ends the parsing: _feed answers
         self.in_body, self.head_bytes = True, 0
         proxy = self.gateway.proxy if self.gateway is not None else None
         if proxy is None or not self._fast_path_allowed():
@@ -262,6 +370,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
+        if self.expect_100_continue and self.cycle is not None:
+            self.cycle.expects_continue = True
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -332,6 +442,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         cycle.body = b"".join(fast.chunks)
+        cycle.expects_continue = self.expect_100_continue
         cycle.disconnected = fast.disconnected
         if self.cycle is fast:
             self.cycle = cycle
@@ -359,6 +470,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         if cycle.disconnected:
             return
+        if _continue_unanswered(cycle):
+            cycle.keep_alive = False
         parts = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:  # date (and server unless disabled)
             parts += (name, b": ", value, b"\r\n")
@@ -373,19 +486,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.on_response_complete()
 
     def on_response_complete(self) -> None:
-        """uvicorn's bookkeeping after an answer (ASGI or not), with one keep-alive timer per idle spell."""
+        """After an answer (ASGI or not): the next waiting request, the refusal or the close that
+        waited for it, or one keep-alive timer per idle spell."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
             return
-        self._unset_keepalive_if_required()
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+        cycle = self.cycle  # the answered one when it is the last parsed (otherwise its body was whole)
+        if cycle is not None and cycle.response_complete and _continue_unanswered(cycle):  # an ASGI answer
+            self.transport.close()
             return
+        if self.held and not self.feed_scheduled and len(self.pipeline) < MAX_PIPELINED:
+            self.feed_scheduled = True  # not from here: this may run inside _feed, from a reply
+            self.loop.call_soon(self._feed_held)
+        if self.pipeline:
+            if self.flow.write_paused:
+                self.next_deferred = True  # resume_writing starts it
+            else:
+                self._next_pipelined()
+            return
+        if self.refusal is not None:
+            if not self.flow.write_paused:  # else resume_writing writes it
+                self._write_refusal()
+            return
+        if self.eof:
+            if not self.held:
+                self.transport.close()
+            return
+        self.flow.resume_reading()
         self.idle_until = self.loop.time() + self.timeout_keep_alive
         if self.idle_timer is None:
             self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
+
+    def _next_pipelined(self) -> None:
+        cycle, app = self.pipeline.pop()
+        self._start_asgi_task(cycle, app)
+        self.flow.resume_reading()
 
     def _idle_check(self) -> None:
         self.idle_timer = None
@@ -395,6 +530,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
         else:
             self.transport.close()
+
+
+def _continue_unanswered(cycle) -> bool:
+    """An answer to `Expect: 100-continue` given before the body was asked for, the body not all in:
+    the client may send it or not (RFC 9110 §10.1.1), so where its next request begins is unknown."""
+    return getattr(cycle, "expects_continue", False) and cycle.more_body and not cycle.body
 
 
 def _receive_whole(body: bytes):

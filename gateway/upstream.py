@@ -14,6 +14,7 @@ import httptools
 
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive, so the server never closes a connection we are about to use
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+CONNECT_RETRY_DELAY = 0.05  # a service restarting: its port refuses for a moment
 
 
 class UpstreamError(Exception):
@@ -229,6 +230,24 @@ class _Pool:
         self.busy -= 1
 
 
+def retry_delay(method: str, error: BaseException, attempt: int) -> float | None:
+    """The gateway's one retry policy: whether a forward that failed on try `attempt` (0 is the
+    first) is sent once more, and after how many seconds (None: the failure is the answer).
+
+    Two tries at most, for idempotent methods only, and only when the service cannot have acted on
+    the request: the connection was refused or not made in time (tried again a moment later), or it
+    closed before any byte of the answer (at once, on a fresh connection: a kept-alive one was most
+    likely closed by the service while idle). Never after a timeout or a cut-off answer: the work
+    may be under way. Callers: `Proxy._send` and the callback path's `_Flight.on_upstream`."""
+    if attempt >= 1 or method not in IDEMPOTENT:
+        return None
+    if isinstance(error, ConnectFailed):
+        return CONNECT_RETRY_DELAY
+    if isinstance(error, Dropped):
+        return 0.0
+    return None
+
+
 def request_head(method: str, target: str, host_header: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
     """An HTTP/1.1 request head. `headers` must not hold Host, Content-Length or Connection."""
     parts = [method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nhost: ", host_header,
@@ -304,11 +323,9 @@ class UpstreamClient:
         self, method: str, host: str, port: int, target: str, headers: list[tuple[bytes, bytes]], body: bytes = b"",
         *, timeout: float, connect_timeout: float, host_header: bytes | None = None, reuse: bool = True,
     ) -> Response:
-        """Send one request and buffer the answer. `headers` must not hold Host, Content-Length or
-        Connection. A connection that dropped before any answer byte is retried once on a fresh
-        connection for idempotent methods only (a kept-alive one was most likely closed by the server
-        while idle; the gateway relied on the same single retry with aiohttp). `reuse=False` starts
-        on a fresh connection and does not retry: it is the retry of a request that dropped."""
+        """Send one request, once, and buffer the answer. `headers` must not hold Host, Content-Length
+        or Connection. `reuse=False` sends it on a fresh connection (a retry after a kept-alive one
+        dropped: see `retry_delay`, which decides whether there is one)."""
         pool = self._pool(host, port)
         head = request_head(method, target, host_header or f"{host}:{port}".encode(), headers, body)
         loop = asyncio.get_running_loop()
@@ -317,23 +334,15 @@ class UpstreamClient:
         conn = None
         try:
             conn = self._reusable(pool) if reuse else None
-            for attempt in range(2 if reuse else 1):
-                if conn is None:
-                    conn = await self._connect(host, port, min(connect_timeout, max(0.0, deadline - loop.time())))
-                try:
-                    return await conn.exchange(method, head, body, deadline)
-                except Dropped:
-                    conn.close()
-                    conn = None
-                    if attempt == 0 and reuse and method in IDEMPOTENT:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
+            if conn is None:
+                conn = await self._connect(host, port, min(connect_timeout, max(0.0, deadline - loop.time())))
+            try:
+                return await conn.exchange(method, head, body, deadline)
+            except BaseException:
+                conn.close()
+                raise
         finally:
             if conn is not None:
                 self.put_back(host, port, conn)
             else:
                 pool.give()
-        raise AssertionError("unreachable")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -110,11 +110,6 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[
     if applied:
         log.info("applied migrations", extra={"versions": applied})
     return applied
-
-
-async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with maker() as session:
-        yield session
 
 
 class UTCDateTime(TypeDecorator):

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from gateway.upstream import ConnectFailed, Incomplete, ReadTimeout, UpstreamClient
+from gateway.upstream import CONNECT_RETRY_DELAY, ConnectFailed, Dropped, Incomplete, ReadTimeout, UpstreamClient, retry_delay
 
 
 class Server:
@@ -102,39 +102,38 @@ async def test_connection_close_is_honoured():
     await client.close()
 
 
-async def test_idle_connection_closed_by_server_is_retried_for_get_only():
-    async def once_then_close(path, body):
-        return fixed(b"ok", b"") if path == "/first" else None
-
-    client = UpstreamClient()
-    async with Server(once_then_close) as server:
-        await call(client, server, target="/first")
-        # The server drops the kept-alive connection when the next request arrives on it: a GET is
-        # sent again on a fresh connection (which the server also drops, so the error surfaces).
-        with pytest.raises(Exception) as raised:
-            await call(client, server, target="/second")
-        assert server.connections == 2
-        assert not isinstance(raised.value, ReadTimeout)
-
+async def test_the_client_tries_once_and_says_a_dropped_connection_dropped():
+    """Retries are the caller's (`retry_delay`): the client reports a kept-alive connection the
+    server closed as Dropped, whatever the method, and a fresh try (`reuse=False`) connects anew."""
     served = []
 
     async def close_idle_once(path, body):
         served.append(path)
-        if len(served) == 2:
-            return None
-        return fixed(path.encode())
+        return None if len(served) == 2 else fixed(path.encode())
 
+    client = UpstreamClient()
     async with Server(close_idle_once) as server:
         await call(client, server, target="/one")
-        assert (await call(client, server, target="/two")).body == b"/two"  # retried transparently
-        assert server.connections == 2
-        await call(client, server, target="/three")
-        served.clear()
-        served.append("x")  # the next request on the kept connection is dropped
-        with pytest.raises(Exception):
-            await call(client, server, "POST", "/post", b"{}")  # not idempotent: no retry
-        assert server.connections == 2
+        with pytest.raises(Dropped):
+            await call(client, server, target="/two")
+        assert server.connections == 1
+        answer = await client.request("GET", "127.0.0.1", server.port, "/three", [], timeout=2.0, connect_timeout=1.0, reuse=False)
+        assert answer.body == b"/three" and server.connections == 2
     await client.close()
+
+
+@pytest.mark.parametrize(("method", "error", "attempt", "delay"), [
+    ("GET", Dropped("x"), 0, 0.0),                   # a kept-alive connection closed: at once, fresh
+    ("PUT", ConnectFailed("x"), 0, CONNECT_RETRY_DELAY),  # refused: a moment later
+    ("GET", Dropped("x"), 1, None),                  # two tries at most
+    ("POST", Dropped("x"), 0, None),                 # never a method that is not idempotent
+    ("POST", ConnectFailed("x"), 0, None),
+    ("GET", ReadTimeout("x"), 0, None),              # the work may be under way
+    ("GET", Incomplete("x"), 0, None),
+    ("GET", OSError("x"), 0, None),
+])
+def test_the_retry_policy(method, error, attempt, delay):
+    assert retry_delay(method, error, attempt) == delay
 
 
 async def test_refused_connection():
