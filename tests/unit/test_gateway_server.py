@@ -8,13 +8,17 @@ does not take goes to the ASGI app; keep-alive, pipelining, bodies and forwarded
 from __future__ import annotations
 
 import asyncio
+import re
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from gateway.app import create_app
-from gateway.server import GatewayHttpProtocol
+from gateway.server import FEED_SLICE, MAX_PIPELINED, GatewayHttpProtocol
 from gateway.settings import GatewaySettings
 from gateway.headers import header
 
@@ -40,11 +44,13 @@ class Transport(asyncio.Transport):
     def get_extra_info(self, name, default=None):
         return {"sockname": ("127.0.0.1", 8000), "peername": (self.peer, 50000)}.get(name, default)
 
+    reading = True
+
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     @property
     def output(self) -> bytes:
@@ -347,3 +353,89 @@ async def test_the_headers_the_proxy_reads_are_each_requests_own_first_values(se
     proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
     await settle(state)
     assert header(proxy.asgi[0], b"authorization") == "Bearer three"
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Let the loop run until `condition()` holds, or fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not condition():
+        assert loop.time() < give_up, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def gets(paths) -> bytes:
+    return b"".join(f"GET /api/v1/programs/{p} HTTP/1.1\r\nHost: gw\r\n\r\n".encode() for p in paths)
+
+
+async def test_a_client_pipelining_more_than_the_cap_is_not_read_until_answers_drain(connection):
+    """One read of 400 pipelined requests: no more than a slice's worth past the cap is parsed and
+    the connection is not read; as answers leave, the rest is parsed; all are answered, in order."""
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    proxy.hold = asyncio.Event()
+    data = gets(range(400))
+    per_request = len(data) // 400
+    protocol.data_received(data)
+    await until(lambda: len(proxy.fast) == 1)  # the first is being answered, the others wait
+    assert not transport.reading and protocol.held
+    assert MAX_PIPELINED <= len(protocol.pipeline) <= MAX_PIPELINED + FEED_SLICE // per_request + 1
+    proxy.hold.set()
+    await until(lambda: transport.output.count(b"HTTP/1.1 200 OK") == 400)
+    answered = [scope["path"] for scope, _ in proxy.fast] + [scope["path"] for scope in proxy.asgi]
+    assert answered == [f"/api/v1/programs/{n}" for n in range(400)]
+    assert transport.reading and not protocol.held and not transport.closed
+
+
+async def test_backed_up_writes_stop_the_reading_and_the_next_answers(connection):
+    """The client does not read (the transport's buffer is over its high-water mark): nothing is
+    read and no answer is produced until the buffer drains."""
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    protocol.pause_writing()
+    assert not transport.reading
+    protocol.data_received(gets(range(3)))
+    await until(lambda: len(proxy.fast) == 1)  # the first is answered, its write waits
+    assert transport.output == b"" and not transport.reading and not proxy.asgi
+    protocol.resume_writing()
+    await until(lambda: transport.output.count(b"HTTP/1.1 200 OK") == 3)
+    assert transport.reading
+
+
+async def test_a_408_waits_for_the_answer_due_before_it(tmp_path):
+    connect, proxy, state = server(tmp_path, header_read_timeout_seconds=0.05)
+    protocol, transport = connect()
+    proxy.hold = asyncio.Event()
+    protocol.data_received(gets([1]) + b"GET /api/v1/programs/2 HTTP/1.1\r\n")  # the second head never ends
+    await until(lambda: protocol.refusal is not None)
+    assert transport.output == b"" and not transport.closed
+    proxy.hold.set()
+    await until(lambda: transport.closed)
+    first, _, rest = transport.output.partition(ANSWER)
+    assert first.startswith(b"HTTP/1.1 200 OK") and rest.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_half_closed_client_is_answered_then_closed(connection):
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    proxy.hold = asyncio.Event()
+    protocol.data_received(gets([1, 2]))
+    assert protocol.eof_received() is True  # kept open for the answers due
+    proxy.hold.set()
+    await until(lambda: transport.closed)
+    assert transport.output.count(b"HTTP/1.1 200 OK") == 2
+    protocol, transport = connect()
+    protocol.data_received(b"GET /api/v1/programs/3 HTTP/1.1\r\nHo")
+    assert protocol.eof_received() is False  # a request that will never be whole: closed at once
+
+
+def test_uvicorn_and_httptools_are_the_versions_the_protocol_was_written_against():
+    """gateway/server.py overrides uvicorn's protocol callbacks and calls its private methods: an
+    upgrade must go through re-reading uvicorn's httptools_impl.py, which starts by changing the pins."""
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pins = {}
+    for requirement in project["project"]["dependencies"]:
+        found = re.fullmatch(r"(uvicorn|httptools)(\[[a-z,]+\])?==([0-9.]+)", requirement.replace(" ", ""))
+        if found:
+            pins[found[1]] = found[3]
+    assert pins == {"uvicorn": version("uvicorn"), "httptools": version("httptools")}
