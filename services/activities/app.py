@@ -10,6 +10,7 @@ from services.activities.migrations import MIGRATIONS
 from services.activities.registry_view.client import RegistryClient
 from services.activities.registry_view.handlers import HANDLERS as REGISTRY_HANDLERS
 from services.activities.settings import ActivitiesSettings
+from services.activities.verification.endpoints import router as verification_router
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC
 from shared.service import ConsumerSpec, ServiceSpec, create_service_app
 
@@ -28,7 +29,7 @@ def create_app(settings: ActivitiesSettings | None = None) -> FastAPI:
             name="activities",
             settings=settings or ActivitiesSettings(),
             migrations=MIGRATIONS,
-            routers=[activity_types_router, activities_router, instruments_router, assessments_router],
+            routers=[activity_types_router, activities_router, verification_router, instruments_router, assessments_router],
             publishes=[ACTIVITIES_TOPIC],
             consumers=[ConsumerSpec("activities-registry", [REGISTRY_TOPIC], REGISTRY_HANDLERS)],
             on_startup=start_registry_client,

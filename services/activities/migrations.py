@@ -9,6 +9,7 @@ from services.activities.activities.models import Activity
 from services.activities.activity_types.models import TAXONOMY, ActivityType
 from services.activities.assessments.models import Assessment
 from services.activities.registry_view.models import TABLES as REGISTRY_VIEW_TABLES
+from services.activities.verification.models import ActivityVersion
 from shared.db import Migration
 from shared.service import shared_tables
 
@@ -27,4 +28,5 @@ MIGRATIONS = [
     Migration(1, "platform tables", _v1),
     Migration(2, "registry projection, activity types (seeded), activities", _v2),
     Migration(3, "assessments", lambda conn: SQLModel.metadata.create_all(conn, tables=[Assessment.__table__])),
+    Migration(4, "activity versions", lambda conn: SQLModel.metadata.create_all(conn, tables=[ActivityVersion.__table__])),
 ]
