@@ -71,11 +71,13 @@ class SilentUpstream:
 
 class TinyUpstream:
     """A minimal HTTP/1.1 server on a given port answering every request 200 `{"ok": true}`; the next
-    `drop` requests are read and then the connection is closed without an answer (a crash mid-request)."""
+    `drop` requests are read and then the connection is closed without an answer (a crash mid-request);
+    requests whose target ends with one of `hang` are never answered (a long job that hangs)."""
 
-    def __init__(self, port: int, drop: int = 0):
+    def __init__(self, port: int, drop: int = 0, hang: tuple[bytes, ...] = ()):
         self.port = port
         self.drop = drop
+        self.hang = hang
         self.server: asyncio.base_events.Server | None = None
         self.requests = 0
 
@@ -90,6 +92,9 @@ class TinyUpstream:
                             length = int(line.split(b":", 1)[1])
                     if length:
                         await reader.readexactly(length)
+                    if self.hang and head.split(b" ", 2)[1].split(b"?")[0].endswith(self.hang):
+                        await reader.read()  # until the gateway gives up and closes
+                        return
                     self.requests += 1
                     if self.drop > 0:
                         self.drop -= 1

@@ -13,7 +13,7 @@ import httpx
 
 from deploy.processes import free_port
 from services.registry.settings import GDY_ORGANIZATION_ID
-from tests.gateway_inprocess import running_gateway, settings_for
+from tests.gateway_inprocess import TinyUpstream, running_gateway, settings_for
 from tests.harness import Stack
 from tests.integration.test_gateway_protocol import connect, get, post_head, read_response
 from tests.integration.test_gateway_ratelimit import new_key
@@ -132,49 +132,12 @@ async def test_headers_named_in_connection_are_not_forwarded(stack: Stack):
     assert created[0] != created[1]
 
 
-class _SlowLongRoutes:
-    """An upstream that answers every request 200 at once, except imports and exports, which it never
-    answers (a service whose long jobs hang while its ordinary routes are fine)."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.server: asyncio.base_events.Server | None = None
-        self.answered = 0
-
-    async def __aenter__(self) -> "_SlowLongRoutes":
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while True:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    target = head.split(b" ", 2)[1].split(b"?")[0]
-                    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                                   if line.lower().startswith(b"content-length:")), 0)
-                    await reader.readexactly(length)
-                    if target.endswith(b"/import") or b"/export/" in target:
-                        await reader.read()  # hangs until the gateway gives up
-                        return
-                    self.answered += 1
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-                    await writer.drain()
-            except (asyncio.IncompleteReadError, ConnectionError):
-                pass
-            finally:
-                writer.close()
-
-        self.server = await asyncio.start_server(serve, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
 async def test_long_routes_timing_out_do_not_open_the_circuit_of_the_others(stack: Stack):
-    """Imports and exports that time out open their own circuit, not the one of the service's other routes."""
+    """Imports (and batches, exports) that time out open their own circuit, not the one of the service's other routes."""
     port = free_port()
-    async with _SlowLongRoutes(port) as upstream:
+    async with TinyUpstream(port, hang=(b"/import",)) as upstream:
         settings = settings_for(stack, registry_url=f"http://127.0.0.1:{port}", import_timeout_seconds=0.2,
-                                export_timeout_seconds=0.2, circuit_failure_threshold=2, circuit_cooldown_seconds=30)
+                                circuit_failure_threshold=2, circuit_cooldown_seconds=30)
         async with running_gateway(settings, stack.admin_key) as (_, client):
             for _ in range(2):
                 slow = await client.post("/api/v1/volunteers/import", content=b"a,b\n", headers={"content-type": "text/csv"})
@@ -182,7 +145,7 @@ async def test_long_routes_timing_out_do_not_open_the_circuit_of_the_others(stac
             refused = await client.post("/api/v1/volunteers/import", content=b"a,b\n", headers={"content-type": "text/csv"})
             assert refused.status_code == 503 and "circuit open" in refused.json()["detail"]
             ordinary = await client.get("/api/v1/organizations")
-            assert ordinary.status_code == 200 and upstream.answered == 1
+            assert ordinary.status_code == 200 and upstream.requests == 1
             assert (await client.get("/ready")).json()["circuits"]["registry"] == "closed"
 
 
