@@ -220,3 +220,24 @@ async def test_idempotency_key_replays_the_assessment(admin: httpx.AsyncClient):
     assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
     assert_problem(await admin.post("/assessments", json={**body, "phase": "midline"}, headers=key), 409)
     assert len(await walk(admin, "/assessments", volunteer_id=volunteer["id"])) == 1
+
+
+async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keeps_both_of_a_phase(admin: httpx.AsyncClient):
+    survivor, duplicate = await register(admin), await register(admin)
+    kept = await record(admin, survivor["id"], taken_on="2026-02-01")
+    clash = await record(admin, duplicate["id"], taken_on="2026-02-03")
+    only_theirs = await record(admin, duplicate["id"], phase="midline")
+    merged = await admin.post(f"/volunteers/{survivor['id']}/merge", json={"duplicate_id": duplicate["id"]})
+    assert merged.status_code == 200, merged.text
+
+    async def moved() -> bool:
+        return len(await walk(admin, "/assessments", volunteer_id=survivor["id"])) == 3
+
+    await eventually(moved, what="the duplicate's assessments re-pointed to the survivor")
+    after = {a["id"]: a for a in await walk(admin, "/assessments", volunteer_id=survivor["id"])}
+    assert set(after) == {kept["id"], clash["id"], only_theirs["id"]}  # nothing dropped
+    assert after[clash["id"]]["replaced_by"] == kept["id"] and after[kept["id"]]["replaced_by"] is None
+    assert after[only_theirs["id"]]["replaced_by"] is None
+    assert await walk(admin, "/assessments", volunteer_id=duplicate["id"]) == []
+    assert_problem(await admin.post("/assessments", json=assessment_body(duplicate["id"], phase="endline")), 422,
+                   ["body", "volunteer_id"], says="merged")
