@@ -370,8 +370,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
-        if self.expect_100_continue and self.cycle is not None:
-            self.cycle.expects_continue = True
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -442,7 +440,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             on_response=self.on_response_complete,
         )
         cycle.body = b"".join(fast.chunks)
-        cycle.expects_continue = self.expect_100_continue
         cycle.disconnected = fast.disconnected
         if self.cycle is fast:
             self.cycle = cycle
@@ -470,7 +467,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         if cycle.disconnected:
             return
-        if _continue_unanswered(cycle):
+        if self._continue_unanswered(cycle):
             cycle.keep_alive = False
         parts = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:  # date (and server unless disabled)
@@ -492,7 +489,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle  # the answered one when it is the last parsed (otherwise its body was whole)
-        if cycle is not None and cycle.response_complete and _continue_unanswered(cycle):  # an ASGI answer
+        if cycle is not None and cycle.response_complete and self._continue_unanswered(cycle):  # an ASGI answer
             self.transport.close()
             return
         if self.held and not self.feed_scheduled and len(self.pipeline) < MAX_PIPELINED:
@@ -522,6 +519,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._start_asgi_task(cycle, app)
         self.flow.resume_reading()
 
+    def _continue_unanswered(self, cycle) -> bool:
+        """An answer to `Expect: 100-continue` given before any of the body came, the body still due:
+        the client may send it or not (RFC 9110 §10.1.1), so where its next request begins is unknown.
+        Only the last head parsed can be such a request (`expect_100_continue` is that head's)."""
+        return (self.expect_100_continue and cycle is self.cycle and type(cycle) is RequestResponseCycle
+                and cycle.more_body and not cycle.body)
+
     def _idle_check(self) -> None:
         self.idle_timer = None
         if self.idle_until is None or self.transport.is_closing():
@@ -530,12 +534,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.idle_timer = self.loop.call_at(self.idle_until, self._idle_check)
         else:
             self.transport.close()
-
-
-def _continue_unanswered(cycle) -> bool:
-    """An answer to `Expect: 100-continue` given before the body was asked for, the body not all in:
-    the client may send it or not (RFC 9110 §10.1.1), so where its next request begins is unknown."""
-    return getattr(cycle, "expects_continue", False) and cycle.more_body and not cycle.body
 
 
 def _receive_whole(body: bytes):
