@@ -5,6 +5,7 @@ import uuid
 from datetime import date
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from services.activities.activities import repository, service
@@ -60,7 +61,8 @@ async def log_batch(body: BatchRequest, session: SessionDep, caller: Caller, reg
                     dry_run: Annotated[bool, Query(description="validate everything, change nothing")] = False):
     summary = await service.record_batch(session, caller, registry, body.items, dry_run)
     # Serialised directly: re-validating 1000 items against the response model costs more than the rest.
-    return Response(summary.model_dump_json(exclude_none=True), media_type="application/json")
+    # default=str: ids read back by asyncpg are its own UUID type, which orjson does not know.
+    return Response(orjson.dumps(summary, default=str), media_type="application/json")
 
 
 @router.get("", response_model=Page[ActivityPublic], dependencies=[require_scope("activities:read")],

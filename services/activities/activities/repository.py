@@ -7,7 +7,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Select, func, insert, select, text
+import orjson
+from sqlalchemy import JSON, Select, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities.models import COUNTING, Activity
@@ -19,12 +20,13 @@ async def get(session: AsyncSession, activity_id: uuid.UUID) -> Activity | None:
     return await session.get(Activity, activity_id)
 
 
-async def by_client_references(session: AsyncSession, organization_id: uuid.UUID, refs: Collection[str]) -> dict[str, Activity]:
+async def by_client_references(session: AsyncSession, organization_id: uuid.UUID, refs: Collection[str]) -> dict[str, uuid.UUID]:
+    """The ids of the organisation's entries that carry these references."""
     if not refs:
         return {}
-    query = select(Activity).where(Activity.submitter_organization_id == organization_id,
-                                   Activity.client_reference.in_(list(refs)))
-    return {row.client_reference: row for row in (await session.execute(query)).scalars()}
+    query = select(Activity.client_reference, Activity.id).where(Activity.submitter_organization_id == organization_id,
+                                                                 Activity.client_reference.in_(list(refs)))
+    return dict((await session.execute(query)).all())
 
 
 def _lock_key(key: DayKey) -> int:
@@ -58,10 +60,24 @@ async def day_totals(session: AsyncSession, keys: Collection[DayKey], exclude: C
     return {(v, d): float(total or 0) for v, d, total in (await session.execute(query)).all() if (v, d) in keys}
 
 
+_TABLE = Activity.__table__
+_JSON_COLUMNS = {c.name for c in _TABLE.columns if isinstance(c.type, JSON)}
+
+
 async def insert_many(session: AsyncSession, rows: Sequence[dict]) -> None:
-    """One executemany for the lot: about four times the ORM's rate (measured.md, bulk ingestion)."""
-    if rows:
-        await session.execute(insert(Activity.__table__), list(rows))
+    """All the rows in one go, in the transaction: COPY on PostgreSQL with asyncpg (the fastest write
+    measured, 41-44k rows/s against 25k for an executemany: measured.md), one executemany elsewhere."""
+    if not rows:
+        return
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "asyncpg":
+        driver = (await connection.get_raw_connection()).driver_connection
+        columns = [c.name for c in _TABLE.columns]
+        records = [tuple(orjson.dumps(row[name]).decode() if name in _JSON_COLUMNS else row[name] for name in columns)
+                   for row in rows]
+        await driver.copy_records_to_table(_TABLE.name, records=records, columns=columns)
+    else:
+        await session.execute(insert(_TABLE), list(rows))
 
 
 @dataclass

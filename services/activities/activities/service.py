@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import repository
 from services.activities.activities.models import (
-    COUNTING, MAX_DAY_HOURS, Activity, ActivityCreate, ActivityPublic, BatchItem, BatchSummary,
+    COUNTING, MAX_DAY_HOURS, Activity, ActivityCreate, ActivityPublic,
 )
 from services.activities.activity_types import repository as activity_types
 from services.activities.activity_types.models import ActivityType
@@ -180,7 +180,7 @@ async def _decide(session: AsyncSession, caller: CallerContext, registry: Regist
         decisions.append(decision)
         ref = d.client_reference
         if ref is not None and (ref in existing or ref in taken):
-            decision.duplicate_of = existing[ref].id if ref in existing else taken[ref]
+            decision.duplicate_of = existing[ref] if ref in existing else taken[ref]
             continue
         _check(ctx, d, decision)
         key = (d.volunteer_id, d.date)
@@ -260,8 +260,9 @@ def _parse(index: int, item: Any) -> tuple[ActivityCreate | None, Decision | Non
 
 
 async def record_batch(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
-                       items: Sequence[Any], dry_run: bool) -> BatchSummary:
-    """Good items taken, bad ones reported, by index (§4 summary); a re-sent batch creates nothing twice."""
+                       items: Sequence[Any], dry_run: bool) -> dict:
+    """Good items taken, bad ones reported, by index (§4 summary, the shape of `BatchSummary`, built as
+    plain data: a model per item costs more than deciding it); a re-sent batch creates nothing twice."""
     parsed, refused = [], []
     for index, item in enumerate(items):
         data, decision = _parse(index, item)
@@ -271,18 +272,20 @@ async def record_batch(session: AsyncSession, caller: CallerContext, registry: R
             refused.append(decision)
     decisions = sorted([*refused, *(await _record(session, caller, registry, parsed, dry_run) if parsed else [])],
                        key=lambda d: d.index)
-    summary = BatchSummary(dry_run=dry_run)
+    counts = {"created": 0, "updated": 0, "ignored": 0, "errors": 0}
+    results = []
     for d in decisions:
         if d.errors or d.unchecked:
-            summary.errors += 1
-            summary.items.append(BatchItem(index=d.index, status="error", errors=d.errors + d.unchecked))
+            counts["errors"] += 1
+            results.append({"index": d.index, "status": "error", "errors": d.errors + d.unchecked})
         elif d.duplicate_of is not None:
-            summary.ignored += 1
-            summary.items.append(BatchItem(index=d.index, status="duplicate", id=d.duplicate_of))
+            counts["ignored"] += 1
+            results.append({"index": d.index, "status": "duplicate", "id": d.duplicate_of})
         else:
-            summary.created += 1
-            summary.items.append(BatchItem(index=d.index, status="created", id=None if dry_run else d.values["id"]))
-    return summary
+            counts["created"] += 1
+            results.append({"index": d.index, "status": "created"} if dry_run else
+                           {"index": d.index, "status": "created", "id": d.values["id"]})
+    return {"dry_run": dry_run, **counts, "items": results}
 
 
 # ---- reading -----------------------------------------------------------------------------------
