@@ -17,7 +17,7 @@ async def pages(client: httpx.AsyncClient, path: str, **params) -> AsyncIterator
     cursor = None
     for _ in range(MAX_PAGES):
         page = await client.get(path, params={"limit": 500, **params, **({"cursor": cursor} if cursor else {})})
-        assert page.status_code == 200, page.text
+        assert page.status_code == 200, f"GET {path}: {page.status_code} {page.text[:300]}"
         body = page.json()
         yield body["items"]
         cursor = body["next_cursor"]

@@ -89,3 +89,13 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout} s")
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0, interval: float = 0.1, what: str = "condition"):
+    """`eventually` for tests that are not coroutines (subprocesses, the launcher)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout} s")

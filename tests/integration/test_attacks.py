@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.caller import SCOPES, CallerContext, encode_caller
 from shared.events import REGISTRY_TOPIC
+from tests.api import walk
 from tests.conftest import eventually
 from tests.harness import Stack, unique
 from tests.integration.openapi_routes import MISSING, Operation, example_body, route_table
@@ -299,19 +300,6 @@ async def test_api1_every_route_with_an_id_hides_other_organisations_objects(wor
     assert not failures, "\n".join(failures)
 
 
-async def _all_pages(c: httpx.AsyncClient, path: str, pages: int = 40, **filters: str) -> list[dict]:
-    items, cursor = [], None
-    for _ in range(pages):
-        answer = await c.get(path, params={"limit": 500, **filters, **({"cursor": cursor} if cursor else {})})
-        assert answer.status_code == 200, f"GET {path}: {answer.status_code} {answer.text[:300]}"
-        page = answer.json()
-        items.extend(page["items"])
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return items
-    raise AssertionError(f"GET {path}: more than {pages} pages")
-
-
 def list_operations(w: World) -> list[Operation]:
     return [op for op in w.routes if op.method == "GET" and not op.path_params and "limit" in op.query_names()]
 
@@ -325,7 +313,7 @@ async def test_api1_lists_never_show_other_organisations_objects(world: World):
     failures, covered = [], []
     async with client(w.stack, w.keys["a"]) as as_a:
         for op in lists:
-            seen = {item.get("id") for item in await _all_pages(as_a, op.path)}
+            seen = {item.get("id") for item in await walk(as_a, op.path)}
             leaked = {k: v for k, v in owned_b.items() if v in seen}
             if leaked:
                 failures.append(f"{op}: A's list shows B's {leaked}")
@@ -333,7 +321,7 @@ async def test_api1_lists_never_show_other_organisations_objects(world: World):
             if own_kind in owned_a and not KINDS[own_kind].public:
                 if owned_a[own_kind] not in seen:
                     failures.append(f"{op}: A's list misses A's own {own_kind} (the check above proves nothing)")
-                national = {item.get("id") for item in await _all_pages(w.admin, op.path)}
+                national = {item.get("id") for item in await walk(w.admin, op.path)}
                 if owned_b[own_kind] not in national:
                     failures.append(f"{op}: a national key does not see B's {own_kind}")
             covered.append(str(op))
@@ -431,14 +419,14 @@ async def test_api1_import_rows_cannot_land_in_another_organisation(world: World
     async with client(w.stack, w.keys["a"]) as as_a:
         for op in imports:
             assert op.path in IMPORT_ROWS, f"{op}: add rows for this import to IMPORT_ROWS"
-            before = len(await _all_pages(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
+            before = len(await walk(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
             answer = await as_a.post(op.path, content=IMPORT_ROWS[op.path](w.a, w.b), headers={"Content-Type": "text/csv"})
             assert answer.status_code == 200, answer.text
             summary = answer.json()
             assert (summary["created"], summary["errors"]) == (1, 1), summary
             row = next(i for i in summary["items"] if i["index"] == 3)
             assert row["status"] == "error" and "organization_id" in {str(p) for e in row["errors"] for p in e["loc"]}, row
-            after = len(await _all_pages(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
+            after = len(await walk(w.admin, op.path.rsplit("/", 1)[0], organization_id=w.b))
             assert after == before, f"{op}: B's tree grew by {after - before}"
 
 
@@ -449,7 +437,7 @@ async def test_organisation_isolation_ancestors_and_national_keys_read_down_the_
             assert (await c.get(f"/organizations/{w.b}")).status_code == 200, who
         assert_problem(await as_b.get(f"/organizations/{w.parent}"), 404, "a child reading its parent")
         assert_problem(await as_b.get(f"/organizations/{w.a}"), 404, "a sibling")
-        ids = {o["id"] for o in await _all_pages(as_b, "/organizations")}
+        ids = {o["id"] for o in await walk(as_b, "/organizations")}
         assert w.b in ids and w.a not in ids and w.parent not in ids
 
 
@@ -898,7 +886,7 @@ async def test_the_gateway_strips_caller_context_sent_by_a_client(world: World):
         for what, headers in forged.items():
             assert_problem(await c.get(f"/organizations/{w.b}", headers=headers), 404, what)
             assert_problem(await c.post("/organizations", json={"name": unique("f"), "kind": "ngo"}, headers=headers), 403, what)
-            ids = {o["id"] for o in await _all_pages(c, "/organizations")} if what == "right secret" else set()
+            ids = {o["id"] for o in await walk(c, "/organizations")} if what == "right secret" else set()
             assert w.b not in ids
 
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from deploy.processes import free_port
+from tests.conftest import wait_until
 from tests.harness import remove_workdir, new_workdir
 
 
@@ -94,15 +95,6 @@ def pid_of(app: str, port: int) -> int:
     raise AssertionError(f"no process runs {app} on port {port}")
 
 
-def wait_for(check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 @pytest.fixture
 def data_dir():
     path = new_workdir()
@@ -122,7 +114,8 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
                            headers={"Authorization": f"Bearer {key}"}, timeout=30)
         for n in range(3):
             assert api.post("/organizations", json={"name": f"org {n}", "kind": "ngo"}).status_code == 201
-        wait_for(lambda: api.get("/analytics/overview").json()["organizations"] == 4)  # + the seeded GDY
+        wait_until(lambda: api.get("/analytics/overview").json()["organizations"] == 4,  # + the seeded GDY
+                   what="analytics counting the 3 new organisations")
         assert stop(proc) == 0
     finally:
         shut_down(proc)
@@ -136,7 +129,8 @@ def test_run_restart_keeps_data_and_applies_nothing_twice(data_dir):
         names = {o["name"] for o in api.get("/organizations", params={"limit": 500}).json()["items"]}
         assert {"org 0", "org 1", "org 2"} <= names
         assert api.post("/organizations", json={"name": "org 3", "kind": "ngo"}).status_code == 201
-        wait_for(lambda: api.get("/analytics/overview").json()["organizations"] == 5)
+        wait_until(lambda: api.get("/analytics/overview").json()["organizations"] == 5,
+                   what="analytics counting the organisation made after the restart")
         # The broker came back empty; the registry re-published its outbox; analytics skipped what it had.
         with sqlite3.connect(data_dir / "analytics.db") as db:
             applied = db.execute("SELECT count(*), count(DISTINCT event_id) FROM processed_events").fetchone()

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from bench.stack import own_core
+from tests.conftest import wait_until
 
 # A process with a second thread: every thread must be moved, not only the main one.
 TWO_THREADS = "import threading, time; threading.Thread(target=time.sleep, args=(60,), daemon=True).start(); time.sleep(60)"
@@ -22,8 +23,8 @@ def test_one_process_gets_a_core_of_its_own_and_every_set_is_restored_after():
     cores = sorted(os.sched_getaffinity(0))
     procs = [subprocess.Popen([sys.executable, "-c", TWO_THREADS]) for _ in range(2)]
     try:
-        while any(len(os.listdir(f"/proc/{proc.pid}/task")) < 2 for proc in procs):
-            pass
+        wait_until(lambda: all(len(os.listdir(f"/proc/{proc.pid}/task")) >= 2 for proc in procs), timeout=30,
+                   interval=0.01, what="both processes running their second thread")
         os.sched_setaffinity(procs[1].pid, {cores[-1]})  # a thread with a set of its own before
         before = {proc.pid: thread_cores(proc.pid) for proc in procs}
         mine = os.sched_getaffinity(0)
