@@ -96,8 +96,9 @@ class BulkRequest(SQLModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[Any] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH} decisions: "
-                             '{"id", "decision": "verify" | "reject", "approved_hours"?, "reason"?}')
+    # Documented as decisions, parsed as anything: an item that is not one is an item error, not a 422.
+    items: list[Any] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH} decisions",
+                             schema_extra={"json_schema_extra": {"items": BulkDecision.model_json_schema()}})
 
 
 class BulkItem(SQLModel):
