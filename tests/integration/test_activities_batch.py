@@ -87,3 +87,15 @@ async def test_a_full_batch_of_1000_is_taken(admin: httpx.AsyncClient):
     summary = await batch(admin, items)
     assert summary["created"] == 1000 and summary["errors"] == 0, summary["items"][:3]
     assert len(await walk(admin, "/activities", volunteer_id=s.volunteer["id"])) == 1000
+
+
+async def test_an_idempotency_key_replays_a_batch_without_references(admin: httpx.AsyncClient):
+    s = await setting(admin)
+    items = [activity_body(s, client_reference=None, date="2026-08-03", hours=1)]
+    key = {"Idempotency-Key": f"batch-{s.volunteer['id']}"}
+    first = await admin.post("/activities/batch", json={"items": items}, headers=key)
+    again = await admin.post("/activities/batch", json={"items": items}, headers=key)
+    assert first.status_code == again.status_code == 200 and again.json() == first.json()
+    assert first.json()["created"] == 1
+    assert_problem(await admin.post("/activities/batch", json={"items": items * 2}, headers=key), 409)
+    assert len(await walk(admin, "/activities", volunteer_id=s.volunteer["id"])) == 1

@@ -57,9 +57,15 @@ async def log_activity(body: ActivityCreate, response: Response, session: Sessio
     summary=f"Log up to 1000 activities: good items are taken, bad ones reported by index; "
             "a re-sent batch creates nothing twice (client_reference)",
 )
-async def log_batch(body: BatchRequest, session: SessionDep, caller: Caller, registry: Registry,
+async def log_batch(body: BatchRequest, session: SessionDep, caller: Caller, registry: Registry, idem: IdempotencyDep,
                     dry_run: Annotated[bool, Query(description="validate everything, change nothing")] = False):
-    summary = await service.record_batch(session, caller, registry, body.items, dry_run)
+    async def make() -> dict:
+        return await service.record_batch(session, caller, registry, body.items, dry_run)
+
+    # A dry run changes nothing, so there is nothing to replay (and a real run with its key must still run).
+    summary = await (make() if dry_run else idem.create(session, body, make, lambda made: made, status_code=200))
+    if isinstance(summary, Response):
+        return summary  # the replay of the answer to an earlier request with this Idempotency-Key
     # Serialised directly: re-validating 1000 items against the response model costs more than the rest.
     # default=str: ids read back by asyncpg are its own UUID type, which orjson does not know.
     return Response(orjson.dumps(summary, default=str), media_type="application/json")

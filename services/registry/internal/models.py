@@ -4,7 +4,9 @@ from __future__ import annotations
 import uuid
 from datetime import date
 
-from pydantic import ConfigDict
+from typing import Annotated
+
+from pydantic import ConfigDict, StringConstraints
 from sqlmodel import Field, SQLModel
 
 MAX_IDS = 1000
@@ -15,7 +17,7 @@ class ReferencesQuery(SQLModel):
 
     volunteer_ids: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_IDS)
     project_ids: list[uuid.UUID] = Field(default_factory=list, max_length=MAX_IDS)
-    location_codes: list[str] = Field(default_factory=list, max_length=MAX_IDS)
+    location_codes: list[Annotated[str, StringConstraints(max_length=8)]] = Field(default_factory=list, max_length=MAX_IDS)
 
 
 class VolunteerFacts(SQLModel):
