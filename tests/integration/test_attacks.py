@@ -806,6 +806,7 @@ OUTBOUND_HTTP_ALLOWED = {
     "gateway/proxy.py": "forwards to the configured service URLs only (path from the route table)",
     "gateway/openapi.py": "fetches the configured services' /openapi.json",
     "gateway/app.py": "readiness probes of the configured services",
+    "services/activities/registry_view/client.py": "the registry's internal route at the configured VMC_REGISTRY_URL only",
 }
 _OUTBOUND = re.compile(r"\b(aiohttp\.ClientSession|ClientSession\(|httpx\.(Async)?Client|urllib\.request|urlopen|"
                        r"requests\.(get|post|put|request|Session)|http\.client|socket\.create_connection)")

@@ -175,11 +175,13 @@ class ActivityPublic(SQLModel):
 
 
 class BatchRequest(SQLModel):
-    """Items are validated one by one (a bad item is reported, not the batch), hence `dict`s here."""
+    """Items are validated one by one (a bad item is reported, not the batch), hence any JSON value here."""
 
     model_config = ConfigDict(extra="forbid")
 
-    items: list[Any] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH} activities")
+    items: list[Any] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH} activities",
+                             # Documented as what each item must be; checked item by item in the service.
+                             schema_extra={"json_schema_extra": {"items": {"$ref": "#/components/schemas/ActivityCreate"}}})
 
 
 class BatchItem(SQLModel):
