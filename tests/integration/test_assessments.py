@@ -122,9 +122,13 @@ async def test_a_second_assessment_of_a_phase_is_a_409_naming_the_first_unless_i
     again = assert_problem(await admin.post("/assessments", json=assessment_body(volunteer["id"], replaces=first["id"])), 409,
                            ["body", "replaces"])
     assert again["existing_id"] == second["id"]
+    third = await record(admin, volunteer["id"], replaces=second["id"])
+    stale = assert_problem(await admin.post("/assessments", json=assessment_body(volunteer["id"], replaces=first["id"])), 409)
+    assert stale["existing_id"] == third["id"]  # the one current now, not the one that replaced it first
     current = {a["id"] for a in await walk(admin, "/assessments", volunteer_id=volunteer["id"], current="true")}
-    assert current == {second["id"], midline["id"], digital["id"]}
-    assert [a["id"] for a in await walk(admin, "/assessments", volunteer_id=volunteer["id"], current="false")] == [first["id"]]
+    assert current == {third["id"], midline["id"], digital["id"]}
+    replaced = await walk(admin, "/assessments", volunteer_id=volunteer["id"], current="false")
+    assert {a["id"] for a in replaced} == {first["id"], second["id"]}
 
     [event] = await find_events(stack.broker.bootstrap, ACTIVITIES_TOPIC, lambda e: e.get("subject") == second["id"])
     assert event["type"] == "vmc.assessment.replaced" and event["data"]["replaces"] == first["id"]
@@ -222,8 +226,9 @@ async def test_idempotency_key_replays_the_assessment(admin: httpx.AsyncClient):
     assert len(await walk(admin, "/assessments", volunteer_id=volunteer["id"])) == 1
 
 
-async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keeps_both_of_a_phase(admin: httpx.AsyncClient):
-    survivor, duplicate = await register(admin), await register(admin)
+async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keeps_both_of_a_phase(admin: httpx.AsyncClient, stack):
+    org = await create_org(admin)
+    survivor, duplicate = await register(admin, organization_id=org["id"]), await register(admin)
     kept = await record(admin, survivor["id"], taken_on="2026-02-01")
     clash = await record(admin, duplicate["id"], taken_on="2026-02-03")
     only_theirs = await record(admin, duplicate["id"], phase="midline")
@@ -239,5 +244,7 @@ async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keep
     assert after[clash["id"]]["replaced_by"] == kept["id"] and after[kept["id"]]["replaced_by"] is None
     assert after[only_theirs["id"]]["replaced_by"] is None
     assert await walk(admin, "/assessments", volunteer_id=duplicate["id"]) == []
+    async with org_key(stack, admin, org["id"], KEY_SCOPES) as survivors_org:  # they follow the survivor's organisation
+        assert {a["id"] for a in await walk(survivors_org, "/assessments")} == set(after)
     assert_problem(await admin.post("/assessments", json=assessment_body(duplicate["id"], phase="endline")), 422,
                    ["body", "volunteer_id"], says="merged")

@@ -66,10 +66,12 @@ async def list_page(
     return list((await session.execute(paginate(query, Assessment, limit, cursor))).scalars())
 
 
-async def reassign(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """Move a merged duplicate's assessments to the survivor. Where both had a current assessment of
-    one instrument and phase, the survivor's stays current and the duplicate's is kept as replaced by
-    it (nothing is dropped). Returns those (duplicate's, survivor's) pairs."""
+async def reassign(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID,
+                   organization_id: uuid.UUID | None) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Move a merged duplicate's assessments to the survivor (and to its organisation, when known).
+    Where both had a current assessment of one instrument and phase, the survivor's stays current and
+    the duplicate's is kept as replaced by it (nothing is dropped). Returns those (duplicate's,
+    survivor's) pairs."""
     survivors = {(a.instrument, a.phase): a.id for a in await _current_of(session, survivor_id)}
     clashes = [(a.id, survivors[(a.instrument, a.phase)]) for a in await _current_of(session, duplicate_id)
                if (a.instrument, a.phase) in survivors]
@@ -77,8 +79,11 @@ async def reassign(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: 
     for duplicate_assessment, kept in clashes:
         await session.execute(update(Assessment).where(Assessment.id == duplicate_assessment)
                               .values(replaced_by=kept, updated_at=now).execution_options(synchronize_session=False))
+    moved = {"volunteer_id": survivor_id, "updated_at": now}
+    if organization_id is not None:
+        moved["organization_id"] = organization_id
     await session.execute(update(Assessment).where(Assessment.volunteer_id == duplicate_id)
-                          .values(volunteer_id=survivor_id, updated_at=now).execution_options(synchronize_session=False))
+                          .values(**moved).execution_options(synchronize_session=False))
     return clashes
 
 

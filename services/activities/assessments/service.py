@@ -80,19 +80,24 @@ async def _assessable_volunteer(session: AsyncSession, registry: RegistryClient,
 
 
 def _check_replaced(old: Assessment | None, data: AssessmentCreate, scope: Visibility) -> Assessment:
-    """The assessment named by `replaces` must be the current one of the same volunteer, instrument
-    and phase, and one the caller may see (another organisation's is "not found", as everywhere)."""
+    """The assessment named by `replaces` must be one of the same volunteer, instrument and phase that
+    the caller may see (another organisation's is "not found", as everywhere)."""
     if old is None or not _sees(scope, old):
         raise _invalid(["body", "replaces"], "no such assessment")
     if (old.volunteer_id, old.instrument, old.phase) != (data.volunteer_id, data.instrument, data.phase):
         raise _invalid(["body", "replaces"],
                        f"assessment {old.id} is a {old.phase} {old.instrument} assessment of volunteer {old.volunteer_id}, "
                        "not of this volunteer, instrument and phase")
-    if old.replaced_by is not None:
-        raise ProblemError(409, f"assessment {old.id} was already replaced by {old.replaced_by}", slug="already-replaced",
-                           errors=[{"loc": ["body", "replaces"], "msg": f"already replaced by {old.replaced_by}"}],
-                           extra={"existing_id": str(old.replaced_by)})
     return old
+
+
+def _already_replaced(old: Assessment, current: Assessment | None) -> ProblemError:
+    """`replaces` names one that something replaced since: the answer names the one now current."""
+    current_id = current.id if current is not None else old.replaced_by
+    return ProblemError(409, f"assessment {old.id} was already replaced; the current one is {current_id}",
+                        slug="already-replaced",
+                        errors=[{"loc": ["body", "replaces"], "msg": f"already replaced; the current one is {current_id}"}],
+                        extra={"existing_id": str(current_id)})
 
 
 async def record_assessment(session: AsyncSession, registry: RegistryClient, scope: Visibility,
@@ -107,7 +112,9 @@ async def record_assessment(session: AsyncSession, registry: RegistryClient, sco
         if (existing := await repository.current(session, data.volunteer_id, data.instrument, data.phase)) is not None:
             raise _already_assessed(existing)
     else:
-        _check_replaced(await repository.get(session, data.replaces), data, scope)
+        old = _check_replaced(await repository.get(session, data.replaces), data, scope)
+        if old.replaced_by is not None:
+            raise _already_replaced(old, await repository.current(session, data.volunteer_id, data.instrument, data.phase))
 
     assessment = Assessment(
         volunteer_id=data.volunteer_id, organization_id=volunteer.organization_id, instrument=data.instrument,
@@ -154,7 +161,9 @@ async def get_assessment(session: AsyncSession, scope: Visibility, assessment_id
 async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID) -> None:
     """A registry merge: the duplicate's assessments become the survivor's (called by the merge handler,
     inside its unit of work). Applying it twice changes nothing the first did not."""
-    clashes = await repository.reassign(session, duplicate_id, survivor_id)
+    survivor = await session.get(VolunteerView, survivor_id)
+    organization_id = survivor.organization_id if survivor is not None else None
+    clashes = await repository.reassign(session, duplicate_id, survivor_id, organization_id)
     if clashes:
         log.info("merge kept both assessments of a phase; the survivor's stays current",
                  extra={"survivor_id": str(survivor_id), "replaced": [str(d) for d, _ in clashes]})
