@@ -71,10 +71,15 @@ class Databases:
         server = pg_server_url().rsplit("/", 1)[0]
         return server.replace("postgresql://", "postgresql+asyncpg://") + "/" + name
 
-    def _run_admin(self, sql: str) -> None:
-        """Synchronous, and callable from inside a running event loop (its own loop in a thread)."""
+    def _run_admin(self, *statements: str) -> None:
+        """Each statement on a connection of its own, side by side. Synchronous, and callable from
+        inside a running event loop (its own loop in a thread)."""
+
+        async def run_all() -> None:
+            await asyncio.gather(*(self._admin(sql) for sql in statements))
+
         with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, self._admin(sql)).result()
+            pool.submit(asyncio.run, run_all()).result()
 
     async def _admin(self, sql: str) -> None:
         conn = await asyncpg.connect(pg_server_url())
@@ -84,8 +89,10 @@ class Databases:
             await conn.close()
 
     def drop(self) -> None:
-        for name in self.created:
-            self._run_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # Each DROP DATABASE waits for a checkpoint; run together they share them (measured: 3 drops
+        # 2.5 s one after the other, 1.1 s side by side).
+        if self.created:
+            self._run_admin(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in self.created))
         self.created.clear()
 
 
