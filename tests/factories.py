@@ -1,10 +1,12 @@
-"""Test data for the registry's entities: valid create bodies, and the same entities made through the API or a session.
+"""Test data for the registry's entities: create bodies, and the entities made through the API or on a session.
 
-Three shapes for each entity, overrides as keyword arguments:
-- `volunteer_body(**overrides)` a valid create body (a dict), unique where the API wants uniqueness;
-- `create_volunteer(client, **overrides)` the entity made through the API (asserts 201, returns its JSON);
-- `volunteer_row(session, scope, **overrides)` the entity made by the service on a session (returns the row),
-  for tests on `registry_session` (tests/db.py). `national_scope()` and `organization_scope()` give the caller.
+Three shapes for each entity (organisation, programme, project, volunteer, enrolment), overrides as keywords:
+- `volunteer_body(**overrides)`: a valid create body (a dict), unique where the API wants uniqueness;
+- through the API (asserts 201, returns the JSON): `create_org`, `create_program`, `create_project`,
+  `register` (a volunteer), `create_enrollment`; `org_key` gives a client holding an organisation's key;
+- on a session, by the registry's services (returns the row, nothing committed): `organization_row`,
+  `program_row`, `project_row`, `volunteer_row`, `enrollment_row`, for tests on `registry_session`
+  (tests/db.py); `national_scope()` and `organization_scope()` say who is calling.
 """
 from __future__ import annotations
 
@@ -169,7 +171,7 @@ async def organization_scope(session: AsyncSession, organization_id: uuid.UUID) 
 
 async def organization_row(session: AsyncSession, scope: Visibility, **overrides) -> Organization:
     row = await organizations.create_organization(session, scope, OrganizationCreate(**organization_body(**overrides)))
-    await session.flush()
+    await session.flush()  # a constraint the row breaks fails here, not in the test's next query
     return row
 
 
@@ -182,7 +184,7 @@ async def project_row(session: AsyncSession, scope: Visibility, organization_id:
     program_id = program_id or (await program_row(session)).id
     data = ProjectCreate(**project_body(program_id, organization_id, **overrides))
     row = await projects.create_project(session, scope, data)
-    await session.flush()
+    await session.flush()  # as above
     return row
 
 
