@@ -177,6 +177,11 @@ async def test_bulk_decisions_answer_per_item(admin: httpx.AsyncClient, stack):
         {"id": ids[5], "decision": "verify", "status": "verified"},      # 10: unknown field
     ]
     async with org_key(stack, admin, s.org["id"], VERIFIER) as verifier:
+        dry = await verifier.post("/activities/verifications", json={"items": items}, params={"dry_run": "true"})
+        assert dry.status_code == 200, dry.text
+        assert (dry.json()["dry_run"], dry.json()["updated"], dry.json()["errors"]) == (True, 3, 8)
+        assert {(await verifier.get(f"/activities/{i}")).json()["status"] for i in ids} == {"submitted"}
+
         answer = await verifier.post("/activities/verifications", json={"items": items})
         assert answer.status_code == 200, answer.text
         summary = answer.json()

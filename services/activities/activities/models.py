@@ -185,8 +185,10 @@ class BatchRequest(SQLModel):
 
 
 class BatchItem(SQLModel):
+    """One item's fate, by index; `updated` is a bulk verification's decision taken."""
+
     index: int
-    status: Literal["created", "duplicate", "error"]
+    status: Literal["created", "updated", "duplicate", "error"]
     id: uuid.UUID | None = None
     errors: list[dict[str, Any]] | None = None
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 
 from services.activities.activities.endpoints import UNAVAILABLE, Registry
-from services.activities.activities.models import ActivityPublic
+from services.activities.activities.models import ActivityPublic, BatchSummary
 from services.activities.scope import VisibilityDep
 from services.activities.verification import service
 from services.activities.verification.models import (
-    ActivityCorrection, BulkRequest, BulkSummary, ReasonRequest, VerifyRequest,
+    ActivityCorrection, BulkRequest, ReasonRequest, VerifyRequest,
 )
 from shared.caller import require_scope
 from shared.errors import PROBLEM_RESPONSES
@@ -28,15 +29,17 @@ _RULES = ("Only the project's organisation or one above it decides; another orga
           "Sending the same decision again changes nothing and answers the entry as it stands.")
 
 
-@router.post("/verifications", response_model=BulkSummary, response_model_exclude_none=True,
+@router.post("/verifications", response_model=BatchSummary, response_model_exclude_none=True,
              dependencies=[require_scope("activities:verify")],
              summary="Verify or reject up to 1000 activities: each item decided or reported by index",
              description='Items `{"id", "decision": "verify" | "reject", "approved_hours"?, "reason"?}` (a reason is '
                          "required to reject). The answer is the §4 summary: `updated` (decided now), `ignored` (already "
                          "so decided: status `duplicate`), `errors` (with `errors [{loc, msg}]`); another organisation's "
-                         "activity is an item error \"not found\". A 4xx only when the request as a whole is wrong.")
-async def decide_many(body: BulkRequest, session: SessionDep, scope: VisibilityDep):
-    summary = await service.decide_many(session, scope, body.items)
+                         "activity is an item error \"not found\". `dry_run=true` checks every decision and takes none. A 4xx "
+                         "only when the request as a whole is wrong.")
+async def decide_many(body: BulkRequest, session: SessionDep, scope: VisibilityDep,
+                      dry_run: Annotated[bool, Query(description="check every decision, take none")] = False):
+    summary = await service.decide_many(session, scope, body.items, dry_run)
     # Serialised directly: re-validating 1000 items against the response model costs more than the rest.
     return Response(summary.model_dump_json(exclude_none=True), media_type="application/json")
 

@@ -99,20 +99,3 @@ class BulkRequest(SQLModel):
     # Documented as decisions, parsed as anything: an item that is not one is an item error, not a 422.
     items: list[Any] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH} decisions",
                              schema_extra={"json_schema_extra": {"items": BulkDecision.model_json_schema()}})
-
-
-class BulkItem(SQLModel):
-    index: int
-    status: Literal["updated", "duplicate", "error"]
-    id: uuid.UUID | None = None
-    errors: list[dict[str, Any]] | None = None
-
-
-class BulkSummary(SQLModel):
-    """The §4 summary: `updated` decided now, `ignored` already so decided (status `duplicate`), `errors`."""
-
-    created: int = 0
-    updated: int = 0
-    ignored: int = 0
-    errors: int = 0
-    items: list[BulkItem] = []

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import service as activities
-from services.activities.activities.models import Activity, ActivityCreate, ActivityPublic
+from services.activities.activities.models import Activity, ActivityCreate, ActivityPublic, BatchItem, BatchSummary
 from services.activities.registry_view.client import RegistryClient
 from services.activities.scope import Visibility
 from services.activities.verification import repository
-from services.activities.verification.models import ActivityCorrection, BulkDecision, BulkItem, BulkSummary
+from services.activities.verification.models import ActivityCorrection, BulkDecision
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError, validation_errors
 from shared.events import (
@@ -122,19 +122,19 @@ def _parse(index: int, item: Any) -> tuple[BulkDecision | None, list[dict]]:
     return parsed, []
 
 
-async def decide_many(session: AsyncSession, scope: Visibility, items: Sequence[Any]) -> BulkSummary:
+async def decide_many(session: AsyncSession, scope: Visibility, items: Sequence[Any], dry_run: bool) -> BatchSummary:
     """Up to 1000 decisions: each item decided or reported by index, as batches are (§4 summary).
-    Another organisation's activity is an item error "activity not found", like one that does not exist."""
+    Another organisation's activity is an item error "not found", like one that does not exist."""
     parsed: dict[int, BulkDecision] = {}
-    summary = BulkSummary()
-    results: dict[int, BulkItem] = {}
+    summary = BatchSummary(dry_run=dry_run)
+    results: dict[int, BatchItem] = {}
     first_of: dict[uuid.UUID, int] = {}
     for index, item in enumerate(items):
         decision, errors = _parse(index, item)
         if decision is not None and decision.id in first_of:
             errors = [{"loc": ["id"], "msg": f"item {first_of[decision.id]} already decides this activity"}]
         if errors:
-            results[index] = BulkItem(index=index, status="error", errors=errors)
+            results[index] = BatchItem(index=index, status="error", errors=errors)
             continue
         first_of[decision.id] = index
         parsed[index] = decision
@@ -147,11 +147,11 @@ async def decide_many(session: AsyncSession, scope: Visibility, items: Sequence[
             changes = _check(row, scope, d)
         except Refused as refused:
             msg = "not found" if refused.status == 404 else refused.msg
-            results[index] = BulkItem(index=index, status="error", errors=[{"loc": [refused.field], "msg": msg}])
+            results[index] = BatchItem(index=index, status="error", errors=[{"loc": [refused.field], "msg": msg}])
             continue
-        if changes:
+        if changes and not dry_run:
             events.append(_apply(row, d, now))
-        results[index] = BulkItem(index=index, status="updated" if changes else "duplicate", id=row.id)
+        results[index] = BatchItem(index=index, status="updated" if changes else "duplicate", id=row.id)
     await add_events(session, events)
     for index in sorted(results):
         item = results[index]
