@@ -95,13 +95,18 @@ async def test_a_client_reference_or_idempotency_key_never_makes_a_second_entry(
     again = await log(admin, {**body, "hours": 3})
     assert first.status_code == 201 and again.status_code == 200, again.text
     assert again.json()["id"] == first.json()["id"] and again.json()["hours"] == 2.5
+    # The same entry sent twice at once (a client retrying on a timeout): one entry, both told its id.
+    twin = activity_body(s, date="2026-05-04")
+    answers = await asyncio.gather(log(admin, twin), log(admin, twin))
+    assert sorted(a.status_code for a in answers) == [200, 201], [a.text for a in answers]
+    assert answers[0].json()["id"] == answers[1].json()["id"]
     key = unique("idem")
     keyed = activity_body(s, client_reference=None, date="2026-05-05")
     one = await log(admin, keyed, **{"Idempotency-Key": key})
     two = await log(admin, keyed, **{"Idempotency-Key": key})
     assert one.status_code == two.status_code == 201 and one.json() == two.json()
     assert_problem(await log(admin, {**keyed, "hours": 1}, **{"Idempotency-Key": key}), 409)
-    assert len(await walk(admin, "/activities", volunteer_id=s.volunteer["id"])) == 2
+    assert len(await walk(admin, "/activities", volunteer_id=s.volunteer["id"])) == 3
 
 
 async def test_another_organisations_activity_is_a_404(admin: httpx.AsyncClient, stack):
