@@ -190,7 +190,9 @@ async def test_an_erased_volunteer_gets_no_new_entries_and_keeps_the_old_ones(ad
 
     await eventually(refused, what="the erasure reaching activities")
     assert_problem(await log(admin, activity_body(s, date="2026-03-12")), 422, ["body", "volunteer_id"], says="erased")
-    assert (await admin.get(f"/activities/{before['id']}")).json()["hours"] == 2.5
+    kept = (await admin.get(f"/activities/{before['id']}")).json()
+    assert kept["hours"] == 2.5 and kept["volunteer_id"] == s.volunteer["id"]  # still counted
+    assert kept["description"] is None and kept["evidence_urls"] == []  # what was written about them is gone
 
 
 async def test_with_the_registry_down_known_volunteers_are_accepted_and_unknown_ones_told_to_retry(admin: httpx.AsyncClient, stack):

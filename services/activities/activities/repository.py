@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 import orjson
-from sqlalchemy import JSON, Select, func, insert, select, text
+from sqlalchemy import JSON, Select, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities.models import COUNTING, Activity
@@ -120,3 +120,12 @@ async def of_volunteer(session: AsyncSession, volunteer_id: uuid.UUID, *, lock: 
         query = query.with_for_update()
     return await rows(session, query)
 
+
+
+
+async def forget_free_text(session: AsyncSession, volunteer_id: uuid.UUID, now: datetime) -> None:
+    """Clear what people wrote about the volunteer's work (description, evidence links): it may name them."""
+    await session.execute(
+        update(Activity).where(Activity.volunteer_id == volunteer_id)
+        .values(description=None, evidence_urls=[], updated_at=now).execution_options(synchronize_session=False)
+    )

@@ -340,3 +340,8 @@ async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_
                             f"on {row.date.isoformat()} total more than {MAX_DAY_HOURS} hours")
             row.updated_at = now
     await add_events(session, [activity_event(ACTIVITY_REASSIGNED, row) for row in moved])
+
+
+async def follow_erasure(session: AsyncSession, volunteer_id: uuid.UUID) -> None:
+    """The volunteer was erased: their activities stay for statistics, without the free text about them."""
+    await repository.forget_free_text(session, volunteer_id, utcnow())

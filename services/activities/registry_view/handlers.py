@@ -62,6 +62,7 @@ async def _volunteer_row(session: AsyncSession, volunteer_id) -> VolunteerView:
 async def volunteer_erased(session: AsyncSession, event: CloudEvent, p: VolunteerErased) -> None:
     (await _volunteer_row(session, p.id)).erased = True
     await session.flush()
+    await activities.follow_erasure(session, p.id)
 
 
 async def volunteer_merged(session: AsyncSession, event: CloudEvent, p: VolunteerMerged) -> None:
