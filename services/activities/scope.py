@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from services.activities.registry_view.repository import all_organizations
+from services.activities.registry_view.repository import organization_parents
 from shared.caller import Caller, CallerContext
 from shared.service import SessionDep
 
@@ -40,8 +40,7 @@ def subtree(parents: dict[uuid.UUID, uuid.UUID | None], root: uuid.UUID) -> set[
 async def visibility(caller: Caller, session: SessionDep) -> Visibility:
     if caller.national:
         return Visibility(caller, None)
-    orgs = await all_organizations(session)
-    return Visibility(caller, subtree({o.id: o.parent_id for o in orgs.values()}, caller.organization_id))
+    return Visibility(caller, subtree(await organization_parents(session), caller.organization_id))
 
 
 VisibilityDep = Annotated[Visibility, Depends(visibility)]

@@ -42,7 +42,7 @@ class Known:
     volunteers: dict[uuid.UUID, VolunteerView]
     projects: dict[uuid.UUID, ProjectView]
     programs: dict[uuid.UUID, ProgramView]
-    organizations: dict[uuid.UUID, OrganizationView]
+    parents: dict[uuid.UUID, uuid.UUID | None]  # every known organisation and its parent
     enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]]
     locations: dict[str, LocationView]
     registry_down: bool = False
@@ -51,11 +51,10 @@ class Known:
         """The organisation and its ancestors, or None when a link is not known."""
         chain: list[uuid.UUID] = []
         while org_id is not None:
-            org = self.organizations.get(org_id)
-            if org is None or org_id in chain:
+            if org_id not in self.parents or org_id in chain:
                 return None
             chain.append(org_id)
-            org_id = org.parent_id
+            org_id = self.parents[org_id]
         return chain
 
     def volunteer(self, volunteer_id: uuid.UUID) -> VolunteerView | None:
@@ -92,7 +91,7 @@ async def _load(session: AsyncSession, needs: Needs) -> Known:
         volunteers=await repository.volunteers(session, needs.volunteer_ids),
         projects=projects,
         programs=await repository.programs(session, {p.program_id for p in projects.values()}),
-        organizations=await repository.all_organizations(session),
+        parents=await repository.organization_parents(session),
         enrollments=enrollments,
         locations=await repository.locations(session, needs.location_codes),
     )

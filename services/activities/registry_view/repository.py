@@ -38,9 +38,9 @@ async def locations(session: AsyncSession, codes: Collection[str]) -> dict[str, 
     return await _by_ids(session, LocationView, codes)
 
 
-async def all_organizations(session: AsyncSession) -> dict[uuid.UUID, OrganizationView]:
-    """Every organisation (a few hundred): visibility walks the tree in memory."""
-    return {r.id: r for r in (await session.execute(select(OrganizationView))).scalars()}
+async def organization_parents(session: AsyncSession) -> dict[uuid.UUID, uuid.UUID | None]:
+    """Every organisation with its parent (a few hundred rows of two ids): visibility walks the tree in memory."""
+    return dict((await session.execute(select(OrganizationView.id, OrganizationView.parent_id))).all())
 
 
 async def enrollments(session: AsyncSession, volunteer_ids: Collection[uuid.UUID],
