@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.activities.assessments import service
+from services.activities.assessments.models import AssessmentCreate
+from services.activities.registry_view.client import RegistryClient
+from services.activities.registry_view.handlers import HANDLERS
+from services.activities.scope import Visibility
+from shared import events as ev
+from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext
+from shared.errors import ProblemError
 from shared.events import ACTIVITIES_TOPIC
 from tests.api import assert_problem, walk
 from tests.conftest import eventually
@@ -248,3 +257,26 @@ async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keep
         assert {a["id"] for a in await walk(survivors_org, "/assessments")} == set(after)
     assert_problem(await admin.post("/assessments", json=assessment_body(duplicate["id"], phase="endline")), 422,
                    ["body", "volunteer_id"], says="merged")
+
+
+# ---- rules on a rolled-back session (tests/db.py) ----------------------------------------------------
+async def test_with_the_registry_unreachable_a_known_volunteer_is_assessed_and_an_unknown_one_says_retry(
+        activities_session: AsyncSession):
+    national = Visibility(CallerContext("test", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True), None)
+    org, known = uuid.uuid4(), uuid.uuid4()
+    for type_, payload in ((ev.ORGANIZATION_CREATED, ev.OrganizationChanged(id=org, kind="ngo")),
+                           (ev.VOLUNTEER_REGISTERED, ev.VolunteerChanged(id=known, organization_id=org, sex="male",
+                                                                         date_of_birth=date(2005, 5, 5), residence_province="12"))):
+        event = ev.new_event(type_, "subject", payload)
+        await HANDLERS[type_](activities_session, event, event.payload())
+    down = RegistryClient("http://127.0.0.1:1", "secret", 0.5)  # nothing listens on port 1
+    try:
+        recorded = await service.record_assessment(activities_session, down, national,
+                                                   AssessmentCreate(**assessment_body(str(known))))
+        assert (recorded.organization_id, recorded.total) == (org, sum(SOFT.values()))
+        with pytest.raises(ProblemError) as refused:
+            await service.record_assessment(activities_session, down, national,
+                                            AssessmentCreate(**assessment_body(str(uuid.uuid4()))))
+        assert refused.value.status == 503 and refused.value.headers["Retry-After"]
+    finally:
+        await down.close()
