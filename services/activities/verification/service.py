@@ -108,7 +108,7 @@ async def decide(session: AsyncSession, scope: Visibility, activity_id: uuid.UUI
 
 # ---- bulk --------------------------------------------------------------------------------------
 
-def _parse(index: int, item: Any) -> tuple[BulkDecision | None, list[dict]]:
+def _parse(item: Any) -> tuple[BulkDecision | None, list[dict]]:
     if not isinstance(item, dict):
         return None, [{"loc": [], "msg": "an item must be a JSON object"}]
     try:
@@ -130,7 +130,7 @@ async def decide_many(session: AsyncSession, scope: Visibility, items: Sequence[
     results: dict[int, BatchItem] = {}
     first_of: dict[uuid.UUID, int] = {}
     for index, item in enumerate(items):
-        decision, errors = _parse(index, item)
+        decision, errors = _parse(item)
         if decision is not None and decision.id in first_of:
             errors = [{"loc": ["id"], "msg": f"item {first_of[decision.id]} already decides this activity"}]
         if errors:
