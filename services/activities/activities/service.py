@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -205,9 +206,12 @@ async def _write(session: AsyncSession, decisions: Sequence[Decision]) -> None:
 
 async def _record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
                   entries: Sequence[tuple[int, ActivityCreate]], dry_run: bool = False) -> list[Decision]:
+    # Only a client reference can collide with a concurrent twin (ids are random): without one, no
+    # savepoint is needed (two round trips fewer for a single entry).
+    guarded = any(d.client_reference is not None for _, d in entries)
     for attempt in (1, 2):
         try:
-            async with session.begin_nested():
+            async with session.begin_nested() if guarded else nullcontext():
                 decisions = await _decide(session, caller, registry, entries)
                 if not dry_run:
                     await _write(session, decisions)

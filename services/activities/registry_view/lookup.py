@@ -41,7 +41,6 @@ class Needs:
 class Known:
     volunteers: dict[uuid.UUID, VolunteerView]
     projects: dict[uuid.UUID, ProjectView]
-    programs: dict[uuid.UUID, ProgramView]
     parents: dict[uuid.UUID, uuid.UUID | None]  # every known organisation and its parent
     enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]]
     locations: dict[str, LocationView]
@@ -64,7 +63,7 @@ class Known:
 
     def project(self, project_id: uuid.UUID) -> ProjectView | None:
         row = self.projects.get(project_id)
-        if row is None or row.program_id not in self.programs or self.chain(row.organization_id) is None:
+        if row is None or self.chain(row.organization_id) is None:
             return None
         return row
 
@@ -90,7 +89,6 @@ async def _load(session: AsyncSession, needs: Needs) -> Known:
     return Known(
         volunteers=await repository.volunteers(session, needs.volunteer_ids),
         projects=projects,
-        programs=await repository.programs(session, {p.program_id for p in projects.values()}),
         parents=await repository.organization_parents(session),
         enrollments=enrollments,
         locations=await repository.locations(session, needs.location_codes),

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.registry_view.models import (
-    FETCHED, EnrollmentView, LocationView, OrganizationView, ProgramView, ProjectView, VolunteerView,
+    FETCHED, EnrollmentView, LocationView, OrganizationView, ProjectView, VolunteerView,
 )
 
 
@@ -28,10 +28,6 @@ async def volunteers(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[
 
 async def projects(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ProjectView]:
     return await _by_ids(session, ProjectView, ids)
-
-
-async def programs(session: AsyncSession, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, ProgramView]:
-    return await _by_ids(session, ProgramView, ids)
 
 
 async def locations(session: AsyncSession, codes: Collection[str]) -> dict[str, LocationView]:
