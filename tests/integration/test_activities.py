@@ -147,7 +147,7 @@ async def probe(client: httpx.AsyncClient, body: dict) -> dict:
     return answer.json()["items"][0]
 
 
-async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_day(admin: httpx.AsyncClient):
+async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_day(admin: httpx.AsyncClient, stack):
     s = await setting(admin)
     duplicate = await register(admin, organization_id=s.org["id"])
     await create_enrollment(admin, duplicate["id"], s.project["id"])
@@ -172,6 +172,9 @@ async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_d
     assert set(both) == {mine["id"], theirs["id"], other_day["id"]}  # nothing dropped
     assert "24" in both[mine["id"]]["conflict"] and "24" in both[theirs["id"]]["conflict"]
     assert both[other_day["id"]]["conflict"] is None
+    [moved_event] = await find_events(stack.broker.bootstrap, ACTIVITIES_TOPIC,
+                                      lambda e: e.get("subject") == theirs["id"] and e["type"] == "vmc.activity.reassigned")
+    assert moved_event["data"]["volunteer_id"] == s.volunteer["id"] and moved_event["data"]["revision"] == 2
     item = await probe(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-03"))
     assert item["status"] == "error" and item["errors"][0]["loc"] == ["volunteer_id"], item
     assert "merged" in item["errors"][0]["msg"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from shared.events import ACTIVITIES_TOPIC
 from tests.api import assert_problem, walk
+from tests.eventlog import find_events
 from tests.factories import create_org, org_key
 from tests.integration.activity_factories import LOGGER, activity_body, setting
 
@@ -15,7 +17,7 @@ async def batch(client: httpx.AsyncClient, items: list, **params) -> dict:
     return answer.json()
 
 
-async def test_a_mixed_batch_takes_the_good_items_and_reports_the_bad_by_index(admin: httpx.AsyncClient):
+async def test_a_mixed_batch_takes_the_good_items_and_reports_the_bad_by_index(admin: httpx.AsyncClient, stack):
     s = await setting(admin)
     good = [activity_body(s, date=f"2026-05-{day:02d}") for day in range(1, 6)]
     items = [
@@ -42,6 +44,9 @@ async def test_a_mixed_batch_takes_the_good_items_and_reports_the_bad_by_index(a
     stored = {a["id"]: a for a in await walk(admin, "/activities", volunteer_id=s.volunteer["id"])}
     assert set(stored) == {by_index[i]["id"] for i in (0, 4, 7)}
     assert stored[by_index[7]["id"]]["hours"] == good[2]["hours"]
+    created = {by_index[i]["id"] for i in (0, 4, 7)}
+    events = await find_events(stack.broker.bootstrap, ACTIVITIES_TOPIC, lambda e: e.get("subject") in created, count=3)
+    assert {e["type"] for e in events} == {"vmc.activity.submitted"} and {e["subject"] for e in events} == created
 
     # The same batch again creates nothing: every item once taken is a duplicate naming its entry.
     again = await batch(admin, items)
