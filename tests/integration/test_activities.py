@@ -12,7 +12,7 @@ from shared.events import ACTIVITIES_TOPIC
 from tests.api import assert_problem, walk
 from tests.conftest import eventually
 from tests.eventlog import find_events
-from tests.factories import create_enrollment, create_org, org_key, register
+from tests.factories import create_enrollment, create_org, create_project, org_key, register
 from tests.harness import unique
 from tests.integration.activity_factories import LOGGER, activity_body, log, setting
 
@@ -151,6 +151,9 @@ async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_d
     s = await setting(admin)
     duplicate = await register(admin, organization_id=s.org["id"])
     await create_enrollment(admin, duplicate["id"], s.project["id"])
+    only_theirs = await create_project(admin, s.org["id"])  # the merge hands this enrolment to the survivor
+    await create_enrollment(admin, duplicate["id"], only_theirs["id"])
+    assert (await probe(admin, activity_body(s, volunteer_id=duplicate["id"], project_id=only_theirs["id"])))["status"] == "created"
     mine = (await log(admin, activity_body(s, date="2026-06-01", hours=20))).json()
     theirs = (await log(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-01", hours=10))).json()
     other_day = (await log(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-02", hours=1))).json()
@@ -178,6 +181,7 @@ async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_d
     item = await probe(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-03"))
     assert item["status"] == "error" and item["errors"][0]["loc"] == ["volunteer_id"], item
     assert "merged" in item["errors"][0]["msg"]
+    assert (await log(admin, activity_body(s, project_id=only_theirs["id"], date="2026-06-05"))).status_code == 201
     # The survivor's overfull day takes nothing more.
     assert (await probe(admin, activity_body(s, date="2026-06-01", hours=0.5)))["errors"][0]["loc"] == ["hours"]
 

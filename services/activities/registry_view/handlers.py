@@ -68,6 +68,7 @@ async def volunteer_erased(session: AsyncSession, event: CloudEvent, p: Voluntee
 async def volunteer_merged(session: AsyncSession, event: CloudEvent, p: VolunteerMerged) -> None:
     (await _volunteer_row(session, p.duplicate_id)).merged_into = p.survivor_id
     await session.flush()
+    await repository.move_enrollments(session, p.duplicate_id, p.survivor_id)
     await activities.follow_merge(session, p.duplicate_id, p.survivor_id)
     await assessments.follow_merge(session, p.duplicate_id, p.survivor_id)
 

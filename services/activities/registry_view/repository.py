@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -76,3 +76,9 @@ async def upsert_locations(session: AsyncSession, rows: Sequence[dict]) -> None:
     statement = statement.on_conflict_do_update(
         index_elements=["code"], set_={"level": statement.excluded.level, "parent_code": statement.excluded.parent_code})
     await session.execute(statement, sorted(rows, key=lambda row: row["code"]))
+
+
+async def move_enrollments(session: AsyncSession, from_volunteer: uuid.UUID, to_volunteer: uuid.UUID) -> None:
+    """What the registry does to enrolments on a merge, which it publishes no event for (moved rows)."""
+    await session.execute(update(EnrollmentView).where(EnrollmentView.volunteer_id == from_volunteer)
+                          .values(volunteer_id=to_volunteer).execution_options(synchronize_session=False))
