@@ -21,6 +21,7 @@ from gateway.app import create_app
 from gateway.server import FEED_SLICE, MAX_PIPELINED, GatewayHttpProtocol
 from gateway.settings import GatewaySettings
 from gateway.headers import header
+from tests.conftest import eventually
 
 ANSWER = b'{"ok":true}'
 
@@ -117,6 +118,12 @@ def connection(tmp_path):
     return server(tmp_path)
 
 
+async def until(condition, timeout: float = 5.0) -> None:
+    """Let the loop run until `condition()` holds, or fail after `timeout` seconds (polled every
+    millisecond: the fake transport answers within a few loop turns)."""
+    await eventually(condition, timeout=timeout, interval=0.001)
+
+
 async def settle(state: ServerState) -> None:
     for _ in range(50):
         await asyncio.sleep(0)
@@ -160,7 +167,7 @@ async def test_a_body_sent_in_pieces_reaches_the_proxy_whole(connection):
     body = b'{"name": "' + b"x" * 5000 + b'"}'
     protocol.data_received(b"POST /api/v1/volunteers HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
                            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:100])
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, not a wait: the answering task starts and waits for the rest
     protocol.data_received(body[100:])
     await settle(state)
     assert proxy.fast[0][1] == body and proxy.fast[0][0]["method"] == "POST"
@@ -203,8 +210,8 @@ async def test_pipelined_requests_are_answered_in_order(connection):
     proxy.hold = asyncio.Event()  # the first answer is still being worked on when the second arrives
     protocol.data_received(b"GET /api/v1/programs/1 HTTP/1.1\r\nHost: gw\r\n\r\n"
                            b"GET /api/v1/programs/2 HTTP/1.1\r\nHost: gw\r\n\r\n")
-    await asyncio.sleep(0.01)
-    assert transport.output == b""
+    await until(lambda: proxy.fast)  # the first is being answered, the second queued behind it
+    assert transport.output == b"" and len(protocol.pipeline) == 1
     proxy.hold.set()
     await settle(state)
     await settle(state)
@@ -230,7 +237,7 @@ async def test_a_client_gone_before_the_answer_gets_no_write(connection):
     protocol, transport = connect()
     proxy.hold = asyncio.Event()
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n\r\n")
-    await asyncio.sleep(0.01)
+    await until(lambda: proxy.fast)  # the answer is under way when the client leaves
     protocol.connection_lost(None)
     proxy.hold.set()
     await settle(state)
@@ -250,19 +257,35 @@ async def test_a_head_trickled_too_slowly_is_a_408_and_the_connection_closes(tmp
     connect, proxy, state = server(tmp_path, header_read_timeout_seconds=0.05)
     protocol, transport = connect()
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\n")  # the head never ends
-    await asyncio.sleep(0.15)
-    assert transport.output.startswith(b"HTTP/1.1 408 ") and b"application/problem+json" in transport.output
+    await until(lambda: transport.output.startswith(b"HTTP/1.1 408 "), timeout=2)
+    assert b"application/problem+json" in transport.output
     assert transport.closed and not proxy.fast
+
+
+async def test_a_head_over_the_limit_is_refused_once_its_pieces_add_up_before_it_ends(connection):
+    """The limit is on the head's running total, not on each read: two reads under the limit that
+    together pass it get the 431 at once, without waiting for the head's end."""
+    connect, proxy, state = connection
+    protocol, transport = connect()
+    head = b"GET /api/v1/programs HTTP/1.1\r\nHost: gw\r\nX-Padding: " + b"a" * 70_000 + b"\r\n\r\n"
+    first, second = head[:40_000], head[40_000:-1_000]  # the head's last kilobyte never comes
+    assert len(first) < protocol.max_head_bytes < len(first) + len(second) and len(second) < protocol.max_head_bytes
+    protocol.data_received(first)
+    assert transport.output == b"" and not transport.closed
+    protocol.data_received(second)
+    assert transport.output.startswith(b"HTTP/1.1 431 ") and b"application/problem+json" in transport.output
+    assert transport.closed and not proxy.fast and not proxy.asgi
 
 
 async def test_a_head_completed_in_time_is_served_and_leaves_no_timer(tmp_path):
     connect, proxy, state = server(tmp_path, header_read_timeout_seconds=0.05)
     protocol, transport = connect()
     protocol.data_received(b"GET /api/v1/programs HTTP/1.1\r\n")
-    await asyncio.sleep(0.01)
+    assert protocol.head_timer is not None  # a head spanning reads is timed
     protocol.data_received(b"Host: gw\r\n\r\n")
     await settle(state)
-    await asyncio.sleep(0.1)  # past the time limit: the finished head's timer must not fire
+    # A negative wait, so a sleep: nothing to wait for but the time limit passing without a 408.
+    await asyncio.sleep(0.1)
     assert transport.output.startswith(b"HTTP/1.1 200 OK") and b"408" not in transport.output
     assert not transport.closed and len(proxy.fast) == 1
 
@@ -353,15 +376,6 @@ async def test_the_headers_the_proxy_reads_are_each_requests_own_first_values(se
     proxy.served[0][1](200, [(b"content-length", b"3")], b"one")
     await settle(state)
     assert header(proxy.asgi[0], b"authorization") == "Bearer three"
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    """Let the loop run until `condition()` holds, or fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + timeout
-    while not condition():
-        assert loop.time() < give_up, "condition not reached"
-        await asyncio.sleep(0.001)
 
 
 def gets(paths) -> bytes:

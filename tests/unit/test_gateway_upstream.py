@@ -6,6 +6,7 @@ import asyncio
 import pytest
 
 from gateway.upstream import CONNECT_RETRY_DELAY, ConnectFailed, Dropped, Incomplete, ReadTimeout, UpstreamClient, retry_delay
+from tests.conftest import eventually
 
 
 class Server:
@@ -168,7 +169,7 @@ async def test_the_pool_never_opens_more_than_its_limit_and_waiters_get_the_free
     client = UpstreamClient(limit=2)
 
     async def slow(path: str, body: bytes) -> bytes:
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a slow upstream, not a wait: the six calls overlap and contend for two slots
         return fixed(path.encode())
 
     async with Server(slow) as server:
@@ -187,21 +188,24 @@ async def test_the_pool_never_opens_more_than_its_limit_and_waiters_get_the_free
 
 async def test_a_caller_cancelled_while_waiting_for_a_slot_gives_nothing_away():
     client = UpstreamClient(limit=1)
+    release = asyncio.Event()
 
-    async def slow(path: str, body: bytes) -> bytes:
-        await asyncio.sleep(0.1)
+    async def held(path: str, body: bytes) -> bytes:
+        await release.wait()  # the first caller keeps the only slot until the second is cancelled
         return fixed(b"ok")
 
-    async with Server(slow) as server:
+    async with Server(held) as server:
         first = asyncio.create_task(call(client, server))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: ("127.0.0.1", server.port) in client.pools
+                         and client.pools[("127.0.0.1", server.port)].busy == 1, timeout=5, interval=0.001)
+        pool = client.pools[("127.0.0.1", server.port)]
         second = asyncio.create_task(call(client, server))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: len(pool.waiters) == 1, timeout=5, interval=0.001)
         second.cancel()
+        release.set()
         assert (await first).body == b"ok"
         with pytest.raises(asyncio.CancelledError):
             await second
-        pool = client.pools[("127.0.0.1", server.port)]
         assert pool.busy == 0 and not pool.waiters
         assert (await call(client, server)).body == b"ok"
 
