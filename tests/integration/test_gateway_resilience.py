@@ -82,7 +82,7 @@ async def test_body_too_large_is_413_and_a_trickling_body_is_cut_off(stack):
 
         async def trickle():
             yield b'{"name": '
-            await asyncio.sleep(2)
+            await asyncio.sleep(2)  # the client's behaviour, not a wait: it trickles past the 0.3 s body limit
             yield b'"late", "kind": "ngo"}'
 
         started = time.monotonic()

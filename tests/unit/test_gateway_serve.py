@@ -74,7 +74,7 @@ async def gateway(tmp_path):
     async def registry(path: str, body: bytes):
         seen.append((path, body))
         if "/slow" in path:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the upstream's behaviour, not a wait: slower than the 0.2 s upstream timeout
         if "/drop" in path:
             return None
         return fixed(b'{"ok":true}', b"connection: keep-alive\r\n")

@@ -148,7 +148,7 @@ async def test_refused_connection():
 
 async def test_read_timeout_and_cut_off_answer():
     async def slow(path, body):
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the upstream's behaviour, not a wait: it outlasts the 0.2 s read timeout
         return fixed(b"late")
 
     client = UpstreamClient()
