@@ -1,7 +1,7 @@
 """Idempotent Kafka consumer runtime.
 
-Each batch of a partition is applied in one database transaction together with a record of the
-event ids it processed; offsets are committed only after that transaction commits. A redelivered
+Each batch of a partition is applied in one transaction together with a record of the event ids it
+processed (a SQL database through `SessionBatches`, or any other store through its own `BatchUnits`); offsets are committed only after that transaction commits. A redelivered
 event (consumer killed before its offset commit, rebalance, outbox re-publish) finds its id recorded
 and is skipped. A message that cannot be processed after bounded retries goes to the consumer's
 dead-letter topic with the error, and the consumer moves on.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -51,6 +52,74 @@ TABLES = [ProcessedEvent.__table__]
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, asyncio.TimeoutError)
 
 
+class BatchUnits(Protocol):
+    """Where a consumer applies its batches: each in one transaction that also records the ids of the
+    events it applied, so a redelivered event is skipped (`SessionBatches` is the SQL database's)."""
+
+    async def apply(self, consumer: str, events: list[tuple[CloudEvent, Payload | None]],
+                    handlers: Mapping[str, Any]) -> tuple[int, int]:
+        """Apply the events not recorded yet and record them, all or nothing: (applied, duplicates)."""
+
+    async def record_dead_letter(self, consumer: str, event_id: str) -> None:
+        """Record a dead-lettered event, so a replay does not dead-letter it a second time."""
+
+    async def reachable(self) -> bool:
+        """Whether the store answers (if not, a failure is the store's, not the message's)."""
+
+
+class SessionBatches:
+    """A consumer's batches applied through SQLAlchemy sessions, one unit of work per batch."""
+
+    def __init__(self, maker: async_sessionmaker[AsyncSession]):
+        self._maker = maker
+
+    async def apply(self, consumer: str, events: list[tuple[CloudEvent, Payload | None]],
+                    handlers: Mapping[str, Handler]) -> tuple[int, int]:
+        # The batch is one unit of work: the handlers' writes and the processed-event records are
+        # committed together, once, here; a handler that raises leaves neither.
+        async with unit_of_work(self._maker) as session:
+            ids = list({e.id for e, _ in events})
+            seen = set(
+                (
+                    await session.execute(
+                        select(ProcessedEvent.event_id).where(
+                            ProcessedEvent.consumer == consumer, ProcessedEvent.event_id.in_(ids)
+                        )
+                    )
+                ).scalars()
+            )
+            now = datetime.now(timezone.utc)
+            applied = skipped = 0
+            for event, payload in events:
+                if event.id in seen:
+                    skipped += 1
+                    continue
+                seen.add(event.id)
+                handler = handlers.get(event.type)
+                if handler is not None:
+                    await handler(session, event, payload)
+                    applied += 1
+                session.add(ProcessedEvent(consumer=consumer, event_id=event.id, processed_at=now))
+        return applied, skipped
+
+    async def record_dead_letter(self, consumer: str, event_id: str) -> None:
+        async with unit_of_work(self._maker) as session:
+            if await session.get(ProcessedEvent, (consumer, event_id)) is None:
+                session.add(
+                    ProcessedEvent(
+                        consumer=consumer, event_id=event_id, processed_at=datetime.now(timezone.utc), outcome="dead_letter"
+                    )
+                )
+
+    async def reachable(self) -> bool:
+        try:
+            async with self._maker() as session:
+                await session.execute(text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 - any failure means the database is away
+            return False
+
+
 class _Poison(Exception):
     """A message that will never succeed (not an envelope, or its payload breaks the schema)."""
 
@@ -60,8 +129,8 @@ class EventConsumer:
         self,
         name: str,
         topics: list[str],
-        handlers: dict[str, Handler],
-        maker: async_sessionmaker[AsyncSession],
+        handlers: Mapping[str, Any],
+        units: async_sessionmaker[AsyncSession] | BatchUnits,
         consumer_factory: Callable[[str, list[str]], AIOKafkaConsumer],
         producer_factory: Callable[[], AIOKafkaProducer],
         metrics: Metrics,
@@ -72,7 +141,8 @@ class EventConsumer:
         self.name = name
         self.topics = topics
         self.handlers = handlers
-        self._maker = maker
+        # A session maker applies batches through SQL sessions; a store of another kind brings its own.
+        self._units: BatchUnits = SessionBatches(units) if isinstance(units, async_sessionmaker) else units
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._metrics = metrics
@@ -84,6 +154,9 @@ class EventConsumer:
         self._membership = Membership()  # offsets read before a rebalance are not committed after it
         self.last_event_time: datetime | None = None
         self.healthy = False
+        # What /ready reports beside the metrics: messages behind per "topic/partition", dead letters.
+        self.lag: dict[str, int] = {}
+        self.dead_lettered = 0
         metrics.dead_letters.labels(name)  # exported as 0 from the start, so alerts see the series
 
     def start(self) -> None:
@@ -139,9 +212,9 @@ class EventConsumer:
                 await self._commit(consumer, tp, messages[-1].offset + 1, generation)
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
-                    self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(
-                        max(0, highwater - (messages[-1].offset + 1))
-                    )
+                    lag = max(0, highwater - (messages[-1].offset + 1))
+                    self.lag[f"{tp.topic}/{tp.partition}"] = lag
+                    self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(lag)
             partitions.check(consumer)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, generation: int) -> None:
@@ -191,12 +264,7 @@ class EventConsumer:
         await self._dead_letter(message, error)
 
     async def _database_reachable(self) -> bool:
-        try:
-            async with self._maker() as session:
-                await session.execute(text("SELECT 1"))
-            return True
-        except Exception:  # noqa: BLE001 - any failure means the database is away
-            return False
+        return await self._units.reachable()
 
     async def _apply(self, messages: list[ConsumerRecord], raise_on_error: bool) -> None:
         events: list[tuple[CloudEvent, Payload | None]] = []
@@ -207,31 +275,7 @@ class EventConsumer:
             except (MalformedEvent, ValidationError, UnknownEventType) as exc:
                 raise _Poison(str(exc)) from exc
             events.append((event, payload))
-        # The batch is one unit of work: the handlers' writes and the processed-event records are
-        # committed together, once, here; a handler that raises leaves neither.
-        async with unit_of_work(self._maker) as session:
-            ids = list({e.id for e, _ in events})
-            seen = set(
-                (
-                    await session.execute(
-                        select(ProcessedEvent.event_id).where(
-                            ProcessedEvent.consumer == self.name, ProcessedEvent.event_id.in_(ids)
-                        )
-                    )
-                ).scalars()
-            )
-            now = datetime.now(timezone.utc)
-            applied = skipped = 0
-            for event, payload in events:
-                if event.id in seen:
-                    skipped += 1
-                    continue
-                seen.add(event.id)
-                handler = self.handlers.get(event.type)
-                if handler is not None:
-                    await handler(session, event, payload)
-                    applied += 1
-                session.add(ProcessedEvent(consumer=self.name, event_id=event.id, processed_at=now))
+        applied, skipped = await self._units.apply(self.name, events, self.handlers)
         if events:
             self.last_event_time = max(e.time for e, _ in events)
         self._metrics.consumed.labels(self.name, "applied").inc(applied)
@@ -260,16 +304,11 @@ class EventConsumer:
         assert self._producer is not None
         await self._producer.send_and_wait(dead_letter_topic(self.name), value=value, key=message.key, headers=headers)
         self._metrics.dead_letters.labels(self.name).inc()
+        self.dead_lettered += 1
         log.error("message dead-lettered", extra={"consumer": self.name, "error": reason, "offset": message.offset})
         # Record a dead-lettered event so a replay does not dead-letter it a second time.
         try:
             event_id = parse_event(message.value).id
         except MalformedEvent:
             return
-        async with unit_of_work(self._maker) as session:
-            if await session.get(ProcessedEvent, (self.name, event_id)) is None:
-                session.add(
-                    ProcessedEvent(
-                        consumer=self.name, event_id=event_id, processed_at=datetime.now(timezone.utc), outcome="dead_letter"
-                    )
-                )
+        await self._units.record_dead_letter(self.name, event_id)

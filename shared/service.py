@@ -19,8 +19,8 @@ from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
 from shared.broker import broker_reachable, ensure_topics_forever, make_consumer, make_producer
 from shared.caller import annotate_scopes
-from shared.consumer import EventConsumer, Handler
-from shared.db import Migration, make_engine, make_sessionmaker, migrate
+from shared.consumer import BatchUnits, EventConsumer, Handler
+from shared.db import Migration, make_engine, make_sessionmaker, migrate, pending_migrations
 from shared.errors import install_error_handlers, problem_response
 from shared.http import RequestContextMiddleware
 from shared.logs import configure_logging
@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ConsumerSpec:
-    """A consumer group of this service: its name (group id), topics and handler per event type."""
+    """A consumer group of this service: its name (group id), topics and handler per event type.
+    `units`, given the started app, says where its batches are applied when that is not the service's
+    SQL database (the handlers then take what those units hand them instead of a session)."""
 
     name: str
     topics: list[str]
     handlers: dict[str, Handler]
+    units: Callable[[FastAPI], BatchUnits] | None = None
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ServiceSpec:
     publishes: Sequence[str] = ()
     consumers: Sequence[ConsumerSpec] = ()
     on_startup: Callable[[FastAPI], Awaitable[None]] | None = None
+    on_shutdown: Callable[[FastAPI], Awaitable[None]] | None = None  # after the consumers have stopped
+    # More of /ready's answer (e.g. how fresh a read store is); informative, not a readiness check.
+    ready_details: Callable[[FastAPI], Awaitable[dict]] | None = None
     description: str = ""
     extra_state: dict = field(default_factory=dict)
 
@@ -96,9 +102,20 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     async def lifespan(app: FastAPI):
         configure_logging(spec.name, settings.log_level)
         engine = make_engine(settings.resolved_database_url(), pool_size=settings.database_pool_size)
-        await migrate(engine, spec.migrations)
-        maker: async_sessionmaker[AsyncSession] = make_sessionmaker(engine)
-        app.state.engine, app.state.maker = engine, maker
+        if settings.migrates_on_start:
+            await migrate(engine, spec.migrations)
+        app.state.engine, app.state.maker = engine, make_sessionmaker(engine)
+        app.state.schema = _Schema(engine, spec.migrations)
+        try:
+            async with app.state.schema.gate(running(app)):
+                yield
+        finally:
+            await engine.dispose()
+
+    @asynccontextmanager
+    async def running(app: FastAPI):
+        """What reads and writes the tables: started once the schema is current (see `_Schema.gate`)."""
+        maker: async_sessionmaker[AsyncSession] = app.state.maker
         if spec.on_startup:
             await spec.on_startup(app)
         topics = list(spec.publishes) + [t for c in spec.consumers for t in c.topics]
@@ -115,7 +132,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
                 c.name,
                 c.topics,
                 c.handlers,
-                maker,
+                c.units(app) if c.units else maker,
                 lambda group, topics: make_consumer(settings, group, topics),
                 producer_factory,
                 metrics,
@@ -135,8 +152,9 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
             topics_task.cancel()
             for c in consumers:
                 await c.stop()
+            if spec.on_shutdown:
+                await spec.on_shutdown(app)
             await relay.stop()
-            await engine.dispose()
 
     app = FastAPI(
         title=f"VMC Connect {spec.name}",
@@ -152,6 +170,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = _ReadyCache(settings)
+    app.state.ready_details = spec.ready_details
     for key, value in spec.extra_state.items():
         setattr(app.state, key, value)
     install_error_handlers(app)
@@ -163,12 +182,84 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     return app
 
 
+class _Schema:
+    """Whether this part's database has every one of its migrations, and whether its parts started.
+
+    Production migrates in a step of its own (`vmc migrate`, VMC_MIGRATE_ON_START unset): a part started
+    on a database that step has not reached yet answers /ready 503 naming the missing migrations and
+    touches no table until the step is done, then starts by itself."""
+
+    def __init__(self, engine, migrations: Sequence[Migration]):
+        self.engine, self.migrations = engine, migrations
+        self.missing: list[int] = []
+        self.started = False
+
+    async def current(self) -> bool:
+        try:
+            self.missing = await pending_migrations(self.engine, self.migrations)
+        except Exception:  # noqa: BLE001 - an unreachable database: /ready reports that itself
+            log.warning("cannot read the schema version", exc_info=True)
+            return False
+        return not self.missing
+
+    async def reason(self) -> str:
+        if self.started or await self.current():
+            return "starting"
+        return (f"database schema behind: migration(s) {', '.join(map(str, self.missing))} not applied "
+                "(run `vmc migrate`, or set VMC_MIGRATE_ON_START=true)")
+
+    @asynccontextmanager
+    async def gate(self, parts):
+        """Enter `parts` now if the schema is current, else as soon as it is (without holding up
+        the server: /ready must answer meanwhile)."""
+        if await self.current():
+            async with parts:
+                self.started = True
+                yield
+            return
+        stop = asyncio.Event()
+
+        async def when_current() -> None:
+            log.error(await self.reason())
+            while not await self.current():
+                await asyncio.sleep(2)  # polling for a step another process runs (`vmc migrate`)
+            log.info("database schema current: starting")
+            async with parts:
+                self.started = True
+                await stop.wait()
+
+        task = asyncio.create_task(when_current())
+        try:
+            yield
+        finally:
+            stop.set()
+            if not self.started:
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 async def _wait_briefly(task: asyncio.Task) -> None:
     """Give topic creation a moment so the consumers' first subscription finds the topics."""
     try:
         await asyncio.wait_for(asyncio.shield(task), 5)
     except (asyncio.TimeoutError, Exception):  # the broker may be away; the task keeps trying
         pass
+
+
+def _consumer_details(app: FastAPI) -> dict:
+    """Each consumer's lag per partition, dead-lettered messages and age of the last event it applied."""
+    consumers = getattr(app.state, "consumers", [])
+    if not consumers:
+        return {}
+    now = time.time()
+    return {"consumers": {
+        c.name: {
+            "lag": dict(c.lag),
+            "dead_lettered": c.dead_lettered,
+            "last_event_age_s": round(now - c.last_event_time.timestamp(), 3) if c.last_event_time else None,
+        }
+        for c in consumers
+    }}
 
 
 def operations_router() -> APIRouter:
@@ -188,12 +279,20 @@ def operations_router() -> APIRouter:
         except Exception:  # noqa: BLE001 - reported as not ready
             log.warning("database not reachable", exc_info=True)
         checks["broker"] = await request.app.state.ready.broker_ok()
+        schema = request.app.state.schema
+        if not schema.started:  # the parts wait for `vmc migrate` (or are starting): say which
+            checks["schema"] = False
+            if checks["database"]:
+                return problem_response(503, f"not ready: {await schema.reason()}", extra={"checks": checks})
+        details = _consumer_details(request.app)
+        if request.app.state.ready_details:
+            details.update(await request.app.state.ready_details(request.app))
         if all(checks.values()):
-            return {"status": "ready", "checks": checks}
+            return {"status": "ready", "checks": checks, **details}
         return problem_response(
             503,
             "not ready: " + ", ".join(k for k, ok in checks.items() if not ok) + " unreachable",
-            extra={"checks": checks},
+            extra={"checks": checks, **details},
         )
 
     @router.get("/metrics", summary="Prometheus metrics")

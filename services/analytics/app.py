@@ -1,14 +1,41 @@
-"""The analytics service: read models built from events, and the figures dashboards read."""
+"""The analytics service: a read store built only from events, and the figures dashboards read."""
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.analytics.endpoints import router
 from services.analytics.migrations import MIGRATIONS
-from services.analytics.projections import HANDLERS
+from services.analytics.projections import HANDLERS, StoreBatches
 from services.analytics.settings import AnalyticsSettings
+from services.analytics.store import AnalyticsStore
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC
 from shared.service import ConsumerSpec, ServiceSpec, create_service_app
+
+
+async def open_store(app: FastAPI) -> None:
+    store = app.state.store = AnalyticsStore(app.state.settings.resolved_store_path())
+    # Computed at scrape time, so an idle or stuck consumer shows a growing age.
+    Gauge("vmc_analytics_as_of_age_seconds", "Seconds since the time of the latest event in the read store",
+          registry=app.state.metrics.registry).set_function(lambda: _as_of_age(store))
+
+
+async def close_store(app: FastAPI) -> None:
+    app.state.store.close()
+
+
+def _as_of_age(store: AnalyticsStore) -> float:
+    as_of = store.as_of()
+    return time.time() - as_of.timestamp() if as_of else float("nan")
+
+
+async def store_freshness(app: FastAPI) -> dict:
+    store: AnalyticsStore = app.state.store
+    as_of = (await store.read("SELECT as_of FROM store_state WHERE name = 'events'") or [(None,)])[0][0]
+    return {"store": {"as_of": as_of.isoformat() if as_of else None,
+                      "as_of_age_s": round(time.time() - as_of.timestamp(), 3) if as_of else None}}
 
 
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
@@ -18,7 +45,11 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             settings=settings or AnalyticsSettings(),
             migrations=MIGRATIONS,
             routers=[router],
-            consumers=[ConsumerSpec("analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC], HANDLERS)],
+            consumers=[ConsumerSpec("analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC], HANDLERS,
+                                    units=lambda app: StoreBatches(app.state.store))],
+            on_startup=open_store,
+            on_shutdown=close_store,
+            ready_details=store_freshness,
             description="Disaggregated, privacy-safe figures built from events.",
         )
     )

@@ -1,37 +1,282 @@
-"""Event handlers that maintain the read models; each is idempotent and order-tolerant."""
+"""Event handlers that place each event's state into the read store, in any order, after duplicates.
+
+A handler only notes what its event says in `Changes` (plain Python, no database); `Changes.flush`
+writes a whole batch set-wise (one statement per table, columns passed as lists and unnested: DuckDB
+runs a statement per row about a hundred times slower). Every write keeps the newest state whatever
+the order events come in, so applying an event twice changes nothing:
+- an activity keeps its highest `revision` (a correction, decision, void or reassignment replaces the
+  row, so a figure it contributed to is taken back);
+- organisations, projects and volunteers keep the state of their latest event (`event.time`, ties by
+  event id); an erasure or a merge is kept whatever came before or after it;
+- an assessment is stored once; `replaced_by` is filled from whichever of the pair arrives second.
+"""
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import datetime
 
-from services.analytics.models import AnalyticsState, OrganizationView
-from shared.consumer import Handler
-from shared.events import ORGANIZATION_CREATED, ORGANIZATION_UPDATED, CloudEvent, OrganizationChanged
+import duckdb
+import orjson
+
+from services.analytics.store import AnalyticsStore
+from shared.events import (
+    ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
+    ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, ORGANIZATION_CREATED, ORGANIZATION_UPDATED, PROGRAM_CREATED,
+    PROJECT_CREATED, PROJECT_UPDATED, VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED,
+    ActivityChanged, AssessmentChanged, CloudEvent, OrganizationChanged, ProgramCreated, ProjectChanged,
+    VolunteerChanged, VolunteerErased, VolunteerMerged,
+)
+
+# Merge chains longer than this (A into B into C ...) are not expected; the bound keeps a cycle,
+# which the registry never produces, from looping.
+MAX_MERGE_CHAIN = 10
 
 
-async def _touch_as_of(session: AsyncSession, event: CloudEvent) -> None:
-    state = await session.get(AnalyticsState, "events")
-    if state is None:
-        session.add(AnalyticsState(name="events", as_of=event.time))
-    elif event.time > state.as_of:
-        state.as_of = event.time
+class Changes:
+    """One batch's new states, newest per entity, ready to be written set-wise."""
 
+    def __init__(self) -> None:
+        self.activities: dict[uuid.UUID, tuple] = {}
+        self.volunteers: dict[uuid.UUID, tuple] = {}
+        self.organizations: dict[uuid.UUID, tuple] = {}
+        self.projects: dict[uuid.UUID, tuple] = {}
+        self.programs: dict[uuid.UUID, str] = {}
+        self.assessments: dict[uuid.UUID, tuple] = {}
+        self.erased: set[uuid.UUID] = set()
+        self.merges: dict[uuid.UUID, uuid.UUID] = {}
+        self.as_of: datetime | None = None
+        self.events = 0
 
-async def organization_changed(session: AsyncSession, event: CloudEvent, payload: OrganizationChanged) -> None:
-    row = await session.get(OrganizationView, payload.id)
-    if row is None:
-        session.add(
-            OrganizationView(
-                id=payload.id, parent_id=payload.parent_id, kind=payload.kind,
-                province_codes=list(payload.province_codes), event_time=event.time,
+    def __len__(self) -> int:
+        return self.events
+
+    def saw(self, event: CloudEvent) -> None:
+        self.events += 1
+        if self.as_of is None or event.time > self.as_of:
+            self.as_of = event.time
+
+    def flush(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Write everything noted into the store, inside the caller's transaction."""
+        if self.programs:
+            _upsert(conn, "program", ["id", "code"], ["UUID", "VARCHAR"],
+                    [(k, v) for k, v in self.programs.items()], "code = excluded.code")
+        _upsert_latest(conn, "organization", ["id", "parent_id", "kind", "national"], ["UUID", "UUID", "VARCHAR", "BOOLEAN"],
+                       self.organizations)
+        _upsert_latest(conn, "project", ["id", "program_id", "organization_id"], ["UUID", "UUID", "UUID"], self.projects)
+        _upsert_latest(conn, "volunteer", ["id", "organization_id", "sex", "date_of_birth", "residence_province"],
+                       ["UUID", "UUID", "VARCHAR", "DATE", "VARCHAR"], self.volunteers)
+        if self.erased:
+            _upsert(conn, "volunteer", ["id", "erased"], ["UUID", "BOOLEAN"], [(v, True) for v in self.erased],
+                    "erased = true")
+        if self.merges:
+            _upsert(conn, "volunteer", ["id", "merged_into"], ["UUID", "UUID"], list(self.merges.items()),
+                    "merged_into = excluded.merged_into")
+            _flatten_merge_chains(conn)
+        if self.activities:
+            _upsert(conn, "activity", ACTIVITY_COLUMNS, ACTIVITY_TYPES, list(self.activities.values()),
+                    ", ".join(f"{c} = excluded.{c}" for c in ACTIVITY_COLUMNS[1:]),
+                    where="excluded.revision > activity.revision")
+        if self.assessments:
+            _upsert(conn, "assessment", ASSESSMENT_COLUMNS, ASSESSMENT_TYPES, list(self.assessments.values()), None)
+            ids = list(self.assessments)
+            conn.execute(
+                """UPDATE assessment SET replaced_by = n.id FROM assessment n
+                   WHERE n.replaces = assessment.id AND assessment.replaced_by IS NULL
+                     AND (n.id IN (SELECT unnest($1::UUID[])) OR assessment.id IN (SELECT unnest($1::UUID[])))""",
+                [ids],
             )
-        )
-    elif event.time >= row.event_time:
-        row.parent_id, row.kind = payload.parent_id, payload.kind
-        row.province_codes, row.event_time = list(payload.province_codes), event.time
-    await _touch_as_of(session, event)
+        if self.as_of is not None:
+            conn.execute(
+                """INSERT INTO store_state VALUES ('events', $1) ON CONFLICT (name)
+                   DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""",
+                [self.as_of],
+            )
 
 
-HANDLERS: dict[str, Handler] = {
+ACTIVITY_COLUMNS = [
+    "id", "revision", "volunteer_id", "project_id", "program_id", "organization_id", "activity_type", "focus_area",
+    "date", "hours", "approved_hours", "status", "location_code", "province", "district",
+    "ben_female", "ben_male", "ben_other", "ben_children",
+]
+ACTIVITY_TYPES = [
+    "UUID", "INTEGER", "UUID", "UUID", "UUID", "UUID", "VARCHAR", "VARCHAR", "DATE", "DOUBLE", "DOUBLE", "VARCHAR",
+    "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "INTEGER",
+]
+ASSESSMENT_COLUMNS = ["id", "volunteer_id", "instrument", "phase", "taken_on", "scores", "total", "replaces"]
+ASSESSMENT_TYPES = ["UUID", "UUID", "VARCHAR", "VARCHAR", "DATE", "JSON", "INTEGER", "UUID"]
+
+
+def _select_unnested(types: list[str]) -> str:
+    return ", ".join(f"unnest(${i + 1}::{t}[])" for i, t in enumerate(types))
+
+
+def _upsert(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], types: list[str], rows: list[tuple],
+            update: str | None, where: str | None = None) -> None:
+    """Insert `rows` (one per key) or, on a key already stored, apply `update` (nothing if None)."""
+    on_conflict = f"DO UPDATE SET {update}" + (f" WHERE {where}" if where else "") if update else "DO NOTHING"
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {_select_unnested(types)} ON CONFLICT (id) {on_conflict}",
+        [list(column) for column in zip(*rows)],
+    )
+
+
+def _upsert_latest(conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], types: list[str],
+                   states: dict[uuid.UUID, tuple]) -> None:
+    """Full states of `table`'s entities, each kept only if its event is later than the stored one."""
+    if not states:
+        return
+    _upsert(
+        conn, table, [*columns, "event_time", "event_id"], [*types, "TIMESTAMPTZ", "VARCHAR"], list(states.values()),
+        ", ".join(f"{c} = excluded.{c}" for c in [*columns[1:], "event_time", "event_id"]),
+        where=f"{table}.event_time IS NULL OR excluded.event_time > {table}.event_time"
+              f" OR (excluded.event_time = {table}.event_time AND excluded.event_id > {table}.event_id)",
+    )
+
+
+def _flatten_merge_chains(conn: duckdb.DuckDBPyConnection) -> None:
+    """A volunteer merged into one that was itself merged points at the last survivor."""
+    for _ in range(MAX_MERGE_CHAIN):
+        changed = conn.execute(
+            """UPDATE volunteer SET merged_into = s.merged_into FROM volunteer s
+               WHERE volunteer.merged_into = s.id AND s.merged_into IS NOT NULL AND s.merged_into <> volunteer.id"""
+        ).fetchone()[0]
+        if not changed:
+            return
+
+
+def _later(held: tuple | None, event: CloudEvent) -> bool:
+    """Whether `event` is later than the one that produced `held` (its last two fields: time, id)."""
+    return held is None or (event.time, event.id) > (held[-2], held[-1])
+
+
+# ---- handlers: one per event type, each noting its event's state --------------------------------
+def organization_changed(changes: Changes, event: CloudEvent, p: OrganizationChanged) -> None:
+    if _later(changes.organizations.get(p.id), event):
+        changes.organizations[p.id] = (p.id, p.parent_id, p.kind, p.national, event.time, event.id)
+
+
+def program_created(changes: Changes, event: CloudEvent, p: ProgramCreated) -> None:
+    changes.programs[p.id] = p.code
+
+
+def project_changed(changes: Changes, event: CloudEvent, p: ProjectChanged) -> None:
+    if _later(changes.projects.get(p.id), event):
+        changes.projects[p.id] = (p.id, p.program_id, p.organization_id, event.time, event.id)
+
+
+def volunteer_changed(changes: Changes, event: CloudEvent, p: VolunteerChanged) -> None:
+    if _later(changes.volunteers.get(p.id), event):
+        changes.volunteers[p.id] = (p.id, p.organization_id, p.sex, p.date_of_birth, p.residence_province,
+                                    event.time, event.id)
+
+
+def volunteer_erased(changes: Changes, event: CloudEvent, p: VolunteerErased) -> None:
+    changes.erased.add(p.id)
+
+
+def volunteer_merged(changes: Changes, event: CloudEvent, p: VolunteerMerged) -> None:
+    changes.merges[p.duplicate_id] = p.survivor_id
+
+
+def activity_changed(changes: Changes, event: CloudEvent, p: ActivityChanged) -> None:
+    held = changes.activities.get(p.id)
+    if held is not None and held[1] >= p.revision:
+        return
+    code = p.location_code
+    b = p.beneficiaries
+    changes.activities[p.id] = (
+        p.id, p.revision, p.volunteer_id, p.project_id, p.program_id, p.organization_id, p.activity_type, p.focus_area,
+        p.date, p.hours, p.approved_hours, p.status, code, code[:2], code[:4] if len(code) >= 4 else None,
+        b.female, b.male, b.other, b.children,
+    )
+
+
+def assessment_changed(changes: Changes, event: CloudEvent, p: AssessmentChanged) -> None:
+    changes.assessments[p.id] = (p.id, p.volunteer_id, p.instrument, p.phase, p.taken_on,
+                                 orjson.dumps(p.scores).decode(), p.total, p.replaces)
+
+
+StoreHandler = Callable[[Changes, CloudEvent, object], None]
+
+HANDLERS: dict[str, StoreHandler] = {
     ORGANIZATION_CREATED: organization_changed,
     ORGANIZATION_UPDATED: organization_changed,
+    PROGRAM_CREATED: program_created,
+    PROJECT_CREATED: project_changed,
+    PROJECT_UPDATED: project_changed,
+    VOLUNTEER_REGISTERED: volunteer_changed,
+    VOLUNTEER_UPDATED: volunteer_changed,
+    VOLUNTEER_ERASED: volunteer_erased,
+    VOLUNTEER_MERGED: volunteer_merged,
+    ACTIVITY_SUBMITTED: activity_changed,
+    ACTIVITY_CORRECTED: activity_changed,
+    ACTIVITY_VERIFIED: activity_changed,
+    ACTIVITY_REJECTED: activity_changed,
+    ACTIVITY_VOIDED: activity_changed,
+    ACTIVITY_REASSIGNED: activity_changed,
+    ASSESSMENT_RECORDED: assessment_changed,
+    ASSESSMENT_REPLACED: assessment_changed,
 }
+
+
+def note(changes: Changes, event: CloudEvent, payload: object) -> bool:
+    """Note `event` in `changes` if a handler takes its type; whether one did."""
+    changes.saw(event)
+    handler = HANDLERS.get(event.type)
+    if handler is None:
+        return False
+    handler(changes, event, payload)
+    return True
+
+
+class StoreBatches:
+    """The consumer runtime's unit (shared/consumer.py `BatchUnits`) for the read store: a batch's
+    events noted, written and recorded as processed in one DuckDB transaction, in a worker thread."""
+
+    def __init__(self, store: AnalyticsStore):
+        self.store = store
+
+    async def apply(self, consumer: str, events: list[tuple[CloudEvent, object]], handlers) -> tuple[int, int]:
+        return await asyncio.to_thread(self.store.write, lambda conn: _apply_new(conn, consumer, events))
+
+    async def record_dead_letter(self, consumer: str, event_id: str) -> None:
+        await asyncio.to_thread(self.store.write, lambda conn: conn.execute(
+            "INSERT INTO processed_events VALUES ($1, $2, 'dead_letter') ON CONFLICT DO NOTHING", [consumer, event_id]))
+
+    async def reachable(self) -> bool:
+        try:
+            await self.store.read("SELECT 1")
+            return True
+        except duckdb.Error:
+            return False
+
+
+def _apply_new(conn: duckdb.DuckDBPyConnection, consumer: str, events: list[tuple[CloudEvent, object]]) -> tuple[int, int]:
+    """Inside the store's transaction: apply the events whose ids are not recorded, and record them."""
+    ids = list({event.id for event, _ in events})
+    seen = {row[0] for row in conn.execute(
+        "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id IN (SELECT unnest($2::VARCHAR[]))",
+        [consumer, ids]).fetchall()}
+    changes = Changes()
+    fresh: list[str] = []
+    applied = skipped = 0
+    for event, payload in events:
+        if event.id in seen:
+            skipped += 1
+            continue
+        seen.add(event.id)
+        fresh.append(event.id)
+        applied += note(changes, event, payload)
+    changes.flush(conn)
+    record_processed(conn, consumer, fresh)
+    return applied, skipped
+
+
+def record_processed(conn: duckdb.DuckDBPyConnection, consumer: str, event_ids: list[str]) -> None:
+    if event_ids:
+        conn.execute(
+            "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::VARCHAR[]) ON CONFLICT DO NOTHING",
+            [consumer, event_ids],
+        )

@@ -9,3 +9,11 @@ class AnalyticsSettings(ServiceSettings):
 
     name: str = "analytics"
     port: int = 8003
+    # The DuckDB read store of this replica (one writer per file: each replica keeps its own, built
+    # from the log). Empty: `<data_dir>/analytics.duckdb`; ":memory:" keeps it in memory (tests).
+    store_path: str = ""
+
+    def resolved_store_path(self) -> str:
+        if self.store_path:
+            return self.store_path
+        return str((self.data_dir / "analytics.duckdb").resolve())
