@@ -181,7 +181,8 @@ async def test_a_merge_moves_the_duplicates_activities_and_reports_an_overfull_d
     item = await probe(admin, activity_body(s, volunteer_id=duplicate["id"], date="2026-06-03"))
     assert item["status"] == "error" and item["errors"][0]["loc"] == ["volunteer_id"], item
     assert "merged" in item["errors"][0]["msg"]
-    assert (await log(admin, activity_body(s, project_id=only_theirs["id"], date="2026-06-05"))).status_code == 201
+    survivor_entry = await log(admin, activity_body(s, project_id=only_theirs["id"], date="2026-06-05"))
+    assert survivor_entry.status_code == 201, survivor_entry.text
     # The survivor's overfull day takes nothing more.
     assert (await probe(admin, activity_body(s, date="2026-06-01", hours=0.5)))["errors"][0]["loc"] == ["hours"]
 
@@ -239,3 +240,16 @@ async def test_the_registrys_internal_route_is_not_public(admin: httpx.AsyncClie
         service = CallerContext("service:activities", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(), national=True)
         answer = await direct.post("/internal/references", json=body, headers=encode_caller(service, stack.secret))
         assert answer.status_code == 200 and answer.json()["locations"][0]["level"] == "province", answer.text
+
+
+async def test_a_volunteer_moving_to_another_organisation_takes_their_entries_into_its_view(admin: httpx.AsyncClient, stack):
+    s = await setting(admin)
+    made = (await log(admin, activity_body(s))).json()
+    new_home = await create_org(admin)
+    moved = await admin.patch(f"/volunteers/{s.volunteer['id']}", json={"organization_id": new_home["id"]})
+    assert moved.status_code == 200, moved.text
+    async with org_key(stack, admin, new_home["id"], LOGGER) as as_new_home:
+        async def visible() -> bool:
+            return (await as_new_home.get(f"/activities/{made['id']}")).status_code == 200
+
+        await eventually(visible, what="the entry visible to the volunteer's new organisation")

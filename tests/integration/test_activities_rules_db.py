@@ -13,7 +13,7 @@ from services.activities.activities import service
 from services.activities.activities.models import ActivityCreate
 from services.activities.registry_view.client import RegistryClient
 from services.activities.registry_view.handlers import HANDLERS
-from services.activities.registry_view.models import VolunteerView
+from services.activities.registry_view.models import EnrollmentView, VolunteerView
 from shared import events as ev
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext
 from shared.errors import ProblemError
@@ -85,3 +85,12 @@ async def test_with_the_registry_unreachable_known_records_pass_and_unknown_ones
         assert refused.value.status == 422 and refused.value.errors[0]["loc"] == ["body", "hours"]
     finally:
         await down.close()
+
+
+async def test_an_enrolment_event_arriving_after_the_merge_belongs_to_the_survivor(activities_session: AsyncSession):
+    duplicate, survivor, project, enrolment = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await apply(activities_session, ev.VOLUNTEER_MERGED, ev.VolunteerMerged(survivor_id=survivor, duplicate_id=duplicate), T0)
+    await apply(activities_session, ev.ENROLLMENT_STARTED, ev.EnrollmentChanged(
+        id=enrolment, volunteer_id=duplicate, project_id=project, started_on=date(2026, 1, 1)), T0 - timedelta(hours=1))
+    row = await activities_session.get(EnrollmentView, enrolment)
+    assert row.volunteer_id == survivor

@@ -129,3 +129,12 @@ async def forget_free_text(session: AsyncSession, volunteer_id: uuid.UUID, now: 
         update(Activity).where(Activity.volunteer_id == volunteer_id)
         .values(description=None, evidence_urls=[], updated_at=now).execution_options(synchronize_session=False)
     )
+
+
+async def set_volunteer_organization(session: AsyncSession, volunteer_id: uuid.UUID, organization_id: uuid.UUID,
+                                     now: datetime) -> None:
+    """Only rows that change get a new updated_at (incremental sync sends them again)."""
+    await session.execute(
+        update(Activity).where(Activity.volunteer_id == volunteer_id, Activity.volunteer_organization_id != organization_id)
+        .values(volunteer_organization_id=organization_id, updated_at=now).execution_options(synchronize_session=False)
+    )

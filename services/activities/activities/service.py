@@ -26,6 +26,7 @@ from services.activities.activities.models import (
 from services.activities.activity_types import repository as activity_types
 from services.activities.activity_types.models import ActivityType
 from services.activities.registry_view import lookup
+from services.activities.registry_view import repository as registry_view
 from services.activities.registry_view.client import RegistryClient
 from services.activities.registry_view.models import VolunteerView
 from services.activities.scope import Visibility
@@ -317,12 +318,8 @@ async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_
     The 24-hour rule is checked again on the survivor's days: a day now over 24 hours keeps every entry
     (statistics and the verifiers decide), each of its entries says so in `conflict`.
     """
+    survivor_id = await registry_view.survivor_of(session, survivor_id)
     survivor = await session.get(VolunteerView, survivor_id)
-    seen = {duplicate_id}
-    while survivor is not None and survivor.merged_into is not None and survivor.merged_into not in seen:
-        seen.add(survivor.id)
-        survivor_id = survivor.merged_into
-        survivor = await session.get(VolunteerView, survivor_id)
     moved = await repository.of_volunteer(session, duplicate_id, lock=True)
     if not moved:
         return
@@ -349,3 +346,8 @@ async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_
 async def follow_erasure(session: AsyncSession, volunteer_id: uuid.UUID) -> None:
     """The volunteer was erased: their activities stay for statistics, without the free text about them."""
     await repository.forget_free_text(session, volunteer_id, utcnow())
+
+
+async def follow_transfer(session: AsyncSession, volunteer_id: uuid.UUID, organization_id: uuid.UUID) -> None:
+    """The volunteer is managed by `organization_id` now: their entries are visible to its tree."""
+    await repository.set_volunteer_organization(session, volunteer_id, organization_id, utcnow())

@@ -47,6 +47,9 @@ async def project_changed(session: AsyncSession, event: CloudEvent, p: ProjectCh
 
 async def volunteer_changed(session: AsyncSession, event: CloudEvent, p: VolunteerChanged) -> None:
     await _apply(session, VolunteerView, p.id, event, {"organization_id": p.organization_id})
+    row = await session.get(VolunteerView, p.id)
+    if row.organization_id == p.organization_id:  # this event is the newest: their entries follow a transfer
+        await activities.follow_transfer(session, p.id, p.organization_id)
 
 
 async def _volunteer_row(session: AsyncSession, volunteer_id) -> VolunteerView:
@@ -68,14 +71,17 @@ async def volunteer_erased(session: AsyncSession, event: CloudEvent, p: Voluntee
 async def volunteer_merged(session: AsyncSession, event: CloudEvent, p: VolunteerMerged) -> None:
     (await _volunteer_row(session, p.duplicate_id)).merged_into = p.survivor_id
     await session.flush()
-    await repository.move_enrollments(session, p.duplicate_id, p.survivor_id)
+    await repository.move_enrollments(session, p.duplicate_id, await repository.survivor_of(session, p.survivor_id))
     await activities.follow_merge(session, p.duplicate_id, p.survivor_id)
     await assessments.follow_merge(session, p.duplicate_id, p.survivor_id)
 
 
 async def enrollment_changed(session: AsyncSession, event: CloudEvent, p: EnrollmentChanged) -> None:
+    # Enrolment and merge events travel on different keys, so in no fixed order: an enrolment event of
+    # a volunteer already merged belongs to the survivor (where the registry moved the enrolment).
     await _apply(session, EnrollmentView, p.id, event, {
-        "volunteer_id": p.volunteer_id, "project_id": p.project_id, "started_on": p.started_on, "ended_on": p.ended_on,
+        "volunteer_id": await repository.survivor_of(session, p.volunteer_id), "project_id": p.project_id,
+        "started_on": p.started_on, "ended_on": p.ended_on,
     })
 
 

@@ -82,3 +82,14 @@ async def move_enrollments(session: AsyncSession, from_volunteer: uuid.UUID, to_
     """What the registry does to enrolments on a merge, which it publishes no event for (moved rows)."""
     await session.execute(update(EnrollmentView).where(EnrollmentView.volunteer_id == from_volunteer)
                           .values(volunteer_id=to_volunteer).execution_options(synchronize_session=False))
+
+
+async def survivor_of(session: AsyncSession, volunteer_id: uuid.UUID) -> uuid.UUID:
+    """The volunteer a record now belongs to: itself, or the survivor of the merges it went through."""
+    seen = set()
+    row = await session.get(VolunteerView, volunteer_id)
+    while row is not None and row.merged_into is not None and row.merged_into not in seen:
+        seen.add(row.id)
+        volunteer_id = row.merged_into
+        row = await session.get(VolunteerView, volunteer_id)
+    return volunteer_id
