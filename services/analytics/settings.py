@@ -1,4 +1,5 @@
 """Analytics settings (`VMC_ANALYTICS_*`, plus the common `VMC_*`)."""
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -12,6 +13,11 @@ class AnalyticsSettings(ServiceSettings):
     # The DuckDB read store of this replica (one writer per file: each replica keeps its own, built
     # from the log). Empty: `<data_dir>/analytics.duckdb`; ":memory:" keeps it in memory (tests).
     store_path: str = ""
+    # A row built from fewer distinct volunteers than this is suppressed (product §4), unless the key
+    # holds `analytics:unsuppressed`.
+    suppression_k: int = Field(5, ge=1)
+    # The DHIS2 export's mapping file (format: services/analytics/dhis2.py). Empty: the committed example.
+    dhis2_mapping: str = ""
 
     def resolved_store_path(self) -> str:
         if self.store_path:
