@@ -28,7 +28,7 @@ from gateway.ratelimit import make_limiter
 from gateway.routing import owner_of, upstream_urls
 from gateway.settings import GatewaySettings
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, annotate_scopes
-from shared.db import make_engine, make_sessionmaker, migrate
+from shared.db import make_engine, make_sessionmaker, migrate, wait_for_schema
 from shared.errors import install_error_handlers, problem_response
 from shared.events import asyncapi_document
 from shared.http import RequestContextMiddleware
@@ -96,7 +96,10 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
     async def lifespan(app: FastAPI):
         configure_logging("gateway", settings.log_level)
         engine = make_engine(settings.resolved_database_url(), pool_size=settings.database_pool_size)
-        await migrate(engine, MIGRATIONS)
+        if settings.migrates_on_start:
+            await migrate(engine, MIGRATIONS)
+        else:  # production: `vmc migrate` is a step of its own; nothing starts on an older schema
+            await wait_for_schema(engine, MIGRATIONS)
         maker = make_sessionmaker(engine)
         app.state.engine, app.state.maker = engine, maker
         keys = KeyStore(maker, settings.internal_secret, settings.key_cache_seconds)

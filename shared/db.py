@@ -1,12 +1,13 @@
 """Async database access for SQLite (embedded) and PostgreSQL (production) with explicit migrations."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import DateTime, TypeDecorator, event, text
+from sqlalchemy import DateTime, TypeDecorator, event, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -110,6 +111,30 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[
     if applied:
         log.info("applied migrations", extra={"versions": applied})
     return applied
+
+
+async def pending_migrations(engine: AsyncEngine, migrations: Sequence[Migration]) -> list[int]:
+    """The versions not applied yet (all of them on an empty database); changes nothing."""
+
+    def pending(conn: Connection) -> list[int]:
+        if not inspect(conn).has_table("schema_migrations"):
+            return sorted(m.version for m in migrations)
+        done = {row[0] for row in conn.execute(text("SELECT version FROM schema_migrations"))}
+        return sorted(m.version for m in migrations if m.version not in done)
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(pending)
+
+
+async def wait_for_schema(engine: AsyncEngine, migrations: Sequence[Migration], poll_s: float = 2.0) -> None:
+    """Return once another process (`vmc migrate`) has applied every migration; logs what it waits for."""
+    said = None
+    while missing := await pending_migrations(engine, migrations):
+        if missing != said:
+            log.error("database schema behind: migration(s) %s not applied (run `vmc migrate`, or set "
+                      "VMC_MIGRATE_ON_START=true); waiting", ", ".join(map(str, missing)))
+            said = missing
+        await asyncio.sleep(poll_s)  # polling for a step another process runs
 
 
 class UTCDateTime(TypeDecorator):

@@ -167,6 +167,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         # A trailing-slash redirect would point clients at the service's own (internal) address.
         redirect_slashes=False,
     )
+    app.state.spec = spec  # `vmc topics` reads the consumer groups from it (their dead-letter topics)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = _ReadyCache(settings)
@@ -280,10 +281,9 @@ def operations_router() -> APIRouter:
             log.warning("database not reachable", exc_info=True)
         checks["broker"] = await request.app.state.ready.broker_ok()
         schema = request.app.state.schema
-        if not schema.started:  # the parts wait for `vmc migrate` (or are starting): say which
+        if checks["database"] and not schema.started:  # waiting for `vmc migrate` (or starting): say which
             checks["schema"] = False
-            if checks["database"]:
-                return problem_response(503, f"not ready: {await schema.reason()}", extra={"checks": checks})
+            return problem_response(503, f"not ready: {await schema.reason()}", extra={"checks": checks})
         details = _consumer_details(request.app)
         if request.app.state.ready_details:
             details.update(await request.app.state.ready_details(request.app))
