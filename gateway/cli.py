@@ -1,4 +1,5 @@
-"""`vmc keys create | list | revoke`: manage API keys straight in the gateway's database.
+"""`vmc keys create | list | revoke`: manage API keys straight in the gateway's database; `vmc migrate`,
+`vmc topics` and `vmc serve PART`: the production steps and parts (deploy/production.py).
 
 Works against the embedded default (SQLite `VMC_DATA_DIR/gateway.db`) and production
 (`VMC_GATEWAY_DATABASE_URL`). It hashes keys with the same `VMC_INTERNAL_SECRET` as the running
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import orjson
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -67,6 +69,18 @@ def parser() -> argparse.ArgumentParser:
 
     revoke = keys.add_parser("revoke", help="revoke a key by id or prefix")
     revoke.add_argument("key", help="the key's id (UUID) or its prefix")
+
+    parts = ["registry", "activities", "analytics", "gateway"]
+    migrate_cmd = groups.add_parser("migrate", help="apply every part's pending migrations (safe to repeat, "
+                                    "and to run from several places at once)")
+    migrate_cmd.add_argument("--part", action="append", dest="parts", choices=parts, help="only this part (repeatable)")
+    topics = groups.add_parser("topics", help="create the event and dead-letter topics that do not exist yet")
+    topics.add_argument("--partitions", type=int, required=True, help="per topic: the most consumer replicas that work")
+    topics.add_argument("--replication-factor", type=int, required=True, help="copies of each partition (3 in production)")
+    topics.add_argument("--retention-ms", type=int, default=-1, help="-1 (default): for ever, so analytics can rebuild")
+    serve = groups.add_parser("serve", help="run one part on its VMC_<PART>_PORT (the container's command)")
+    serve.add_argument("part", choices=parts)
+    serve.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0: in a container)")
     return top
 
 
@@ -171,6 +185,8 @@ def _explain(exc: ValueError) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.group in ("migrate", "topics", "serve"):
+        return _production_step(args)
     try:
         settings = load_settings()
         return asyncio.run(run(args, settings))
@@ -179,6 +195,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except (OSError, ValueError, SQLAlchemyError) as exc:  # unreachable database, bad settings
         print(f"vmc: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _production_step(args: argparse.Namespace) -> int:
+    # Imported here: the steps import every service's settings and migrations, `vmc keys` none of them.
+    from deploy import production
+
+    try:
+        if args.group == "migrate":
+            return production.migrate_all(args.parts)
+        if args.group == "topics":
+            if args.partitions < 1 or args.replication_factor < 1:
+                raise CliError("--partitions and --replication-factor must be at least 1", 2)
+            return production.create_topics(production.TopicPlan(args.partitions, args.replication_factor, args.retention_ms))
+        return production.serve(args.part, args.host)
+    except CliError as exc:
+        print(f"vmc: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (OSError, SQLAlchemyError, KafkaError) as exc:  # an unreachable database or broker
+        print(f"vmc {args.group}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 
