@@ -7,16 +7,18 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from services.analytics.endpoints import router
+from services.analytics.export_endpoints import router as export_router
 from services.analytics.migrations import MIGRATIONS
 from services.analytics.projections import HANDLERS, StoreBatches
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.store import AnalyticsStore
+from services.analytics.rebuild import router as rebuild_router
+from services.analytics.store import AnalyticsStore, current_file
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC
 from shared.service import ConsumerSpec, ServiceSpec, create_service_app
 
 
 async def open_store(app: FastAPI) -> None:
-    store = app.state.store = AnalyticsStore(app.state.settings.resolved_store_path())
+    store = app.state.store = AnalyticsStore(current_file(app.state.settings.resolved_store_path()))
     # Computed at scrape time, so an idle or stuck consumer shows a growing age.
     Gauge("vmc_analytics_as_of_age_seconds", "Seconds since the time of the latest event in the read store",
           registry=app.state.metrics.registry).set_function(lambda: _as_of_age(store))
@@ -44,7 +46,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             name="analytics",
             settings=settings or AnalyticsSettings(),
             migrations=MIGRATIONS,
-            routers=[router],
+            routers=[router, rebuild_router, export_router],
             consumers=[ConsumerSpec("analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC], HANDLERS,
                                     units=lambda app: StoreBatches(app.state.store))],
             on_startup=open_store,

@@ -20,8 +20,10 @@ NULL: the activity counts in hours, and in the "unknown" group of sex and age ba
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -71,6 +73,24 @@ CREATE OR REPLACE VIEW assessment_facts AS
 FIGURE_TABLES = ("activity", "volunteer", "organization", "program", "project", "assessment", "store_state")
 
 
+def current_file(configured: str) -> str:
+    """The file serving as the store named `configured`: a rebuild done while the service ran leaves
+    its new file beside it and names it in `<configured>.current` (renaming a DuckDB file while it is
+    open would orphan its write-ahead log)."""
+    pointer = Path(configured + ".current")
+    if configured != MEMORY and pointer.exists():
+        return str(Path(configured).parent / pointer.read_text().strip())
+    return configured
+
+
+def point_to(configured: str, actual: str) -> None:
+    """Make `actual` the file of the store named `configured` (atomically: a crash leaves one or the other)."""
+    pointer = Path(configured + ".current")
+    temporary = pointer.with_name(pointer.name + ".tmp")
+    temporary.write_text(Path(actual).name)
+    os.replace(temporary, pointer)
+
+
 class AnalyticsStore:
     """The DuckDB database of one analytics replica: its writer connection and readers' cursors."""
 
@@ -99,12 +119,23 @@ class AnalyticsStore:
             self._conn.execute("COMMIT")
             return result
 
-    def swap(self, other: AnalyticsStore) -> None:
-        """Serve from `other`'s database from now on (a rebuilt store); this store's connection closes."""
-        with self._write_lock:
-            old, self._conn, self.path = self._conn, other._conn, other.path
-            other._conn = old
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the write lock (taken in a thread: the event loop goes on) while the block runs."""
+        await asyncio.to_thread(self._write_lock.acquire)
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    def swap_locked(self, other: AnalyticsStore) -> str:
+        """Serve from `other`'s database from now on (a rebuilt store), the write lock being held by the
+        caller (`exclusive`); the old database is closed. Returns the old database's path."""
+        old_conn, old_path = self._conn, self.path
+        self._conn, self.path = other._conn, other.path
+        other._conn, other.path = old_conn, old_path
         other.close()
+        return old_path
 
     # ---- reading --------------------------------------------------------------------------------
     def query(self, sql: str, params: list | dict | None = None) -> list[tuple]:
