@@ -89,9 +89,15 @@ async def test_a_full_batch_of_1000_is_taken(admin: httpx.AsyncClient):
     items = [activity_body(s, date=f"2026-{2 + i // 28:02d}-{1 + i % 28:02d}", hours=0.5) for i in range(250)] * 4
     # 250 days x 4 entries of 0.5 h, each with its own reference: 1000 entries, 2 hours a day.
     items = [{**item, "client_reference": f"{item['client_reference']}-{n}"} for n, item in enumerate(items)]
+    items[0] = {**items[0], "hours": 2.35, "evidence_urls": ["https://example.org/a", "http://example.org/b?x=1"]}
     summary = await batch(admin, items)
     assert summary["created"] == 1000 and summary["errors"] == 0, summary["items"][:3]
-    assert len(await walk(admin, "/activities", volunteer_id=s.volunteer["id"])) == 1000
+    stored = {a["id"]: a for a in await walk(admin, "/activities", volunteer_id=s.volunteer["id"])}
+    assert len(stored) == 1000
+    first = stored[summary["items"][0]["id"]]  # written in bulk (COPY on PostgreSQL): every field as sent
+    assert (first["hours"], first["evidence_urls"], first["beneficiaries"]) == (
+        2.35, items[0]["evidence_urls"], items[0]["beneficiaries"])
+    assert first["client_reference"] == items[0]["client_reference"] and first["focus_area"] == "environment"
 
 
 async def test_an_idempotency_key_replays_a_batch_without_references(admin: httpx.AsyncClient):
