@@ -79,8 +79,9 @@ class Replay:
     """Reads the topics from their first offsets and writes what they say into `store`."""
 
     def __init__(self, settings: AnalyticsSettings, store: AnalyticsStore, progress: Progress | None = None,
-                 batch_events: int = BATCH_EVENTS):
+                 batch_events: int = BATCH_EVENTS, topics: list[str] = TOPICS):
         self.settings = settings
+        self.topics = topics
         self.store = store
         self.progress = progress or Progress()
         self.batch_events = batch_events
@@ -94,7 +95,7 @@ class Replay:
                                           fetch_max_bytes=64 * 1024 * 1024, request_timeout_ms=30_000)
         await self._consumer.start()
         known = await self._consumer.topics()
-        self._partitions = [TopicPartition(t, p) for t in TOPICS if t in known
+        self._partitions = [TopicPartition(t, p) for t in self.topics if t in known
                             for p in sorted(self._consumer.partitions_for_topic(t) or ())]
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
@@ -174,7 +175,8 @@ class StoreInUse(Exception):
     """The live store is open in a running service."""
 
 
-async def rebuild_offline(settings: AnalyticsSettings, on_progress: Callable[[Progress], None]) -> Progress:
+async def rebuild_offline(settings: AnalyticsSettings, on_progress: Callable[[Progress], None],
+                          topics: list[str] = TOPICS) -> Progress:
     """Build a fresh store from the log and put it in the live store's place (the service is stopped)."""
     configured = settings.resolved_store_path()
     live = current_file(configured)
@@ -184,7 +186,7 @@ async def rebuild_offline(settings: AnalyticsSettings, on_progress: Callable[[Pr
         except duckdb.IOException as exc:
             raise StoreInUse(f"{live} is open in a running analytics service: stop it, or pass --url") from exc
     new = AnalyticsStore(fresh_path(configured))
-    replay = Replay(settings, new)
+    replay = Replay(settings, new, topics=topics)
     try:
         await replay.start()
         await replay.run(bulk_writer(new), on_progress)

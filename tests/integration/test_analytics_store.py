@@ -1,0 +1,157 @@
+"""The analytics read store fed by the consumer runtime from a real broker: each event applied once,
+in any order, after duplicates; figures taken back when an activity changes; merges; poison events
+dead-lettered while the figures go on; lag and freshness on /ready and /metrics of the running service."""
+from __future__ import annotations
+
+import random
+import uuid
+
+import httpx
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.analytics.store import MEMORY, AnalyticsStore
+from shared.events import (
+    ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VolunteerChanged,
+    VolunteerMerged, dead_letter_topic, new_event,
+)
+from tests.conftest import eventually
+from tests.eventlog import find_events
+from tests.integration.analytics_events import (
+    OwnTopics, apply_in_order, figures, make_topics, processed, programme_history, publish, records_of, settings_for,
+    shuffled_with_duplicates, store_consumer,
+)
+
+
+@pytest.fixture
+async def rig(broker):
+    """A store in memory, fed from topics of this test's own by the analytics consumer runtime."""
+    topics = OwnTopics()
+    settings = settings_for(broker.bootstrap)
+    await make_topics(settings, topics)
+    store = AnalyticsStore(MEMORY)
+    consumer, metrics = store_consumer(settings, topics, store)
+    consumer.start()
+    try:
+        yield type("Rig", (), {"topics": topics, "settings": settings, "store": store, "consumer": consumer,
+                               "metrics": metrics})
+    finally:
+        await consumer.stop()
+        store.close()
+
+
+def counted(metrics, outcome: str, consumer: str) -> float:
+    return metrics.consumed.labels(consumer, outcome)._value.get()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_events_in_any_order_after_duplicates_give_the_in_order_store(rig, seed):
+    history = programme_history()
+    delivered = shuffled_with_duplicates(history.events, seed, duplicates=8)
+    await publish(rig.settings, rig.topics, records_of(rig.topics, delivered, random.Random(seed)))
+
+    await eventually(lambda: processed(rig.store, rig.topics.consumer).get("applied") == len(history.events), 30,
+                     what="every distinct event recorded once")
+    expected = await apply_in_order(history.events)
+    assert rig.store.contents() == expected.contents()
+    # Applied once each: the duplicates were recognised, not applied again.
+    assert counted(rig.metrics, "applied", rig.topics.consumer) == len(history.events)
+    assert counted(rig.metrics, "duplicate", rig.topics.consumer) == 8
+    assert figures(rig.store, history.project) == {"verified_hours": 3.5, "verified_activities": 1, "volunteers": 1}
+    assert rig.store.as_of() == max(e.time for e in history.events)
+
+
+async def test_a_void_takes_back_the_figures_a_verification_added(rig):
+    history = programme_history()
+    activity = uuid.uuid4()
+    volunteer = history.others[2]
+    steps = [history.activity(activity, volunteer, 1, "submitted", hours=6.0),
+             history.activity(activity, volunteer, 2, "verified", hours=6.0, approved=4.0),
+             history.activity(activity, volunteer, 3, "voided", hours=6.0, approved=4.0)]
+    base = history.events[:3]  # the organisation, programme and project
+    keys = random.Random(0)
+
+    async def publish_step(type_: str, payload) -> None:
+        await publish(rig.settings, rig.topics, records_of(rig.topics, [new_event(type_, activity, payload)], keys))
+
+    await publish(rig.settings, rig.topics, records_of(rig.topics, base, keys))
+    await publish_step(ACTIVITY_SUBMITTED, steps[0])
+    await publish_step(ACTIVITY_VERIFIED, steps[1])
+    await eventually(lambda: figures(rig.store, history.project)["verified_hours"] == 4.0, 20, what="the verification counted")
+    await publish_step(ACTIVITY_VOIDED, steps[2])
+    await eventually(lambda: figures(rig.store, history.project) == {"verified_hours": 0, "verified_activities": 0,
+                                                                    "volunteers": 0}, 20, what="the void taking it back")
+    # An old revision delivered again (an outbox re-publish of a new event id) cannot bring it back.
+    await publish_step(ACTIVITY_VERIFIED, steps[1])
+    await eventually(lambda: processed(rig.store, rig.topics.consumer).get("applied") == 7, 20, what="the replay applied")
+    assert figures(rig.store, history.project)["verified_hours"] == 0
+    assert rig.store.query("SELECT status, revision FROM activity WHERE id = $1", [activity]) == [("voided", 3)]
+
+
+async def test_a_merge_counts_the_duplicates_activities_for_the_survivor_whenever_they_arrive(rig):
+    history = programme_history()
+    keys = random.Random(1)
+    survivor, duplicate = history.survivor, history.duplicate
+    early, late = uuid.uuid4(), uuid.uuid4()
+    registered = [new_event(VOLUNTEER_REGISTERED, v, VolunteerChanged(
+        id=v, organization_id=history.org, sex=sex, date_of_birth=history.events[0].time.date().replace(year=2000),
+        residence_province="12")) for v, sex in ((survivor, "female"), (duplicate, "male"))]
+    before = [new_event(ACTIVITY_VERIFIED, early, history.activity(early, duplicate, 2, "verified", approved=2.0)),
+              new_event(ACTIVITY_VERIFIED, uuid.uuid4(), history.activity(uuid.uuid4(), survivor, 2, "verified", approved=1.0))]
+    merged = new_event(VOLUNTEER_MERGED, duplicate, VolunteerMerged(survivor_id=survivor, duplicate_id=duplicate))
+    # An activity still naming the duplicate arrives after the merge (its reassignment not yet).
+    after = new_event(ACTIVITY_VERIFIED, late, history.activity(late, duplicate, 2, "verified", approved=3.0))
+    await publish(rig.settings, rig.topics, records_of(rig.topics, [*history.events[:3], *registered, *before], keys))
+    await eventually(lambda: figures(rig.store, history.project)["volunteers"] == 2, 20, what="two volunteers before the merge")
+
+    await publish(rig.settings, rig.topics, records_of(rig.topics, [merged, after], keys))
+    await eventually(lambda: figures(rig.store, history.project) == {"verified_hours": 6.0, "verified_activities": 3,
+                                                                    "volunteers": 1}, 20, what="one volunteer after the merge")
+    # The duplicate's activities take the survivor's attributes (sex, age, residence).
+    assert rig.store.query("SELECT DISTINCT sex FROM activity_facts WHERE project_id = $1", [history.project]) == [("female",)]
+
+
+async def test_poison_messages_are_dead_lettered_and_the_figures_go_on(rig):
+    history = programme_history()
+    keys = random.Random(2)
+    not_an_event = b"{not json"
+    broken = orjson.loads(history.events[0].to_bytes())
+    broken["id"] = str(uuid.uuid4())
+    broken["data"]["kind"] = None  # breaks the payload's schema
+    records = [(rig.topics.registry, b"k1", not_an_event), (rig.topics.registry, b"k1", orjson.dumps(broken)),
+               *records_of(rig.topics, history.events, keys)]
+    await publish(rig.settings, rig.topics, records)
+
+    await eventually(lambda: processed(rig.store, rig.topics.consumer).get("applied") == len(history.events), 30,
+                     what="the good events applied past the poison")
+    dead = await find_events(rig.settings.kafka_bootstrap, dead_letter_topic(rig.topics.consumer), lambda e: True, count=2)
+    assert sorted(d["topic"] for d in dead) == [rig.topics.registry] * 2
+    assert {d["value"] for d in dead} == {not_an_event.decode(), orjson.dumps(broken).decode()}
+    assert all(d["error"] for d in dead)
+    assert rig.consumer.dead_lettered == 2
+    # The event with an id is recorded as dead-lettered, so a replay does not dead-letter it again.
+    assert processed(rig.store, rig.topics.consumer)["dead_letter"] == 1
+    assert figures(rig.store, history.project)["verified_hours"] == 3.5
+
+
+# ---- the running service ------------------------------------------------------------------------
+async def test_ready_and_metrics_show_lag_freshness_and_dead_letters(stack, admin: httpx.AsyncClient):
+    created = await admin.post("/organizations", json={"name": f"ngo-{uuid.uuid4().hex[:8]}", "kind": "ngo",
+                                                        "province_codes": ["12"]})
+    assert created.status_code == 201
+    async with httpx.AsyncClient(base_url=stack.urls["analytics"], timeout=30) as analytics:
+        async def fresh() -> bool:
+            body = (await analytics.get("/ready")).json()
+            return body["store"]["as_of"] is not None and body["consumers"]["analytics"]["lag"] != {}
+        await eventually(fresh, 20, what="analytics /ready reporting its consumer and store")
+        body = (await analytics.get("/ready")).json()
+        consumer = body["consumers"]["analytics"]
+        assert all(isinstance(lag, int) and lag >= 0 for lag in consumer["lag"].values())
+        assert set(consumer["lag"]) <= {f"{t}/{p}" for t in ("vmc.registry.v1", "vmc.activities.v1") for p in range(3)}
+        assert consumer["dead_lettered"] == 0
+        assert 0 <= body["store"]["as_of_age_s"] < 3600
+        samples = {s.name: s for family in text_string_to_metric_families((await analytics.get("/metrics")).text)
+                   for s in family.samples}
+        assert 0 <= samples["vmc_analytics_as_of_age_seconds"].value < 3600
+        assert "vmc_dead_letters_total" in samples and "vmc_consumer_lag" in samples
