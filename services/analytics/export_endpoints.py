@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 
 from services.analytics.dhis2 import (
     EXAMPLE_MAPPING,
@@ -24,6 +25,32 @@ from shared.caller import Caller, CallerContext, require_scope
 from shared.errors import PROBLEM_RESPONSES, ProblemError
 
 router = APIRouter(prefix="/analytics/export", tags=["analytics"], responses=PROBLEM_RESPONSES)
+
+
+# The wire shape, for the OpenAPI document; names are DHIS2's (camelCase) so the payload posts as it is.
+class DataValue(BaseModel):
+    dataElement: str
+    period: str
+    orgUnit: str
+    categoryOptionCombo: str
+    attributeOptionCombo: str | None = Field(None, description="present when the mapping names one")
+    value: str
+
+
+class ExportSummary(BaseModel):
+    dataValues: int
+    suppressed: int = Field(description="values left out because their cell is suppressed")
+    unmapped: int
+
+
+class Dhis2Export(BaseModel):
+    dataSet: str
+    period: str = Field(description="as DHIS2 writes it (2026W9, not 2026W09)")
+    dataValues: list[DataValue]
+    unmapped: list[dict[str, Any]] = Field(description="cells the mapping cannot place: figure, measure, "
+                                           "dataElement, province, the disaggregation's values, value, reason")
+    summary: ExportSummary
+    as_of: datetime | None = Field(description="every event up to this time is in the figures")
 
 
 def mapping_of(settings: AnalyticsSettings) -> Dhis2Mapping:
@@ -56,7 +83,8 @@ async def export_payload(store: AnalyticsStore, caller: CallerContext, mapping: 
     return {**data_value_set(mapping, period, figures), "as_of": min(as_ofs, default=None)}
 
 
-@router.get("/dhis2", dependencies=[require_scope("analytics:read")])
+@router.get("/dhis2", dependencies=[require_scope("analytics:read")], response_model=Dhis2Export,
+            response_model_exclude_unset=True)
 async def dhis2_export(
     request: Request,
     store: StoreDep,
