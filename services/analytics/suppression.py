@@ -28,6 +28,11 @@ unsuppressed cell with the fewest volunteers is suppressed too (ties: the smalle
 lower code of the varying dimension), and this repeats until no such slice is left. With no dimension
 only primary applies (the single row is the total). A slice whose total is below k is left alone: that
 total is itself suppressed in the answer one dimension fewer, so nothing can be subtracted from it.
+
+The rule's limit: a cell alone in a slice IS that slice's total, so when complementary suppression hides
+such a cell (for another slice's sake) its figure can still be read from the answer one dimension fewer.
+This happens with nested dimensions (a district lies in one province; most projects in one province):
+hiding protects the small cell only against someone who does not also ask that other answer.
 """
 from __future__ import annotations
 
