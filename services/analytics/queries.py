@@ -1,0 +1,379 @@
+"""The SQL of the analytics figures: a checked question (dimensions, filters, visibility) turned into one
+DuckDB statement on the read store, and its result rows turned back into cells.
+
+Each answer is ONE statement, so its cells, the slice totals complementary suppression needs and
+`as_of` all come from the same snapshot of the store: the totals are the same query one dimension
+fewer, computed in the same scan with `GROUPING SETS`, and `as_of` is a scalar subquery.
+
+Placement (product §4): hours, activities and beneficiaries are placed where the activity happened
+(`province`/`district` of its location code); `/analytics/volunteers` places volunteers by residence
+(`province` is their residence province there, and `district` is not offered: residence is known to
+the province only). Sex and age band of a volunteer the store has not heard of yet are "unknown"; so
+is an age under 10 (no volunteer can be that young: a wrong date of birth). A missing district (an
+activity recorded at province level) or residence is `None`.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+AGE_BANDS = ("10-14", "15-17", "18-24", "25-30", "31+", "unknown")
+SEXES = ("female", "male", "other", "undisclosed", "unknown")
+HOURS_BANDS = ("0-19", "20-49", "50+")
+PERIODS = ("day", "week", "month", "quarter", "year")
+# Dimensions whose values are ids of the store's organisations and projects (a filter naming one the
+# caller may not see is a 404, as everywhere in the API).
+REFERENCES = {"organization": "organization", "project": "project"}
+
+
+# ---- dimension expressions --------------------------------------------------------------------------
+def _age(on: str, born: str) -> str:
+    """Completed years on `on` (born on 29 February: a year older on 1 March), as the registry counts."""
+    return (f"(year({on}) - year({born}) - CASE WHEN month({on}) * 100 + day({on}) "
+            f"< month({born}) * 100 + day({born}) THEN 1 ELSE 0 END)")
+
+
+def _age_band(age: str) -> str:
+    return (f"CASE WHEN {age} IS NULL OR {age} < 10 THEN 'unknown' WHEN {age} <= 14 THEN '10-14' "
+            f"WHEN {age} <= 17 THEN '15-17' WHEN {age} <= 24 THEN '18-24' WHEN {age} <= 30 THEN '25-30' "
+            "ELSE '31+' END")
+
+
+# Over `activity_facts f` (with `f._age`, the volunteer's age on the activity date). Dates are already
+# local (Asia/Phnom_Penh), so periods are formatted from them directly; `%G-W%V` is the ISO week.
+ACTIVITY_EXPRESSIONS = {
+    "province": "f.province",
+    "district": "f.district",
+    "program": "f.program",
+    "project": "CAST(f.project_id AS VARCHAR)",
+    "organization": "CAST(f.organization_id AS VARCHAR)",
+    "activity_type": "f.activity_type",
+    "focus_area": "f.focus_area",
+    "sex": "coalesce(f.sex, 'unknown')",
+    "age_band": _age_band("f._age"),
+    "day": "strftime(f.date, '%Y-%m-%d')",
+    "week": "strftime(f.date, '%G-W%V')",
+    "month": "strftime(f.date, '%Y-%m')",
+    "quarter": "concat(year(f.date), '-Q', quarter(f.date))",
+    "year": "CAST(year(f.date) AS VARCHAR)",
+}
+# Columns a filter compares directly (cheaper than the expression, and zone maps skip row groups).
+ACTIVITY_FILTER_COLUMNS = {"project": "f.project_id", "organization": "f.organization_id"}
+# `/analytics/volunteers` counts volunteers where they live.
+RESIDENCE_EXPRESSIONS = {**ACTIVITY_EXPRESSIONS, "province": "f.residence_province"}
+del RESIDENCE_EXPRESSIONS["district"]
+
+# Over `people p` (one row per volunteer with a baseline and an endline, `p._age` at the endline).
+SKILLS_PERSON_EXPRESSIONS = {
+    "hours_band": "CASE WHEN p.hours < 20 THEN '0-19' WHEN p.hours < 50 THEN '20-49' ELSE '50+' END",
+    "province": "p.residence_province",
+    "organization": "CAST(p.organization_id AS VARCHAR)",
+    "sex": "coalesce(p.sex, 'unknown')",
+    "age_band": _age_band("p._age"),
+}
+SKILLS_FILTER_COLUMNS = {"organization": "p.organization_id"}
+# Dimensions a volunteer has through their verified activities (a volunteer of two programmes is in both).
+SKILLS_ACTIVITY_DIMENSIONS = ("program", "project", "activity_type", "focus_area")
+
+# The hours an activity counts for: approved hours once verified; claimed hours while submitted
+# (counted only under status=all). Rejected and voided entries never pass the status condition.
+_HOURS = "CASE WHEN f.status = 'verified' THEN f.approved_hours ELSE f.hours END"
+COUNTED_STATUSES = {"verified": ("verified",), "all": ("verified", "submitted")}
+
+MEASURE_SQL = {
+    "volunteers": "count(DISTINCT _volunteer)",
+    "hours": "round(coalesce(sum(_hours), 0), 2)",
+    "activities": "count(*)",
+    "beneficiaries": "coalesce(sum(ben_female + ben_male + ben_other), 0)",
+    "beneficiaries_female": "coalesce(sum(ben_female), 0)",
+    "beneficiaries_male": "coalesce(sum(ben_male), 0)",
+    "beneficiaries_other": "coalesce(sum(ben_other), 0)",
+    "beneficiaries_children": "coalesce(sum(ben_children), 0)",
+}
+
+
+@dataclass(frozen=True)
+class Report:
+    """One figures endpoint: what it can be cut by and what each cell holds."""
+
+    name: str
+    expressions: dict[str, str]
+    measures: tuple[str, ...]
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(self.expressions)
+
+
+REPORTS = {
+    report.name: report
+    for report in (
+        Report("overview", ACTIVITY_EXPRESSIONS,
+               ("volunteers", "hours", "activities", "beneficiaries", "beneficiaries_children")),
+        Report("hours", ACTIVITY_EXPRESSIONS, ("hours", "activities", "volunteers")),
+        Report("volunteers", RESIDENCE_EXPRESSIONS, ("volunteers",)),
+        Report("beneficiaries", ACTIVITY_EXPRESSIONS,
+               ("beneficiaries_female", "beneficiaries_male", "beneficiaries_other", "beneficiaries_children",
+                "beneficiaries", "activities", "volunteers")),
+        Report("skills", {**SKILLS_PERSON_EXPRESSIONS, **{d: ACTIVITY_EXPRESSIONS[d] for d in SKILLS_ACTIVITY_DIMENSIONS}},
+               ("volunteers", "baseline_mean", "endline_mean", "mean_change", "items")),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Question:
+    """A checked request for figures. `filters` map a dimension to the values it may take (any of them);
+    periods are `(first, last)` days, both included; `organization`/`project` are UUIDs.
+    `tree_root` is the caller's organisation when it sees its tree only, None for a national key."""
+
+    report: Report
+    group_by: tuple[str, ...] = ()
+    filters: dict[str, tuple] = field(default_factory=dict)
+    date_from: date | None = None
+    date_to: date | None = None
+    status: str = "verified"
+    tree_root: uuid.UUID | None = None
+    instrument: str | None = None
+
+
+@dataclass(frozen=True)
+class Statement:
+    """SQL with its positional parameters and the names of the columns it returns."""
+
+    sql: str
+    params: list[Any]
+    columns: tuple[str, ...]
+
+
+@dataclass
+class Figures:
+    """An answer before suppression: its cells, and per dimension the slice totals (distinct volunteers
+    of the answer one dimension fewer, keyed by the other dimensions' values in `group_by` order)."""
+
+    as_of: datetime | None
+    rows: list[dict[str, Any]]
+    slice_totals: dict[str, dict[tuple, int]]
+
+
+# ---- building -----------------------------------------------------------------------------------------
+class _Params:
+    """Positional `?` parameters collected while the SQL is written, in order."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return "?"
+
+    def many(self, values: Sequence[Any]) -> str:
+        return ", ".join(self(v) for v in values)
+
+
+def _tree_cte(question: Question, p: _Params) -> str:
+    # UNION (not UNION ALL) ends the recursion even if a cycle ever crept into the parent links.
+    return (f"tree(id) AS (SELECT CAST({p(question.tree_root)} AS UUID) UNION "
+            "SELECT o.id FROM organization o JOIN tree t ON o.parent_id = t.id)")
+
+
+def _with(ctes: list[str]) -> str:
+    return f"WITH RECURSIVE {', '.join(ctes)} " if ctes else ""
+
+
+def _period_condition(column: str, ranges: Sequence[tuple[date, date]], p: _Params) -> str:
+    return "(" + " OR ".join(f"({column} BETWEEN {p(first)} AND {p(last)})" for first, last in ranges) + ")"
+
+
+def _activity_conditions(question: Question, expressions: dict[str, str], statuses: Sequence[str],
+                         p: _Params, dimensions: Sequence[str] | None = None) -> list[str]:
+    """WHERE conditions on `activity_facts f`: counted statuses, dates, the caller's tree, and the
+    filters on `dimensions` (all of the question's filters by default)."""
+    conditions = [f"f.status IN ({p.many(statuses)})"]
+    if question.date_from:
+        conditions.append(f"f.date >= {p(question.date_from)}")
+    if question.date_to:
+        conditions.append(f"f.date <= {p(question.date_to)}")
+    if question.tree_root is not None:
+        conditions.append("f.organization_id IN (SELECT id FROM tree)")
+    for name, values in question.filters.items():
+        if dimensions is not None and name not in dimensions:
+            continue
+        if name in PERIODS:
+            conditions.append(_period_condition("f.date", values, p))
+        else:
+            column = ACTIVITY_FILTER_COLUMNS.get(name, expressions[name])
+            conditions.append(f"{column} IN ({p.many(values)})")
+    return conditions
+
+
+def _grouping(dims: Sequence[str], with_totals: bool) -> tuple[str, str]:
+    """The GROUP BY clause and the GROUPING() column telling the answer's cells (0) from slice totals."""
+    if not dims:
+        return "GROUP BY ()", "0"
+    sets = [dims]
+    if with_totals:
+        sets += [[d for d in dims if d != left_out] for left_out in dims]
+    rendered = ", ".join("(" + ", ".join(s) + ")" for s in sets)
+    return f"GROUP BY GROUPING SETS ({rendered})", f"GROUPING({', '.join(dims)})"
+
+
+def _statement(ctes: list[str], grouped: str, dims: Sequence[str], columns: Sequence[str], p: _Params) -> Statement:
+    """`grouped` (columns `_set`, the dimensions, `columns`) beside `as_of`: a LEFT JOIN, so that an
+    answer with no cell still says how fresh the store is (its one row has `_set` NULL)."""
+    order = "ORDER BY g._set" + "".join(f", g.{d} NULLS LAST" for d in dims)
+    sql = (f"{_with(ctes)}SELECT s.as_of, g.* FROM (SELECT max(as_of) AS as_of FROM store_state "
+           f"WHERE name = 'events') s LEFT JOIN ({grouped}) g ON true {order}")
+    return Statement(sql, p.values, ("as_of", "_set", *dims, *columns))
+
+
+def figures_sql(question: Question, with_totals: bool) -> Statement:
+    """One statement: `as_of`, `_set` (0 for the answer's cells, else which dimensions were left out),
+    the dimensions in `group_by` order, then the report's measures."""
+    report, dims, p = question.report, list(question.group_by), _Params()
+    ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
+    conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p)
+    # Only what the statement uses is projected; DuckDB reads only those columns.
+    facts = "activity_facts"
+    if "age_band" in dims or "age_band" in question.filters:
+        facts = f"(SELECT f.*, {_age('f.date', 'f.date_of_birth')} AS _age FROM activity_facts f)"
+    inner = (f"SELECT f.*, f.eff_volunteer_id AS _volunteer, {_HOURS} AS _hours FROM {facts} f "
+             f"WHERE {' AND '.join(conditions)}")
+    cells = ", ".join(f"{report.expressions[d]} AS {d}" for d in dims)
+    projected = f"SELECT {cells + ', ' if cells else ''}_volunteer, _hours, ben_female, ben_male, ben_other, ben_children FROM ({inner}) f"
+    group, grouping = _grouping(dims, with_totals)
+    measures = ", ".join(f"{MEASURE_SQL[m]} AS {m}" for m in report.measures)
+    grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM ({projected}) t {group}"
+    return _statement(ctes, grouped, dims, report.measures, p)
+
+
+def skills_sql(question: Question, with_totals: bool) -> Statement:
+    """One statement for `/analytics/skills`, columns as `figures_sql`'s plus `items` (a list of
+    per-item structs, on the answer's cells only).
+
+    Per volunteer (merges resolved by `assessment_facts`), the current assessments of the instrument:
+    the earliest baseline and the latest endline (ties by id); a volunteer lacking either is left out.
+    Hours are the volunteer's verified approved hours (within from/to when given). A key that sees its
+    tree only sees its volunteers, and their hours and activities in its tree.
+    """
+    report, dims, p = question.report, list(question.group_by), _Params()
+    ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
+    verified_scope = dict(question=question, expressions=ACTIVITY_EXPRESSIONS, statuses=("verified",), p=p)
+    ctes.append(
+        "ranked AS (SELECT s.eff_volunteer_id AS vid, s.phase, s.taken_on, s.total, s.scores, row_number() OVER ("
+        "PARTITION BY s.eff_volunteer_id, s.phase ORDER BY CASE WHEN s.phase = 'baseline' THEN s.taken_on END, "
+        f"s.taken_on DESC, s.id) AS rank FROM assessment_facts s WHERE s.instrument = {p(question.instrument)} "
+        "AND s.phase IN ('baseline', 'endline'))"
+    )
+    ctes.append(
+        "paired AS (SELECT b.vid, b.total AS b_total, b.scores AS b_scores, e.total AS e_total, "
+        "e.scores AS e_scores, e.taken_on AS e_on FROM ranked b JOIN ranked e ON e.vid = b.vid "
+        "AND e.phase = 'endline' AND e.rank = 1 WHERE b.phase = 'baseline' AND b.rank = 1)"
+    )
+    hour_conditions = _activity_conditions(**verified_scope, dimensions=())
+    ctes.append(f"volunteer_hours AS (SELECT f.eff_volunteer_id AS vid, sum(f.approved_hours) AS hours "
+                f"FROM activity_facts f WHERE {' AND '.join(hour_conditions)} GROUP BY 1)")
+    person_conditions = ["v.organization_id IN (SELECT id FROM tree)"] if question.tree_root is not None else []
+    ctes.append(
+        "people AS (SELECT pr.*, coalesce(h.hours, 0) AS hours, v.sex, v.residence_province, v.organization_id, "
+        f"{_age('pr.e_on', 'v.date_of_birth')} AS _age FROM paired pr LEFT JOIN volunteer v ON v.id = pr.vid "
+        f"LEFT JOIN volunteer_hours h ON h.vid = pr.vid{' WHERE ' + ' AND '.join(person_conditions) if person_conditions else ''})"
+    )
+    # Activity dimensions (grouped or filtered) join the distinct (volunteer, values) of their verified
+    # activities: one row per volunteer and group, so means are not weighted by activity counts.
+    linked = [d for d in SKILLS_ACTIVITY_DIMENSIONS if d in dims]
+    link_join = ""
+    if linked or any(d in question.filters for d in SKILLS_ACTIVITY_DIMENSIONS):
+        link_conditions = _activity_conditions(**verified_scope, dimensions=SKILLS_ACTIVITY_DIMENSIONS)
+        columns = "".join(f", {ACTIVITY_EXPRESSIONS[d]} AS {d}" for d in linked)
+        ctes.append(f"links AS (SELECT DISTINCT f.eff_volunteer_id AS vid{columns} FROM activity_facts f "
+                    f"WHERE {' AND '.join(link_conditions)})")
+        link_join = " JOIN links l ON l.vid = p.vid"
+    person_filters = [f"{SKILLS_FILTER_COLUMNS.get(d, SKILLS_PERSON_EXPRESSIONS[d])} IN ({p.many(values)})"
+                      for d, values in question.filters.items() if d in SKILLS_PERSON_EXPRESSIONS]
+    cells = "".join(f", {SKILLS_PERSON_EXPRESSIONS[d] if d in SKILLS_PERSON_EXPRESSIONS else 'l.' + d} AS {d}"
+                    for d in dims)
+    ctes.append(f"cohort AS (SELECT p.vid, p.b_total, p.e_total, p.b_scores, p.e_scores{cells} FROM people p"
+                f"{link_join}{' WHERE ' + ' AND '.join(person_filters) if person_filters else ''})")
+    group, grouping = _grouping(dims, with_totals)
+    ctes.append(
+        f"cells AS (SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(DISTINCT vid) AS volunteers, "
+        "round(avg(b_total), 2) AS baseline_mean, round(avg(e_total), 2) AS endline_mean, "
+        f"round(avg(e_total - b_total), 2) AS mean_change FROM cohort {group})"
+    )
+    ctes.append(
+        "scored AS (SELECT *, CAST(b_scores->>item AS DOUBLE) AS b_item, CAST(e_scores->>item AS DOUBLE) AS e_item "
+        "FROM (SELECT *, unnest(json_keys(e_scores)) AS item FROM cohort))"
+    )
+    per_item = (f"SELECT {''.join(d + ', ' for d in dims)}item, round(avg(b_item), 2) AS b, round(avg(e_item), 2) AS e, "
+                f"round(avg(e_item - b_item), 2) AS c FROM scored WHERE b_item IS NOT NULL AND e_item IS NOT NULL "
+                f"GROUP BY {''.join(d + ', ' for d in dims)}item")
+    ctes.append(
+        f"items AS (SELECT {''.join(d + ', ' for d in dims)}list({{'item': item, 'b': b, 'e': e, 'c': c}} ORDER BY item) "
+        f"AS items FROM ({per_item}) GROUP BY {', '.join(dims) if dims else '()'})"
+    )
+    on = " AND ".join(f"i.{d} IS NOT DISTINCT FROM c.{d}" for d in dims) or "true"
+    grouped = f"SELECT c.*, i.items FROM cells c LEFT JOIN items i ON c._set = 0 AND {on}"
+    return _statement(ctes, grouped, dims, report.measures, p)
+
+
+# ---- reading results ----------------------------------------------------------------------------------
+def _items(structs: list[dict] | None) -> dict[str, dict[str, float]]:
+    return {s["item"]: {"baseline_mean": s["b"], "endline_mean": s["e"], "mean_change": s["c"]} for s in structs or []}
+
+
+def figures_of(question: Question, columns: Sequence[str], rows: Sequence[tuple]) -> Figures:
+    """Cells and slice totals out of a statement's rows (`columns` as the cursor described them)."""
+    dims = list(question.group_by)
+    index = {name: i for i, name in enumerate(columns)}
+    as_of = rows[0][index["as_of"]] if rows else None
+    cells: list[dict[str, Any]] = []
+    totals: dict[str, dict[tuple, int]] = {d: {} for d in dims}
+    for row in rows:
+        values = tuple(row[index[d]] for d in dims)
+        grouping = row[index["_set"]]
+        if grouping is None:  # no cell at all: the row only carries as_of
+            continue
+        if grouping == 0:
+            cell = dict(zip(dims, values))
+            for measure in question.report.measures:
+                value = row[index[measure]]
+                cell[measure] = _items(value) if measure == "items" else _plain(value)
+            cells.append(cell)
+            continue
+        # GROUPING() sets bit (n - 1 - j) when dimension j is left out; each totals set leaves out one.
+        left_out = next(j for j in range(len(dims)) if grouping & (1 << (len(dims) - 1 - j)))
+        totals[dims[left_out]][values[:left_out] + values[left_out + 1:]] = row[index["volunteers"]]
+    return Figures(as_of, cells, totals)
+
+
+def _plain(value: Any) -> Any:
+    """DuckDB's HUGEINT sums and DECIMAL rounding come back as Python int/Decimal; JSON wants int/float."""
+    if value is None or isinstance(value, int | float | str):
+        return value
+    return float(value)
+
+
+# ---- checks against the store ---------------------------------------------------------------------
+def visible_references_sql(question: Question) -> Statement | None:
+    """The organisation and project ids of the filters that exist and the caller may see, or None when
+    no filter names one. A filter naming another (or none) is a 404, as everywhere in the API."""
+    wanted = [(kind, value) for kind in REFERENCES for value in question.filters.get(kind, ())]
+    if not wanted:
+        return None
+    p = _Params()
+    ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
+    in_tree = " AND {column} IN (SELECT id FROM tree)" if question.tree_root is not None else ""
+    parts = []
+    for kind, table, column in (("organization", "organization", "id"), ("project", "project", "organization_id")):
+        values = question.filters.get(kind, ())
+        if values:
+            parts.append(f"SELECT '{kind}', id FROM {table} WHERE id IN ({p.many(values)})"
+                         + in_tree.format(column=column))
+    return Statement(f"{_with(ctes)}{' UNION ALL '.join(parts)}", p.values, ("kind", "id"))
+
+
+INSTRUMENTS_SQL = "SELECT DISTINCT instrument FROM assessment ORDER BY instrument"
