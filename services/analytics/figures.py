@@ -193,7 +193,8 @@ async def _check_instrument(store: AnalyticsStore, question: Question) -> None:
 
 async def answer(store: AnalyticsStore, question: Question, caller: CallerContext, k: int) -> dict[str, Any]:
     """`{"as_of", "group_by", "rows"}`: the figures, suppressed unless the caller holds
-    `analytics:unsuppressed`."""
+    `analytics:unsuppressed`; the overview adds `organizations`, how many analytics knows in the
+    caller's view."""
     await _check_references(store, question)
     build: Callable = queries.figures_sql
     if question.report.name == "skills":
@@ -209,4 +210,10 @@ async def answer(store: AnalyticsStore, question: Question, caller: CallerContex
         rows = suppress(figures.rows, list(question.group_by), k, measures, volunteers_key="volunteers",
                         slice_totals=figures.slice_totals, tie_key="hours" if "hours" in measures else None)
     as_of = figures.as_of.astimezone(timezone.utc) if figures.as_of else None
-    return {"as_of": as_of, "group_by": list(question.group_by), "rows": rows}
+    result = {"as_of": as_of, "group_by": list(question.group_by), "rows": rows}
+    if question.report.name == "overview":
+        # Organisations, not people: nothing to suppress. It shows registry events arriving before any
+        # activity does (operators and the cross-service tests watch it).
+        statement = queries.organizations_sql(question)
+        result["organizations"] = (await store.read(statement.sql, statement.params))[0][0]
+    return result

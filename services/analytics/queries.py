@@ -376,4 +376,13 @@ def visible_references_sql(question: Question) -> Statement | None:
     return Statement(f"{_with(ctes)}{' UNION ALL '.join(parts)}", p.values, ("kind", "id"))
 
 
+def organizations_sql(question: Question) -> Statement:
+    """How many organisations the store knows that the caller may see."""
+    p = _Params()
+    if question.tree_root is None:
+        return Statement("SELECT count(*) FROM organization", [], ("organizations",))
+    return Statement(f"{_with([_tree_cte(question, p)])}SELECT count(*) FROM tree t JOIN organization o ON o.id = t.id",
+                     p.values, ("organizations",))
+
+
 INSTRUMENTS_SQL = "SELECT DISTINCT instrument FROM assessment ORDER BY instrument"

@@ -153,6 +153,10 @@ async def test_overview_is_one_row_of_verified_figures(world: World):
     assert answer["group_by"] == []
     assert answer["rows"] == [{"volunteers": 4, "hours": 17.0, "activities": 6, "beneficiaries": 22,
                                "beneficiaries_children": 6, "suppressed": False}]
+    # The organisations analytics knows in the caller's view: A, A1, B; a key of A sees A and A1.
+    assert answer["organizations"] == 3
+    assert (await ask(world, "overview", key_of(world.org["A"])))["organizations"] == 2
+    assert "organizations" not in await ask(world, "hours")
 
 
 async def test_status_all_adds_submitted_entries_at_claimed_hours_never_rejected_or_voided(world: World):
