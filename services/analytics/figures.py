@@ -184,11 +184,13 @@ async def _check_references(store: AnalyticsStore, question: Question) -> None:
 async def _check_instrument(store: AnalyticsStore, question: Question) -> None:
     # Instruments are the activities service's catalogue; analytics knows those its events named.
     known = [row[0] for row in await store.read(queries.INSTRUMENTS_SQL)]
+    if question.instrument in known:
+        return
     if question.instrument is None:
-        raise ProblemError(422, "instrument is required", errors=[_error("instrument", "required", known)])
-    if question.instrument not in known:
-        raise ProblemError(422, f"no assessment of the instrument {question.instrument!r} is recorded",
-                           errors=[_error("instrument", f"unknown instrument {question.instrument!r}", known)])
+        error = _error("instrument", "required", known)
+    else:
+        error = _error("instrument", f"no assessment of the instrument {question.instrument!r} is recorded", known)
+    raise ProblemError(422, f"instrument: {error['msg']}", errors=[error])
 
 
 async def answer(store: AnalyticsStore, question: Question, caller: CallerContext, k: int) -> dict[str, Any]:
