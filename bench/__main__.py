@@ -9,12 +9,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import gateway_instructions, gateway_overhead, registrations, volunteer_import
+from bench import activities, gateway_instructions, gateway_overhead, registrations, volunteer_import
 from bench.stack import cpu_speed, machine, machine_busy
 from bench.stats import METADATA, format_table, merge_results
 
 # name → module with a docstring and `run(quick) -> {figure: value}`
-BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, gateway_instructions, registrations, volunteer_import)}
+BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, gateway_instructions, registrations, volunteer_import, activities)}
 RESULTS = Path(__file__).with_name("results.json")
 BUSY_WARNING = 0.15
 

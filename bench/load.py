@@ -6,7 +6,9 @@ than any Python client, so figures taken with it are closer to what the servers 
 generator used is written into results.json.
 
 Bodies are templates: each `{n}` becomes a per-request number (8 digits, unique within a run from
-`first`), so write benchmarks never send the same phone number or external id twice.
+`first`), so write benchmarks never send the same phone number or external id twice. A list of
+templates is taken in turn (request n gets template n mod their number): requests that must name
+different existing things (a volunteer, a date) to stay valid.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class Load:
     seconds: float
     method: str = "GET"
     headers: dict[str, str] = field(default_factory=dict)
-    body: str | None = None  # a template: `{n}` → per-request number
+    body: str | list[str] | None = None  # a template (`{n}` → per-request number), or templates in turn
     first: int = 0
     expect: int | None = None  # the one status every answer must have (default: any below 400)
 
@@ -53,6 +55,11 @@ def generator_name() -> str:
     return "python aiohttp (bench.pyload)"
 
 
+def body_templates(body: str | list[str] | None) -> list[str]:
+    """A Load's body as the list of templates taken in turn (none for a request without a body)."""
+    return body if isinstance(body, list) else [body] if body is not None else []
+
+
 def run_load(load: Load) -> LoadResult:
     if os.environ.get("VMC_BENCH_LOAD") != "python" and shutil.which("wrk"):
         return _run_wrk(load)
@@ -69,18 +76,19 @@ def wrk_script(load: Load) -> str:
     """The Lua script giving wrk the method, headers and per-request body, and printing JSON at the end."""
     lines = [f"wrk.method = {_lua_string(load.method)}"]
     lines += [f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in load.headers.items()]
-    if load.body is not None and "{n}" in load.body:
+    templates = body_templates(load.body)
+    if any("{n}" in template for template in templates) or len(templates) > 1:
         lines += [
             f"local counter = {int(load.first)}",
-            f"local template = {_lua_string(load.body)}",
+            f"local templates = {{ {', '.join(_lua_string(t) for t in templates)} }}",
             "request = function()",
             "  counter = counter + 1",
-            '  local body = template:gsub("{n}", string.format("%08d", counter))',
+            '  local body = templates[counter % #templates + 1]:gsub("{n}", string.format("%08d", counter))',
             "  return wrk.format(nil, nil, nil, body)",
             "end",
         ]
-    elif load.body is not None:
-        lines.append(f"wrk.body = {_lua_string(load.body)}")
+    elif templates:
+        lines.append(f"wrk.body = {_lua_string(templates[0])}")
     unexpected = "status >= 400" if load.expect is None else f"status ~= {int(load.expect)}"
     lines += [
         # Answers with an unexpected status are counted per thread (wrk's own count is of every

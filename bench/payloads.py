@@ -1,13 +1,19 @@
-"""Request bodies of the benchmarks: plausible, valid, and distinct per request (no duplicate flags)."""
+"""Request bodies of the benchmarks: plausible, valid, and distinct per request (no duplicate flags); and
+the rows the registry stores for them, for the ceilings (bench.ceiling)."""
 from __future__ import annotations
 
 import csv
 import io
 import json
 import random
-from datetime import date, timedelta
+import uuid
+from datetime import date, datetime, timedelta
 
+from services.registry.normalize import normalize_name
 from services.registry.settings import GDY_ORGANIZATION_ID
+from services.registry.volunteers.models import Volunteer
+from services.registry.volunteers.service import volunteer_event
+from shared.events import VOLUNTEER_REGISTERED, CloudEvent
 
 PROVINCES = [f"{code:02d}" for code in range(1, 26)]
 SEXES = ["female", "male", "female", "male", "other", "undisclosed"]
@@ -34,6 +40,22 @@ def volunteer_template(run: str) -> str:
         "consent": {"given": True, "given_at": "2026-01-15T03:00:00Z"},
     }
     return json.dumps(body, ensure_ascii=False)
+
+
+def registered_volunteers(run: str, first: int, count: int) -> tuple[list[dict], list[CloudEvent]]:
+    """The volunteer rows and registration events the registry stores for `volunteer_template(run)` sent as
+    requests `first` + 1 on (the external id table stays empty: the template has none)."""
+    template = volunteer_template(run)
+    rows = []
+    for n in range(first + 1, first + 1 + count):
+        body = json.loads(fill(template, n))
+        rows.append(Volunteer.model_construct(  # the defaults without validation, as a plain row
+            **{key: body[key] for key in ("name_latin", "sex", "phone", "email", "residence_province", "education_level", "disability")},
+            name_latin_key=normalize_name(body["name_latin"]), date_of_birth=date.fromisoformat(body["date_of_birth"]),
+            organization_id=uuid.UUID(body["organization_id"]), consent_given=body["consent"]["given"],
+            consent_given_at=datetime.fromisoformat(body["consent"]["given_at"]),
+        ).model_dump())
+    return rows, [volunteer_event(VOLUNTEER_REGISTERED, row) for row in rows]
 
 
 def organization_template(run: str) -> str:

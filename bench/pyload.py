@@ -12,12 +12,13 @@ import time
 
 import aiohttp
 
+from bench.load import body_templates
 from bench.stats import percentile
 
 
 async def generate(spec: dict) -> dict:
     connections, seconds, method, url = spec["connections"], spec["seconds"], spec["method"], spec["url"]
-    template: str | None = spec.get("body")
+    templates = body_templates(spec.get("body"))
     counter = [int(spec.get("first", 0))]
     expect: int | None = spec.get("expect")
     latencies: list[float] = []
@@ -25,10 +26,10 @@ async def generate(spec: dict) -> dict:
     first_failure = ""
 
     def next_body() -> bytes | None:
-        if template is None:
+        if not templates:
             return None
         counter[0] += 1
-        return template.replace("{n}", f"{counter[0]:08d}").encode()
+        return templates[counter[0] % len(templates)].replace("{n}", f"{counter[0]:08d}").encode()
 
     async def client(session: aiohttp.ClientSession, deadline: float) -> None:
         nonlocal failures, first_failure

@@ -13,9 +13,10 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 
@@ -23,6 +24,7 @@ from bench.load import generator_name
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_caller
 from tests.harness import Broker, Databases, Stack, new_workdir, pg_server_url, remove_workdir
 
+T = TypeVar("T")
 DATABASES = ("postgresql", "sqlite")
 BENCH_ENV = {
     "VMC_RATE_LIMIT_PER_MINUTE": "100000000",
@@ -98,6 +100,14 @@ def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float
     """
     _wait_quiet(stack, quiet, window, timeout)
     vacuum(stack)
+
+
+def probed(stack: Stack, measure: Callable[[], T], settle_timeout: float = 60.0) -> tuple[T, float]:
+    """`measure()` on a settled stack (`settle`), and the CPU probe (`cpu_speed`) taken just before it:
+    a figure and the speed of the cores it was measured at."""
+    settle(stack, timeout=settle_timeout)
+    probe = cpu_speed()
+    return measure(), probe
 
 
 def vacuum(stack: Stack) -> None:
