@@ -18,6 +18,7 @@ from shared.events import (
 )
 from tests.conftest import eventually
 from tests.eventlog import find_events
+from tests.integration.activity_factories import activity_body, log, setting
 from tests.integration.analytics_events import (
     OwnTopics, apply_in_order, figures, make_topics, processed, programme_history, publish, records_of, settings_for,
     shuffled_with_duplicates, store_consumer,
@@ -155,3 +156,27 @@ async def test_ready_and_metrics_show_lag_freshness_and_dead_letters(stack, admi
                    for s in family.samples}
         assert 0 <= samples["vmc_analytics_as_of_age_seconds"].value < 3600
         assert "vmc_dead_letters_total" in samples and "vmc_consumer_lag" in samples
+
+
+async def test_through_the_gateway_a_void_takes_back_the_hours_its_verification_added(admin: httpx.AsyncClient):
+    place = await setting(admin)
+    logged = await log(admin, activity_body(place, hours=3.0))
+    assert logged.status_code == 201, logged.text
+    activity = logged.json()["id"]
+
+    async def verified_hours() -> float | None:
+        answer = await admin.get("/analytics/hours", params={"organization": place.org["id"], "group_by": "project"})
+        if answer.status_code == 404:  # the organisation's own event is not in the store yet
+            return None
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["rows"]
+        return rows[0]["hours"] if rows else None
+
+    assert (await admin.post(f"/activities/{activity}/verify", json={"approved_hours": 2.0})).status_code == 200
+    await eventually(lambda: _equals(verified_hours, 2.0), 30, what="the verified hours counted")
+    assert (await admin.post(f"/activities/{activity}/void", json={"reason": "logged twice"})).status_code == 200
+    await eventually(lambda: _equals(verified_hours, None), 30, what="the void taking the hours back")
+
+
+async def _equals(read, expected) -> bool:
+    return await read() == expected

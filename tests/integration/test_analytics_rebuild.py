@@ -1,0 +1,125 @@
+"""Rebuilding the analytics store from the log gives the store the live consumer built: offline into a
+file of its own, and inside the running service, swapped in while events keep arriving."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.analytics.rebuild import describe, rebuild_offline
+from services.analytics.store import MEMORY, AnalyticsStore
+from tests.conftest import eventually
+from tests.harness import Stack, unique
+from tests.integration.activity_factories import activity_body, log, setting
+from tests.integration.analytics_events import (
+    OwnTopics, make_topics, processed, programme_history, publish, records_of, settings_for, shuffled_with_duplicates,
+    store_consumer,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_an_offline_rebuild_gives_the_live_store(broker, tmp_path):
+    topics = OwnTopics()
+    settings = settings_for(broker.bootstrap, store_path=str(tmp_path / "analytics.duckdb"))
+    await make_topics(settings, topics)
+    history = programme_history()
+    await publish(settings, topics, records_of(topics, shuffled_with_duplicates(history.events, 7, 5), random.Random(7)))
+    live = AnalyticsStore(MEMORY)
+    consumer, _ = store_consumer(settings, topics, live)
+    consumer.start()
+    try:
+        await eventually(lambda: processed(live, topics.consumer).get("applied") == len(history.events), 30,
+                         what="the live consumer applying the log")
+    finally:
+        await consumer.stop()
+
+    shown: list[str] = []
+    progress = await rebuild_offline(settings, lambda p: shown.append(describe(p.as_dict())), topics=topics.both)
+    assert progress.state == "done" and progress.events == len(history.events) + 5
+    assert sum(progress.ends.values()) == len(history.events) + 5
+    rebuilt = AnalyticsStore(settings.resolved_store_path())
+    try:
+        assert rebuilt.contents() == live.contents()
+        # The live consumer, started on the rebuilt store, skips every event already in it.
+        assert rebuilt.query("SELECT count(*) FROM processed_events WHERE consumer = 'analytics'")[0][0] == len(history.events)
+    finally:
+        rebuilt.close()
+        live.close()
+
+
+def test_the_rebuild_command_refuses_a_store_a_running_service_holds(stack: Stack):
+    result = subprocess.run(
+        [sys.executable, "-m", "services.analytics.rebuild"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, **stack.env()},
+    )
+    assert result.returncode == 1
+    assert "open in a running analytics service" in result.stderr
+
+
+async def figures_through_the_gateway(admin: httpx.AsyncClient) -> dict:
+    """What users read: the overview, and hours per province and month with every status."""
+    overview = await admin.get("/analytics/overview")
+    hours = await admin.get("/analytics/hours", params={"group_by": "province,month", "status": "all"})
+    assert overview.status_code == 200
+    return {"overview": overview.json(), "hours": (hours.status_code, hours.json())}
+
+
+async def test_a_rebuild_inside_the_running_service_swaps_in_the_same_figures(stack: Stack, admin: httpx.AsyncClient):
+    place = await setting(admin)
+
+    async def hours_of_the_organisation() -> float | None:
+        answer = await admin.get("/analytics/hours", params={"organization": place.org["id"], "status": "all"})
+        if answer.status_code == 404:  # the organisation's own event is not in the store yet
+            return None
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["rows"]
+        return rows[0]["hours"] if rows else None
+
+    async def hours_become(expected: float, timeout: float = 20) -> None:
+        async def reached() -> bool:
+            return await hours_of_the_organisation() == expected
+        await eventually(reached, timeout, what=f"the organisation's hours reaching {expected}")
+
+    logged = await log(admin, activity_body(place, hours=3.0))
+    assert logged.status_code == 201, logged.text
+    verified = await admin.post(f"/activities/{logged.json()['id']}/verify", json={"approved_hours": 2.0})
+    assert verified.status_code == 200, verified.text
+    await hours_become(2.0)
+    before = await figures_through_the_gateway(admin)
+    assert before["hours"][0] == 200 and before["hours"][1]["rows"], before
+
+    command = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.analytics.rebuild", "--url", stack.urls["analytics"], cwd=ROOT,
+        env={**os.environ, **stack.env()}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(command.communicate(), 120)
+    assert command.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[-1].startswith("done: ") and "events/s" in lines[-1], lines
+    assert await figures_through_the_gateway(admin) == before
+    assert (Path(stack.workdir) / "analytics.duckdb.current").exists()
+
+    # The swapped-in store goes on taking events, and a restarted service opens it.
+    assert (await log(admin, activity_body(place, hours=1.5))).status_code == 201
+    await hours_become(3.5)
+    after = await figures_through_the_gateway(admin)
+    await asyncio.to_thread(stack.restart_part, "analytics")
+    await eventually(lambda: _ready(stack), 60, what="analytics ready after its restart")
+    assert await figures_through_the_gateway(admin) == after
+    # Consuming again before the next test (a restarted member waits for the old one's session to end).
+    assert (await log(admin, activity_body(place, hours=1.0))).status_code == 201
+    await hours_become(4.5, timeout=60)
+
+
+async def _ready(stack: Stack) -> bool:
+    async with httpx.AsyncClient(base_url=stack.urls["analytics"], timeout=10) as client:
+        try:
+            return (await client.get("/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
