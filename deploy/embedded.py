@@ -23,6 +23,15 @@ def _persistent_secret(path: Path, make) -> str:
     return value
 
 
+def _reason(log: Path, lines: int = 8) -> str:
+    """The end of a part's log, indented: why it stopped (a refused setting, a traceback's last lines)."""
+    try:
+        tail = log.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  " + line[:400] for line in tail) or "  (empty log)"
+
+
 def main() -> int:
     data_dir = Path(os.environ.get("VMC_DATA_DIR", "var")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +61,7 @@ def main() -> int:
 
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
+    starting = "broker"  # the part being waited for, named when it fails to start
 
     def shutdown(*_):
         nonlocal stopping
@@ -77,11 +87,13 @@ def main() -> int:
             procs[s.name] = start_uvicorn(s.app, port, {**env, s.port_setting: str(port)}, logs / f"{s.name}.log")
         for s in SERVICES:
             port = ports[s.name]
+            starting = s.name
             wait_ready(f"http://127.0.0.1:{port}/ready", 90, procs[s.name])
             print(f"{s.name}: ready on 127.0.0.1:{port}")
         procs["gateway"] = start_uvicorn(
             "gateway.app:create_app", gateway_port, {**env, "VMC_GATEWAY_PORT": str(gateway_port)}, logs / "gateway.log"
         )
+        starting = "gateway"
         wait_ready(f"http://127.0.0.1:{gateway_port}/ready", 60, procs["gateway"])
         print(f"\nVMC Connect is running: http://127.0.0.1:{gateway_port}/api/v1  (docs: /api/v1/docs)")
         print(f"First admin API key (national, every scope): {admin_key}")
@@ -89,14 +101,15 @@ def main() -> int:
         while not stopping:
             for name, proc in procs.items():
                 if proc.poll() is not None:
-                    print(f"error: {name} exited with code {proc.returncode}; see {logs / (name + '.log')}. Stopping.",
-                          file=sys.stderr, flush=True)
+                    print(f"error: {name} exited with code {proc.returncode}. The end of {logs / (name + '.log')}:\n"
+                          f"{_reason(logs / (name + '.log'))}\nStopping.", file=sys.stderr, flush=True)
                     return 1
             time.sleep(0.5)
         print("stopping ...", flush=True)
         return 0
     except (RuntimeError, TimeoutError) as exc:
-        print(f"error: {exc}; see the logs in {logs}", file=sys.stderr)
+        print(f"error: {starting} did not start: {exc}. The end of {logs / (starting + '.log')}:\n"
+              f"{_reason(logs / (starting + '.log'))}", file=sys.stderr)
         return 1
     finally:
         # The gateway first (no request reaches a stopped service), the broker last (services flush to it).

@@ -136,3 +136,15 @@ def test_a_part_that_does_not_migrate_waits_unready_for_vmc_migrate_then_starts(
         assert body["status"] == "ready"
     finally:
         stop(registry)
+
+
+def test_make_run_names_the_part_that_failed_to_start_and_why(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMC_")}
+    env.update({f"VMC_{name.upper()}_PORT": str(free_port()) for name in [*PARTS, "broker"]})
+    env.update(VMC_DATA_DIR=str(tmp_path), VMC_ACTIVITIES_REGISTRY_TIMEOUT_S="soon")  # malformed: activities dies
+    launcher = subprocess.run([sys.executable, "-m", "deploy.embedded"], env=env, capture_output=True, text=True,
+                              timeout=180)
+    assert launcher.returncode == 1
+    assert "error: activities did not start" in launcher.stderr
+    # The reason itself, from the end of activities' log, not only where the logs are.
+    assert "registry_timeout_s" in launcher.stderr and "Input should be a valid number" in launcher.stderr
