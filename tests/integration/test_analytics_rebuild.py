@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import uuid
+
 import httpx
-import pytest
+import orjson
 
 from services.analytics.rebuild import describe, rebuild_offline
 from services.analytics.store import MEMORY, AnalyticsStore
+from shared.events import ACTIVITY_VOIDED
 from tests.conftest import eventually
 from tests.harness import Stack, unique
 from tests.integration.activity_factories import activity_body, log, setting
@@ -30,7 +33,13 @@ async def test_an_offline_rebuild_gives_the_live_store(broker, tmp_path):
     settings = settings_for(broker.bootstrap, store_path=str(tmp_path / "analytics.duckdb"))
     await make_topics(settings, topics)
     history = programme_history()
-    await publish(settings, topics, records_of(topics, shuffled_with_duplicates(history.events, 7, 5), random.Random(7)))
+    # Two activity events the models refuse (a negative count of people reached, an unknown status):
+    # the live consumer dead-letters them, the rebuild's bulk path must refuse them too.
+    voided = next(e for e in history.events if e.type == ACTIVITY_VOIDED)
+    poison = [(topics.activities, b"k", _broken(voided, path, value))
+              for path, value in ((("beneficiaries", "female"), -1), (("status",), "lost"))]
+    records = records_of(topics, shuffled_with_duplicates(history.events, 7, 5), random.Random(7))
+    await publish(settings, topics, [*records[:4], *poison, (topics.activities, b"k", b"{not json"), *records[4:]])
     live = AnalyticsStore(MEMORY)
     consumer, _ = store_consumer(settings, topics, live)
     consumer.start()
@@ -42,13 +51,16 @@ async def test_an_offline_rebuild_gives_the_live_store(broker, tmp_path):
 
     shown: list[str] = []
     progress = await rebuild_offline(settings, lambda p: shown.append(describe(p.as_dict())), topics=topics.both)
-    assert progress.state == "done" and progress.events == len(history.events) + 5
-    assert sum(progress.ends.values()) == len(history.events) + 5
+    assert progress.state == "done" and progress.events == len(history.events) + 5 + 3
+    assert progress.skipped == 3
+    assert sum(progress.ends.values()) == len(history.events) + 5 + 3
     rebuilt = AnalyticsStore(settings.resolved_store_path())
     try:
         assert rebuilt.contents() == live.contents()
         # The live consumer, started on the rebuilt store, skips every event already in it.
-        assert rebuilt.query("SELECT count(*) FROM processed_events WHERE consumer = 'analytics'")[0][0] == len(history.events)
+        # (the refused events with an id are recorded as dead letters, as the live consumer records them).
+        assert processed(rebuilt, "analytics") == {"applied": len(history.events), "dead_letter": 2}
+        assert processed(live, topics.consumer) == {"applied": len(history.events), "dead_letter": 2}
     finally:
         rebuilt.close()
         live.close()
@@ -61,6 +73,17 @@ def test_the_rebuild_command_refuses_a_store_a_running_service_holds(stack: Stac
     )
     assert result.returncode == 1
     assert "open in a running analytics service" in result.stderr
+
+
+def _broken(event, path: tuple[str, ...], value) -> bytes:
+    """`event` (an activity's) under a new id, with the payload field at `path` set to `value`."""
+    envelope = orjson.loads(event.to_bytes())
+    envelope["id"] = str(uuid.uuid4())
+    target = envelope["data"]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return orjson.dumps(envelope)
 
 
 async def figures_through_the_gateway(admin: httpx.AsyncClient) -> dict:
