@@ -63,8 +63,6 @@ class CommonSettings(BaseSettings):
             # event twice, and without acks=all a broker's crash can lose an acknowledged one.
             name = "VMC_KAFKA_IDEMPOTENCE must be true" if not self.kafka_idempotence else "VMC_KAFKA_ACKS must be all"
             return f"{name} in production (Apache Kafka)"
-        if self.broker_epoch:
-            return "VMC_BROKER_EPOCH must be unset in production (it re-publishes every outbox: embedded broker only)"
         for name, field in type(self).model_fields.items():
             # A default pointing at this machine is the embedded default's, never a production address.
             if isinstance(field.default, str) and "127.0.0.1" in field.default and name not in self.model_fields_set:
