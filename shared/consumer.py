@@ -67,6 +67,16 @@ class BatchUnits(Protocol):
         """Whether the store answers (if not, a failure is the store's, not the message's)."""
 
 
+def unseen(events: list[tuple[CloudEvent, Payload | None]], seen: set[str]) -> tuple[list[tuple[CloudEvent, Payload | None]], int]:
+    """The events whose ids are neither recorded (`seen`) nor earlier in the batch, and how many were not."""
+    fresh, ids = [], set(seen)
+    for event, payload in events:
+        if event.id not in ids:
+            ids.add(event.id)
+            fresh.append((event, payload))
+    return fresh, len(events) - len(fresh)
+
+
 class SessionBatches:
     """A consumer's batches applied through SQLAlchemy sessions, one unit of work per batch."""
 
@@ -89,12 +99,9 @@ class SessionBatches:
                 ).scalars()
             )
             now = datetime.now(timezone.utc)
-            applied = skipped = 0
-            for event, payload in events:
-                if event.id in seen:
-                    skipped += 1
-                    continue
-                seen.add(event.id)
+            fresh, skipped = unseen(events, seen)
+            applied = 0
+            for event, payload in fresh:
                 handler = handlers.get(event.type)
                 if handler is not None:
                     await handler(session, event, payload)

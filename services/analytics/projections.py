@@ -21,6 +21,7 @@ import duckdb
 import orjson
 
 from services.analytics.store import AnalyticsStore
+from shared.consumer import unseen
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
     ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, ORGANIZATION_CREATED, ORGANIZATION_UPDATED, PROGRAM_CREATED,
@@ -259,18 +260,11 @@ def _apply_new(conn: duckdb.DuckDBPyConnection, consumer: str, events: list[tupl
     seen = {row[0] for row in conn.execute(
         "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id IN (SELECT unnest($2::VARCHAR[]))",
         [consumer, ids]).fetchall()}
+    fresh, skipped = unseen(events, seen)
     changes = Changes()
-    fresh: list[str] = []
-    applied = skipped = 0
-    for event, payload in events:
-        if event.id in seen:
-            skipped += 1
-            continue
-        seen.add(event.id)
-        fresh.append(event.id)
-        applied += note(changes, event, payload)
+    applied = sum(note(changes, event, payload) for event, payload in fresh)
     changes.flush(conn)
-    record_processed(conn, consumer, fresh)
+    record_processed(conn, consumer, [event.id for event, _ in fresh])
     return applied, skipped
 
 

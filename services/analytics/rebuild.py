@@ -1,6 +1,6 @@
 """Rebuild the read store from the log: replay both topics from the start into a fresh store, then swap it in.
 
-Two ways to run it, both `python -m services.analytics.rebuild` (also `vmc analytics rebuild`):
+Two ways to run it, both `python -m services.analytics.rebuild`:
 - with the service stopped (the default): a fresh store file is built next to the live one and
   replaces it; the service, started again, resumes its consumer group, and the events it finds already
   recorded in the new store are skipped;
@@ -8,9 +8,11 @@ Two ways to run it, both `python -m services.analytics.rebuild` (also `vmc analy
   beside the one it serves, then, holding the store's write lock (the live consumer waits, queries go
   on), reads what arrived meanwhile and swaps the new store in. The command prints its progress.
 
-The bulk path pays no per-event idempotence cost: events are decoded, noted in `Changes` (newest state
-per entity in memory, see projections.py) and written every `BATCH_EVENTS` events, set-wise, while the
-next batch is read; their ids are recorded so the live consumer skips them afterwards.
+The bulk path pays no per-event idempotence cost: activity events (nearly all of a log) go to DuckDB as
+the messages are, and it decodes, checks and keeps each activity's highest revision in a few statements
+per batch (`ActivityRows`); the others are noted in `Changes` as the live consumer notes them (newest
+state per entity, projections.py). A batch of `BATCH_EVENTS` is written while the next is read, and its
+event ids are recorded so the live consumer skips them afterwards.
 
 Where the log ends: Tansu answers ListOffsets(LATEST) wrongly (measured.md), so the end of each
 partition is the high watermark that fetch responses carry, not `end_offsets()`.
@@ -186,7 +188,9 @@ class Replay:
         pending: asyncio.Future | None = None
         batch = Batch()
         shown = time.monotonic()
+        rounds = 0
         while True:
+            rounds += 1
             batches = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
             for messages in batches.values():
                 for message in messages:
@@ -201,7 +205,9 @@ class Replay:
             if on_progress and time.monotonic() - shown >= every:
                 on_progress(self.progress)
                 shown = time.monotonic()
-            if caught_up and not batches:
+            # Two rounds at least: the ends then come from a fetch sent after this call began (in the
+            # catch-up, after the live consumer's last write), not from one answered before it.
+            if caught_up and rounds >= 2:
                 break
         if pending is not None:
             self.progress.skipped += await pending

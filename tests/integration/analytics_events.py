@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
+import httpx
 from aiokafka import AIOKafkaProducer
 
 from services.analytics.projections import HANDLERS, StoreBatches
@@ -15,7 +16,7 @@ from services.analytics.store import MEMORY, AnalyticsStore
 from shared.broker import ensure_topics, make_consumer, make_producer
 from shared.consumer import EventConsumer
 from shared.events import (
-    ACTIVITIES_TOPIC, ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
+    ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
     ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, CATALOGUE, ORGANIZATION_CREATED, ORGANIZATION_UPDATED, PROGRAM_CREATED,
     PROJECT_CREATED, REGISTRY_TOPIC, VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED,
     ActivityChanged, AssessmentChanged, Beneficiaries, CloudEvent, OrganizationChanged, ProgramCreated, ProjectChanged,
@@ -174,3 +175,14 @@ def figures(store: AnalyticsStore, project: uuid.UUID) -> dict:
         """SELECT coalesce(sum(approved_hours), 0), count(*), count(DISTINCT eff_volunteer_id)
            FROM activity_facts WHERE project_id = $1 AND status = 'verified'""", [project])[0]
     return {"verified_hours": hours, "verified_activities": activities, "volunteers": volunteers}
+
+
+async def organisation_hours(admin: httpx.AsyncClient, organization: str, **params) -> float | None:
+    """The organisation's hours through the gateway (one group: the organisation, or its one project),
+    None while it has none or analytics does not know it yet."""
+    answer = await admin.get("/analytics/hours", params={"organization": organization, **params})
+    if answer.status_code == 404:  # the organisation's own event is not in the store yet
+        return None
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["rows"]
+    return rows[0]["hours"] if rows else None

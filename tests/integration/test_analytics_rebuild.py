@@ -7,9 +7,8 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
-
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -18,10 +17,10 @@ from services.analytics.rebuild import describe, rebuild_offline
 from services.analytics.store import MEMORY, AnalyticsStore
 from shared.events import ACTIVITY_VOIDED
 from tests.conftest import eventually
-from tests.harness import Stack, unique
+from tests.harness import Stack
 from tests.integration.activity_factories import activity_body, log, setting
 from tests.integration.analytics_events import (
-    OwnTopics, make_topics, processed, programme_history, publish, records_of, settings_for, shuffled_with_duplicates,
+    OwnTopics, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for, shuffled_with_duplicates,
     store_consumer,
 )
 
@@ -97,17 +96,9 @@ async def figures_through_the_gateway(admin: httpx.AsyncClient) -> dict:
 async def test_a_rebuild_inside_the_running_service_swaps_in_the_same_figures(stack: Stack, admin: httpx.AsyncClient):
     place = await setting(admin)
 
-    async def hours_of_the_organisation() -> float | None:
-        answer = await admin.get("/analytics/hours", params={"organization": place.org["id"], "status": "all"})
-        if answer.status_code == 404:  # the organisation's own event is not in the store yet
-            return None
-        assert answer.status_code == 200, answer.text
-        rows = answer.json()["rows"]
-        return rows[0]["hours"] if rows else None
-
     async def hours_become(expected: float, timeout: float = 20) -> None:
         async def reached() -> bool:
-            return await hours_of_the_organisation() == expected
+            return await organisation_hours(admin, place.org["id"], status="all") == expected
         await eventually(reached, timeout, what=f"the organisation's hours reaching {expected}")
 
     logged = await log(admin, activity_body(place, hours=3.0))

@@ -20,7 +20,7 @@ from tests.conftest import eventually
 from tests.eventlog import find_events
 from tests.integration.activity_factories import activity_body, log, setting
 from tests.integration.analytics_events import (
-    OwnTopics, apply_in_order, figures, make_topics, processed, programme_history, publish, records_of, settings_for,
+    OwnTopics, apply_in_order, figures, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for,
     shuffled_with_duplicates, store_consumer,
 )
 
@@ -164,19 +164,10 @@ async def test_through_the_gateway_a_void_takes_back_the_hours_its_verification_
     assert logged.status_code == 201, logged.text
     activity = logged.json()["id"]
 
-    async def verified_hours() -> float | None:
-        answer = await admin.get("/analytics/hours", params={"organization": place.org["id"], "group_by": "project"})
-        if answer.status_code == 404:  # the organisation's own event is not in the store yet
-            return None
-        assert answer.status_code == 200, answer.text
-        rows = answer.json()["rows"]
-        return rows[0]["hours"] if rows else None
+    async def verified_hours_are(expected: float | None) -> bool:
+        return await organisation_hours(admin, place.org["id"], group_by="project") == expected
 
     assert (await admin.post(f"/activities/{activity}/verify", json={"approved_hours": 2.0})).status_code == 200
-    await eventually(lambda: _equals(verified_hours, 2.0), 30, what="the verified hours counted")
+    await eventually(lambda: verified_hours_are(2.0), 30, what="the verified hours counted")
     assert (await admin.post(f"/activities/{activity}/void", json={"reason": "logged twice"})).status_code == 200
-    await eventually(lambda: _equals(verified_hours, None), 30, what="the void taking the hours back")
-
-
-async def _equals(read, expected) -> bool:
-    return await read() == expected
+    await eventually(lambda: verified_hours_are(None), 30, what="the void taking the hours back")
