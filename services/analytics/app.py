@@ -34,7 +34,9 @@ def _as_of_age(store: AnalyticsStore) -> float:
 
 
 async def store_freshness(app: FastAPI) -> dict:
-    store: AnalyticsStore = app.state.store
+    store: AnalyticsStore | None = getattr(app.state, "store", None)
+    if store is None:  # not opened yet: the service waits for its schema (shared.service `_Schema`)
+        return {"store": None}
     as_of = (await store.read("SELECT as_of FROM store_state WHERE name = 'events'") or [(None,)])[0][0]
     return {"store": {"as_of": as_of.isoformat() if as_of else None,
                       "as_of_age_s": round(time.time() - as_of.timestamp(), 3) if as_of else None}}
