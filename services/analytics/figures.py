@@ -202,13 +202,18 @@ async def answer(store: AnalyticsStore, question: Question, caller: CallerContex
     if question.report.name == "skills":
         await _check_instrument(store, question)
         build = queries.skills_sql
-    unsuppressed = caller.has("analytics:unsuppressed")
-    statement = build(question, with_totals=not unsuppressed)
+    statement = build(question)
     figures = queries.figures_of(question, statement.columns, await store.read(statement.sql, statement.params))
     measures = list(question.report.measures)
-    if unsuppressed:
+    if caller.has("analytics:unsuppressed"):
         rows = [{**row, "suppressed": False} for row in figures.rows]
     else:
+        # Slice totals cost a scan per dimension, and only matter once a cell is hidden. They come from a
+        # second snapshot; a reader comparing answers over time can difference them anyway (README).
+        if question.group_by and any(row["volunteers"] < k for row in figures.rows):
+            statement = build(question, totals=True)
+            totals = queries.figures_of(question, statement.columns, await store.read(statement.sql, statement.params))
+            figures.slice_totals = totals.slice_totals
         rows = suppress(figures.rows, list(question.group_by), k, measures, volunteers_key="volunteers",
                         slice_totals=figures.slice_totals, tie_key="hours" if "hours" in measures else None)
     as_of = figures.as_of.astimezone(timezone.utc) if figures.as_of else None

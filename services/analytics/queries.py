@@ -42,26 +42,36 @@ def _age_band(age: str) -> str:
             "ELSE '31+' END")
 
 
-# Over `activity_facts f` (with `f._age`, the volunteer's age on the activity date). Dates are already
-# local (Asia/Phnom_Penh), so periods are formatted from them directly; `%G-W%V` is the ISO week.
+# Each dimension is grouped by a KEY expression (cheap to hash: a date truncated to its period, a UUID)
+# and shown by a LABEL of that key, formatted once per group after aggregation (formatting every
+# row's date as text before grouping cost about as much as the rest of the query). A filter compares
+# the key. Over `activity_facts f` (with `f._age`, the volunteer's age on the activity date). Dates
+# are already local (Asia/Phnom_Penh); `date_trunc('week')` is the ISO week's Monday.
 ACTIVITY_EXPRESSIONS = {
     "province": "f.province",
     "district": "f.district",
     "program": "f.program",
-    "project": "CAST(f.project_id AS VARCHAR)",
-    "organization": "CAST(f.organization_id AS VARCHAR)",
+    "project": "f.project_id",
+    "organization": "f.organization_id",
     "activity_type": "f.activity_type",
     "focus_area": "f.focus_area",
     "sex": "coalesce(f.sex, 'unknown')",
     "age_band": _age_band("f._age"),
-    "day": "strftime(f.date, '%Y-%m-%d')",
-    "week": "strftime(f.date, '%G-W%V')",
-    "month": "strftime(f.date, '%Y-%m')",
-    "quarter": "concat(year(f.date), '-Q', quarter(f.date))",
-    "year": "CAST(year(f.date) AS VARCHAR)",
+    "day": "f.date",
+    "week": "date_trunc('week', f.date)",
+    "month": "date_trunc('month', f.date)",
+    "quarter": "date_trunc('quarter', f.date)",
+    "year": "year(f.date)",
 }
-# Columns a filter compares directly (cheaper than the expression, and zone maps skip row groups).
-ACTIVITY_FILTER_COLUMNS = {"project": "f.project_id", "organization": "f.organization_id"}
+LABELS = {
+    "project": "CAST({0} AS VARCHAR)",
+    "organization": "CAST({0} AS VARCHAR)",
+    "day": "strftime({0}, '%Y-%m-%d')",
+    "week": "strftime({0}, '%G-W%V')",
+    "month": "strftime({0}, '%Y-%m')",
+    "quarter": "concat(year({0}), '-Q', quarter({0}))",
+    "year": "CAST({0} AS VARCHAR)",
+}
 # `/analytics/volunteers` counts volunteers where they live.
 RESIDENCE_EXPRESSIONS = {**ACTIVITY_EXPRESSIONS, "province": "f.residence_province"}
 del RESIDENCE_EXPRESSIONS["district"]
@@ -70,11 +80,10 @@ del RESIDENCE_EXPRESSIONS["district"]
 SKILLS_PERSON_EXPRESSIONS = {
     "hours_band": "CASE WHEN p.hours < 20 THEN '0-19' WHEN p.hours < 50 THEN '20-49' ELSE '50+' END",
     "province": "p.residence_province",
-    "organization": "CAST(p.organization_id AS VARCHAR)",
+    "organization": "p.organization_id",
     "sex": "coalesce(p.sex, 'unknown')",
     "age_band": _age_band("p._age"),
 }
-SKILLS_FILTER_COLUMNS = {"organization": "p.organization_id"}
 # Dimensions a volunteer has through their verified activities (a volunteer of two programmes is in both).
 SKILLS_ACTIVITY_DIMENSIONS = ("program", "project", "activity_type", "focus_area")
 
@@ -205,34 +214,40 @@ def _activity_conditions(question: Question, expressions: dict[str, str], status
         if name in PERIODS:
             conditions.append(_period_condition("f.date", values, p))
         else:
-            column = ACTIVITY_FILTER_COLUMNS.get(name, expressions[name])
-            conditions.append(f"{column} IN ({p.many(values)})")
+            conditions.append(f"{expressions[name]} IN ({p.many(values)})")
     return conditions
 
 
-def _grouping(dims: Sequence[str], with_totals: bool) -> tuple[str, str]:
-    """The GROUP BY clause and the GROUPING() column telling the answer's cells (0) from slice totals."""
-    if not dims:
-        return "GROUP BY ()", "0"
-    sets = [dims]
-    if with_totals:
-        sets += [[d for d in dims if d != left_out] for left_out in dims]
+def _grouping(dims: Sequence[str], totals: bool) -> tuple[str, str]:
+    """The GROUP BY clause and the `_set` column: 0 for the answer's cells; for slice totals (the
+    answer one dimension fewer, each dimension left out in turn) GROUPING()'s bit of the dimension left out."""
+    if not totals:
+        return (f"GROUP BY {', '.join(dims)}" if dims else "GROUP BY ()"), "0"
+    sets = [[d for d in dims if d != left_out] for left_out in dims]
+    # With one dimension the only total is the grand total, `()`; a column must be in some grouping
+    # set to be selected, so its own set is added and dropped again.
+    having = f" HAVING GROUPING({dims[0]}) = 1" if len(dims) == 1 else ""
+    if len(dims) == 1:
+        sets.append(list(dims))
     rendered = ", ".join("(" + ", ".join(s) + ")" for s in sets)
-    return f"GROUP BY GROUPING SETS ({rendered})", f"GROUPING({', '.join(dims)})"
+    return f"GROUP BY GROUPING SETS ({rendered}){having}", f"GROUPING({', '.join(dims)})"
 
 
 def _statement(ctes: list[str], grouped: str, dims: Sequence[str], columns: Sequence[str], p: _Params) -> Statement:
-    """`grouped` (columns `_set`, the dimensions, `columns`) beside `as_of`: a LEFT JOIN, so that an
-    answer with no cell still says how fresh the store is (its one row has `_set` NULL)."""
+    """`grouped` (columns `_set`, the dimensions' keys, `columns`) beside `as_of`, keys labelled: a LEFT
+    JOIN, so that an answer with no cell still says how fresh the store is (one row, `_set` NULL)."""
+    labels = "".join(f", {LABELS.get(d, '{0}').format('g.' + d)} AS {d}" for d in dims)
     order = "ORDER BY g._set" + "".join(f", g.{d} NULLS LAST" for d in dims)
-    sql = (f"{_with(ctes)}SELECT s.as_of, g.* FROM (SELECT max(as_of) AS as_of FROM store_state "
-           f"WHERE name = 'events') s LEFT JOIN ({grouped}) g ON true {order}")
+    sql = (f"{_with(ctes)}SELECT s.as_of, g._set{labels}{''.join(', g.' + c for c in columns)} "
+           f"FROM (SELECT max(as_of) AS as_of FROM store_state WHERE name = 'events') s "
+           f"LEFT JOIN ({grouped}) g ON true {order}")
     return Statement(sql, p.values, ("as_of", "_set", *dims, *columns))
 
 
-def figures_sql(question: Question, with_totals: bool) -> Statement:
-    """One statement: `as_of`, `_set` (0 for the answer's cells, else which dimensions were left out),
-    the dimensions in `group_by` order, then the report's measures."""
+def figures_sql(question: Question, totals: bool = False) -> Statement:
+    """The answer's cells: `as_of`, `_set` (0), the dimensions in `group_by` order, the report's
+    measures. With `totals`, the slice totals instead: the distinct volunteers of each group of the
+    answer one dimension fewer, every dimension left out in turn, in one scan (`GROUPING SETS`)."""
     report, dims, p = question.report, list(question.group_by), _Params()
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p)
@@ -244,15 +259,16 @@ def figures_sql(question: Question, with_totals: bool) -> Statement:
              f"WHERE {' AND '.join(conditions)}")
     cells = ", ".join(f"{report.expressions[d]} AS {d}" for d in dims)
     projected = f"SELECT {cells + ', ' if cells else ''}_volunteer, _hours, ben_female, ben_male, ben_other, ben_children FROM ({inner}) f"
-    group, grouping = _grouping(dims, with_totals)
-    measures = ", ".join(f"{MEASURE_SQL[m]} AS {m}" for m in report.measures)
+    group, grouping = _grouping(dims, totals)
+    names = ("volunteers",) if totals else report.measures
+    measures = ", ".join(f"{MEASURE_SQL[m]} AS {m}" for m in names)
     grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM ({projected}) t {group}"
-    return _statement(ctes, grouped, dims, report.measures, p)
+    return _statement(ctes, grouped, dims, names, p)
 
 
-def skills_sql(question: Question, with_totals: bool) -> Statement:
-    """One statement for `/analytics/skills`, columns as `figures_sql`'s plus `items` (a list of
-    per-item structs, on the answer's cells only).
+def skills_sql(question: Question, totals: bool = False) -> Statement:
+    """`figures_sql` for `/analytics/skills`: measures `volunteers`, the means and `items` (a list of
+    per-item structs); with `totals`, the slice totals' volunteers.
 
     Per volunteer (merges resolved by `assessment_facts`), the current assessments of the instrument:
     the earliest baseline and the latest endline (ties by id); a volunteer lacking either is left out.
@@ -292,13 +308,16 @@ def skills_sql(question: Question, with_totals: bool) -> Statement:
         ctes.append(f"links AS (SELECT DISTINCT f.eff_volunteer_id AS vid{columns} FROM activity_facts f "
                     f"WHERE {' AND '.join(link_conditions)})")
         link_join = " JOIN links l ON l.vid = p.vid"
-    person_filters = [f"{SKILLS_FILTER_COLUMNS.get(d, SKILLS_PERSON_EXPRESSIONS[d])} IN ({p.many(values)})"
+    person_filters = [f"{SKILLS_PERSON_EXPRESSIONS[d]} IN ({p.many(values)})"
                       for d, values in question.filters.items() if d in SKILLS_PERSON_EXPRESSIONS]
     cells = "".join(f", {SKILLS_PERSON_EXPRESSIONS[d] if d in SKILLS_PERSON_EXPRESSIONS else 'l.' + d} AS {d}"
                     for d in dims)
     ctes.append(f"cohort AS (SELECT p.vid, p.b_total, p.e_total, p.b_scores, p.e_scores{cells} FROM people p"
                 f"{link_join}{' WHERE ' + ' AND '.join(person_filters) if person_filters else ''})")
-    group, grouping = _grouping(dims, with_totals)
+    group, grouping = _grouping(dims, totals)
+    if totals:
+        grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(DISTINCT vid) AS volunteers FROM cohort {group}"
+        return _statement(ctes, grouped, dims, ("volunteers",), p)
     ctes.append(
         f"cells AS (SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(DISTINCT vid) AS volunteers, "
         "round(avg(b_total), 2) AS baseline_mean, round(avg(e_total), 2) AS endline_mean, "
@@ -316,7 +335,7 @@ def skills_sql(question: Question, with_totals: bool) -> Statement:
         f"AS items FROM ({per_item}) GROUP BY {', '.join(dims) if dims else '()'})"
     )
     on = " AND ".join(f"i.{d} IS NOT DISTINCT FROM c.{d}" for d in dims) or "true"
-    grouped = f"SELECT c.*, i.items FROM cells c LEFT JOIN items i ON c._set = 0 AND {on}"
+    grouped = f"SELECT c.*, i.items FROM cells c LEFT JOIN items i ON {on}"
     return _statement(ctes, grouped, dims, report.measures, p)
 
 
@@ -326,7 +345,7 @@ def _items(structs: list[dict] | None) -> dict[str, dict[str, float]]:
 
 
 def figures_of(question: Question, columns: Sequence[str], rows: Sequence[tuple]) -> Figures:
-    """Cells and slice totals out of a statement's rows (`columns` as the cursor described them)."""
+    """Cells or slice totals out of a statement's rows (`columns`: the statement's)."""
     dims = list(question.group_by)
     index = {name: i for i, name in enumerate(columns)}
     as_of = rows[0][index["as_of"]] if rows else None

@@ -13,7 +13,7 @@ from datetime import date
 import orjson
 import pytest
 
-from services.analytics import figures, formats
+from services.analytics import figures, formats, queries
 from services.analytics.queries import REPORTS
 from services.analytics.store import AnalyticsStore
 from shared.caller import CallerContext
@@ -306,6 +306,29 @@ async def test_small_cells_are_suppressed_and_their_lone_complement_too(world: W
     assert (await ask(world, "overview", national(), k=5))["rows"][0]["hours"] == 17.0
 
 
+async def test_slice_totals_count_distinct_volunteers_one_dimension_fewer(world: World):
+    question = figures.parse_question(REPORTS["hours"], [("group_by", "province,sex")], national())
+    statement = queries.figures_sql(question, totals=True)
+    totals = queries.figures_of(question, statement.columns, world.store.query(statement.sql, statement.params))
+    assert totals.rows == []
+    # Province left out: per sex, V1 and V3 are female; sex left out: per province, 12 holds V1 and V4.
+    assert totals.slice_totals == {"province": {("female",): 2, ("male",): 1, ("unknown",): 1},
+                                   "sex": {("01",): 1, ("12",): 2, ("17",): 1}}
+    one = figures.parse_question(REPORTS["volunteers"], [("group_by", "sex")], national())
+    statement = queries.figures_sql(one, totals=True)
+    assert queries.figures_of(one, statement.columns, world.store.query(statement.sql, statement.params)).slice_totals == {
+        "sex": {(): 4}}
+
+
+async def test_complementary_suppression_across_two_dimensions(world: World):
+    plain = national(frozenset({"analytics:read"}))
+    # k = 2. Cells: (01, 2027) V3 and (17, 2026) V2 are hidden; (12, 2026) V1 V4 is not, but it is the
+    # only other cell of the slice year = 2026, whose total (V1 V2 V4) is shown: hidden too.
+    answer = await ask(world, "hours", plain, k=2, group_by="province,year")
+    assert table(answer, "hours", "suppressed") == {
+        ("01", "2027"): (None, True), ("12", "2026"): (None, True), ("17", "2026"): (None, True)}
+
+
 async def test_an_empty_answer_still_says_as_of(world: World):
     world.run("INSERT INTO store_state (name, as_of) VALUES ('events', TIMESTAMPTZ '2026-03-21 08:00:00+07')", [])
     answer = await ask(world, "hours", group_by="province", program="NOPE")
@@ -412,6 +435,16 @@ async def test_suppressed_skills_rows_hide_items(skills: World):
                        instrument="soft-skills-v1", group_by="sex")
     assert answer["rows"][0] == {"sex": "female", "volunteers": None, "baseline_mean": None, "endline_mean": None,
                                  "mean_change": None, "items": None, "suppressed": True}
+    # Two dimensions: every (sex, band) cell holds one volunteer; the slice totals are computed and used.
+    answer = await ask(skills, "skills", national(frozenset({"analytics:read"})), k=2,
+                       instrument="soft-skills-v1", group_by="sex,hours_band")
+    assert [(r["sex"], r["hours_band"], r["suppressed"]) for r in answer["rows"]] == [
+        ("female", "20-49", True), ("female", "50+", True), ("male", "0-19", True), ("male", "20-49", True)]
+    question = figures.parse_question(REPORTS["skills"], [("instrument", "soft-skills-v1"),
+                                                          ("group_by", "sex,hours_band")], national())
+    statement = queries.skills_sql(question, totals=True)
+    assert queries.figures_of(question, statement.columns, skills.store.query(statement.sql, statement.params)).slice_totals == {
+        "sex": {("0-19",): 1, ("20-49",): 2, ("50+",): 1}, "hours_band": {("female",): 2, ("male",): 2}}
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
