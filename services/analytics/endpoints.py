@@ -34,7 +34,7 @@ SUMMARIES = {
 }
 _CLOSED = {"sex": queries.SEXES, "age_band": queries.AGE_BANDS, "hours_band": queries.HOURS_BANDS}
 _FORMS = {"province": "2-digit gazetteer code", "district": "4-digit gazetteer code", "program": "programme code",
-          "project": "project id", "organization": "organisation id", "day": "YYYY-MM-DD", "week": "ISO week, YYYY-Www",
+          "project": "project id", "organization": "organisation id", "day": "YYYY-MM-DD or today", "week": "ISO week, YYYY-Www",
           "month": "YYYY-MM", "quarter": "YYYY-Qn", "year": "YYYY"}
 
 
@@ -48,7 +48,7 @@ def _parameters(report: Report) -> list[dict]:
     string itself, so that an unknown one is a 422 listing the allowed names)."""
     params = [_list_parameter("group_by", "dimensions, comma-separated or repeated",
                               {"type": "string", "enum": list(report.dimensions)})]
-    params += [{"name": name, "in": "query", "required": False, "description": f"{name} date (YYYY-MM-DD), inclusive",
+    params += [{"name": name, "in": "query", "required": False, "description": f"{name} date (YYYY-MM-DD, or today in Asia/Phnom_Penh), inclusive",
                 "schema": {"type": "string", "format": "date"}} for name in ("from", "to")]
     if report.name == "skills":
         params.append({"name": "instrument", "in": "query", "required": True, "description": "instrument code",

@@ -6,7 +6,7 @@ import calendar
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from services.analytics import queries
@@ -19,6 +19,13 @@ from shared.errors import ProblemError
 SINGLE = ("from", "to", "status", "instrument")
 FORMAT_PARAMETERS = ("hxl",)  # read by the endpoint, not part of the question
 MAX_TEXT = 100
+# Activity dates are local dates; "today" is Phnom Penh's (UTC+7 all year: Cambodia keeps no summer time).
+PHNOM_PENH = timezone(timedelta(hours=7), "Asia/Phnom_Penh")
+TODAY = "today"
+
+
+def local_today() -> date:
+    return datetime.now(PHNOM_PENH).date()
 
 
 def _error(name: str, msg: str, allowed: Sequence[str] | None = None) -> dict:
@@ -31,7 +38,7 @@ def _error(name: str, msg: str, allowed: Sequence[str] | None = None) -> dict:
 
 # ---- values --------------------------------------------------------------------------------------
 _PERIOD_PATTERNS = {
-    "day": (re.compile(r"(\d{4})-(\d{2})-(\d{2})"), "YYYY-MM-DD, e.g. 2026-03-05"),
+    "day": (re.compile(r"(\d{4})-(\d{2})-(\d{2})"), "YYYY-MM-DD, e.g. 2026-03-05, or today"),
     "week": (re.compile(r"(\d{4})-W(\d{2})"), "an ISO week YYYY-Www, e.g. 2026-W09"),
     "month": (re.compile(r"(\d{4})-(\d{2})"), "YYYY-MM, e.g. 2026-03"),
     "quarter": (re.compile(r"(\d{4})-Q([1-4])"), "YYYY-Qn, e.g. 2026-Q1"),
@@ -42,6 +49,8 @@ _PERIOD_PATTERNS = {
 def period_range(period: str, value: str) -> tuple[date, date]:
     """The first and the last day of a period value (`2026-W09` → Monday 23 Feb to Sunday 1 Mar 2026).
     Raises ValueError naming the expected form."""
+    if period == "day" and value == TODAY:
+        return local_today(), local_today()
     pattern, form = _PERIOD_PATTERNS[period]
     match = pattern.fullmatch(value)
     try:
@@ -94,10 +103,12 @@ def filter_value(dimension: str, value: str) -> Any:
 
 
 def _date(value: str) -> date:
+    if value == TODAY:
+        return local_today()
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD, or today)") from None
 
 
 # ---- the question ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import csv
 import io
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -489,6 +489,11 @@ def test_period_ranges():
     assert figures.period_range("month", "2024-02") == (date(2024, 2, 1), date(2024, 2, 29))
     assert figures.period_range("quarter", "2026-Q4") == (date(2026, 10, 1), date(2026, 12, 31))
     assert figures.period_range("year", "9999") == (date(9999, 1, 1), date(9999, 12, 31))
+    # "today" is Phnom Penh's date (UTC+7), whatever the server's time zone.
+    today = datetime.now(timezone(timedelta(hours=7))).date()
+    assert figures.period_range("day", "today") == (today, today)
+    question = figures.parse_question(REPORTS["hours"], [("from", "2026-01-01"), ("to", "today")], national())
+    assert (question.date_from, question.date_to) == (date(2026, 1, 1), today)
 
 
 # ---- formats ------------------------------------------------------------------------------------------
