@@ -2,6 +2,7 @@
 has), twice and from two processes at once, and a part started without migrating waiting for it."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -148,3 +149,27 @@ def test_make_run_names_the_part_that_failed_to_start_and_why(tmp_path):
     assert "error: activities did not start" in launcher.stderr
     # The reason itself, from the end of activities' log, not only where the logs are.
     assert "registry_timeout_s" in launcher.stderr and "Input should be a valid number" in launcher.stderr
+
+
+def test_vmc_topics_creates_the_event_and_dead_letter_topics_once(broker, tmp_path):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from deploy.production import topic_names
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMC_")}
+    env.update(VMC_DATA_DIR=str(tmp_path), VMC_KAFKA_BOOTSTRAP=broker.bootstrap)
+    command = [sys.executable, "-m", "gateway.cli", "topics", "--partitions", "2", "--replication-factor", "1"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and first.stdout.startswith("topics created: "), first.stderr
+
+    async def existing() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:
+            return set(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    assert set(topic_names()) <= asyncio.run(existing())
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == "topics created: none (all exist)", again.stderr
