@@ -269,6 +269,31 @@ def new_event(type_: str, subject: uuid.UUID | str, payload: Payload, request_id
     )
 
 
+@dataclass(frozen=True)
+class EncodedEvent:
+    """An event already in its wire form (what `CloudEvent.to_bytes()` gives), for the outbox."""
+
+    id: str
+    type: str
+    subject: str
+    value: bytes
+
+
+def encode_event(type_: str, subject: uuid.UUID | str, data: dict[str, Any], request_id: str | None = None) -> EncodedEvent:
+    """The bytes `new_event(...).to_bytes()` would give for a payload already dumped in JSON mode (plain
+    str, int, float, bool, None, lists and dicts), without building two pydantic models per event: for
+    bulk writes, where that was the largest cost per item (a batch of 1000: ~90 ms of ~250). The caller
+    vouches that `data` is the type's payload; tests/unit/test_activity_events.py holds the two forms equal."""
+    spec = CATALOGUE[type_]
+    envelope = {"specversion": "1.0", "id": str(uuid.uuid4()), "source": source_of(spec.topic), "type": type_,
+                "subject": str(subject), "time": datetime.now(timezone.utc), "datacontenttype": "application/json",
+                "dataschema": spec.dataschema}
+    if request_id is not None:
+        envelope["requestid"] = request_id
+    envelope["data"] = data
+    return EncodedEvent(envelope["id"], type_, envelope["subject"], orjson.dumps(envelope, option=orjson.OPT_UTC_Z))
+
+
 def parse_event(raw: bytes | None) -> CloudEvent:
     """Decode a Kafka value into an envelope; anything that is not one raises `MalformedEvent`."""
     if raw is None:

@@ -24,6 +24,18 @@ async def by_client_references(session: AsyncSession, organization_id: uuid.UUID
     """The ids of the organisation's entries that carry these references."""
     if not refs:
         return {}
+    if session.bind.dialect.name == "postgresql":
+        # One index probe per reference, whatever the planner believes: an IN list of bind parameters is
+        # checked row by row against every reference over all the organisation's entries (the planner,
+        # on fresh statistics, expects few), 0.6 s a batch of 1000 at 20k entries and growing (measured).
+        # LIMIT 1 keeps the subquery from being flattened into a hash join over the organisation's rows.
+        rows = await session.execute(
+            text("SELECT a.client_reference, a.id FROM unnest(CAST(:refs AS varchar[])) AS r(ref) CROSS JOIN LATERAL "
+                 "(SELECT client_reference, id FROM activities WHERE submitter_organization_id = :org "
+                 "AND client_reference = r.ref LIMIT 1) AS a").columns(_TABLE.c.client_reference, _TABLE.c.id),
+            {"refs": list(refs), "org": organization_id},
+        )
+        return dict(rows.all())
     query = select(Activity.client_reference, Activity.id).where(Activity.submitter_organization_id == organization_id,
                                                                  Activity.client_reference.in_(list(refs)))
     return dict((await session.execute(query)).all())

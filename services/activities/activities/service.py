@@ -33,7 +33,9 @@ from services.activities.scope import Visibility
 from shared.caller import CallerContext
 from shared.db import utcnow
 from shared.errors import NotFound, ProblemError, validation_errors
-from shared.events import ACTIVITY_REASSIGNED, ACTIVITY_SUBMITTED, ActivityChanged, Beneficiaries, CloudEvent, new_event
+from shared.events import (
+    ACTIVITY_REASSIGNED, ACTIVITY_SUBMITTED, ActivityChanged, Beneficiaries, CloudEvent, EncodedEvent, encode_event, new_event,
+)
 from shared.logs import request_id_var
 from shared.outbox import add_events
 from shared.pagination import encode_cursor, paginate
@@ -62,6 +64,23 @@ def activity_event(type_: str, row: Activity | Mapping[str, Any]) -> CloudEvent:
         status=get("status"), version=get("version"), revision=get("revision"),
     )
     return new_event(type_, payload.id, payload, request_id_var.get())
+
+
+def submitted_event(values: Mapping[str, Any]) -> EncodedEvent:
+    """`activity_event(ACTIVITY_SUBMITTED, values)` in its wire form, built from the decided values
+    without pydantic (the models cost more than the rest of deciding an entry); the payload's fields
+    in ActivityChanged's order, so the bytes are those the model would give."""
+    data = {
+        "id": str(values["id"]), "volunteer_id": str(values["volunteer_id"]), "project_id": str(values["project_id"]),
+        "program_id": str(values["program_id"]), "organization_id": str(values["organization_id"]),
+        "activity_type": values["activity_type"], "focus_area": values["focus_area"],
+        "project_focus_areas": list(values["project_focus_areas"]), "date": values["date"].isoformat(),
+        "hours": float(values["hours"]), "approved_hours": None, "location_code": values["location_code"],
+        "beneficiaries": {"female": values["beneficiaries_female"], "male": values["beneficiaries_male"],
+                          "other": values["beneficiaries_other"], "children": values["beneficiaries_children"]},
+        "status": "submitted", "version": 1, "revision": 1,
+    }
+    return encode_event(ACTIVITY_SUBMITTED, data["id"], data, request_id_var.get())
 
 
 # ---- deciding ----------------------------------------------------------------------------------
@@ -202,7 +221,7 @@ async def _decide(session: AsyncSession, caller: CallerContext, registry: Regist
 async def _write(session: AsyncSession, decisions: Sequence[Decision]) -> None:
     rows = [d.values for d in decisions if d.values is not None]
     await repository.insert_many(session, rows)
-    await add_events(session, [activity_event(ACTIVITY_SUBMITTED, row) for row in rows])
+    await add_events(session, [submitted_event(row) for row in rows])
 
 
 async def _record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
