@@ -244,7 +244,8 @@ class StoreBatches:
 
     async def record_dead_letter(self, consumer: str, event_id: str) -> None:
         await asyncio.to_thread(self.store.write, lambda conn: conn.execute(
-            "INSERT INTO processed_events VALUES ($1, $2, 'dead_letter') ON CONFLICT DO NOTHING", [consumer, event_id]))
+            "INSERT INTO processed_events (consumer, event_id, outcome) VALUES ($1, $2, 'dead_letter') ON CONFLICT DO NOTHING",
+            [consumer, event_id]))
 
     async def reachable(self) -> bool:
         try:
@@ -258,8 +259,7 @@ def _apply_new(conn: duckdb.DuckDBPyConnection, consumer: str, events: list[tupl
     """Inside the store's transaction: apply the events whose ids are not recorded, and record them."""
     ids = list({event.id for event, _ in events})
     seen = {row[0] for row in conn.execute(
-        "SELECT event_id FROM processed_events WHERE consumer = $1 AND event_id IN (SELECT unnest($2::VARCHAR[]))",
-        [consumer, ids]).fetchall()}
+        "SELECT event_id FROM processed_events WHERE event_id IN (SELECT unnest($1::VARCHAR[]))", [ids]).fetchall()}
     fresh, skipped = unseen(events, seen)
     changes = Changes()
     applied = sum(note(changes, event, payload) for event, payload in fresh)

@@ -143,7 +143,7 @@ class ActivityRows:
         conn.execute("""INSERT INTO store_state SELECT 'events', max(e.time) FROM replayed WHERE valid
             HAVING max(e.time) IS NOT NULL
             ON CONFLICT (name) DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""")
-        conn.execute(f"""INSERT INTO processed_events
+        conn.execute(f"""INSERT INTO processed_events (consumer, event_id, outcome)
             SELECT '{CONSUMER}', e.id, any_value(CASE WHEN valid THEN 'applied' ELSE 'dead_letter' END)
             FROM replayed WHERE e.id IS NOT NULL GROUP BY e.id ON CONFLICT DO NOTHING""")
         refused = conn.execute("SELECT count(*) FROM replayed WHERE NOT valid").fetchone()[0]

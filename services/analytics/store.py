@@ -54,8 +54,10 @@ CREATE TABLE IF NOT EXISTS assessment (
     id UUID PRIMARY KEY, volunteer_id UUID, instrument VARCHAR, phase VARCHAR, taken_on DATE, scores JSON,
     total INTEGER, replaces UUID, replaced_by UUID);
 CREATE TABLE IF NOT EXISTS store_state (name VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ);
+-- Keyed by the event id alone (a store has one consumer): DuckDB looks up a one-column key in its
+-- index, while a batch's lookup on (consumer, event_id) scanned the table (30 ms at 1 M events).
 CREATE TABLE IF NOT EXISTS processed_events (
-    consumer VARCHAR, event_id VARCHAR, outcome VARCHAR NOT NULL DEFAULT 'applied', PRIMARY KEY (consumer, event_id));
+    event_id VARCHAR PRIMARY KEY, consumer VARCHAR NOT NULL, outcome VARCHAR NOT NULL DEFAULT 'applied');
 CREATE OR REPLACE VIEW activity_facts AS
     SELECT a.*, coalesce(named.merged_into, a.volunteer_id) AS eff_volunteer_id,
            v.sex, v.date_of_birth, v.residence_province, p.code AS program
