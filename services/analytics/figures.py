@@ -220,7 +220,8 @@ async def answer(store: AnalyticsStore, question: Question, caller: CallerContex
         rows = [{**row, "suppressed": False} for row in figures.rows]
     else:
         # Slice totals cost a scan per dimension, and only matter once a cell is hidden. They come from a
-        # second snapshot; a reader comparing answers over time can difference them anyway (README).
+        # second snapshot: no weaker than the totals a reader asks for later (the README says what
+        # suppression does not protect against, differencing answers over time among it).
         if question.group_by and any(row["volunteers"] < k for row in figures.rows):
             statement = build(question, totals=True)
             totals = queries.figures_of(question, statement.columns, await store.read(statement.sql, statement.params))

@@ -1,9 +1,9 @@
 """The SQL of the analytics figures: a checked question (dimensions, filters, visibility) turned into one
 DuckDB statement on the read store, and its result rows turned back into cells.
 
-Each answer is ONE statement, so its cells, the slice totals complementary suppression needs and
-`as_of` all come from the same snapshot of the store: the totals are the same query one dimension
-fewer, computed in the same scan with `GROUPING SETS`, and `as_of` is a scalar subquery.
+An answer's cells and `as_of` come from one statement, so from one snapshot of the store. The slice
+totals complementary suppression needs (the same query one dimension fewer, for each dimension) are a
+second statement, run only when a cell is hidden: one scan computing every total with `GROUPING SETS`.
 
 Placement (product §4): hours, activities and beneficiaries are placed where the activity happened
 (`province`/`district` of its location code); `/analytics/volunteers` places volunteers by residence
