@@ -144,8 +144,12 @@ class EventConsumer:
         *,
         max_retries: int = 3,
         retry_delay: float = 0.2,
+        group_id: str | None = None,
     ):
         self.name = name
+        # The Kafka group; `name` by default. Replicas that each keep a whole read model of their own
+        # need a group each (with one group, each replica would get only some partitions).
+        self.group_id = group_id or name
         self.topics = topics
         self.handlers = handlers
         # A session maker applies batches through SQL sessions; a store of another kind brings its own.
@@ -193,7 +197,7 @@ class EventConsumer:
             try:
                 self._producer = self._producer_factory()
                 await self._producer.start()
-                self._consumer = self._consumer_factory(self.name, self.topics)
+                self._consumer = self._consumer_factory(self.group_id, self.topics)
                 self._consumer.subscribe(self.topics, listener=self._membership)
                 await self._consumer.start()
                 failures = 0

@@ -36,12 +36,15 @@ log = logging.getLogger(__name__)
 class ConsumerSpec:
     """A consumer group of this service: its name (group id), topics and handler per event type.
     `units`, given the started app, says where its batches are applied when that is not the service's
-    SQL database (the handlers then take what those units hand them instead of a session)."""
+    SQL database (the handlers then take what those units hand them instead of a session).
+    `group_id`, when set, is the Kafka group instead of the name (the name still names its metrics
+    and dead-letter topic): for replicas that must each read every partition."""
 
     name: str
     topics: list[str]
     handlers: dict[str, Handler]
     units: Callable[[FastAPI], BatchUnits] | None = None
+    group_id: str | None = None
 
 
 @dataclass
@@ -137,6 +140,7 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
                 producer_factory,
                 metrics,
                 max_retries=settings.consumer_max_retries,
+                group_id=c.group_id,
             )
             for c in spec.consumers
         ]

@@ -43,14 +43,16 @@ async def store_freshness(app: FastAPI) -> dict:
 
 
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
+    settings = settings or AnalyticsSettings()
     return create_service_app(
         ServiceSpec(
             name="analytics",
-            settings=settings or AnalyticsSettings(),
+            settings=settings,
             migrations=MIGRATIONS,
             routers=[router, rebuild_router, export_router],
             consumers=[ConsumerSpec("analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC], HANDLERS,
-                                    units=lambda app: StoreBatches(app.state.store))],
+                                    units=lambda app: StoreBatches(app.state.store),
+                                    group_id=settings.consumer_group)],
             on_startup=open_store,
             on_shutdown=close_store,
             ready_details=store_freshness,

@@ -13,6 +13,9 @@ class AnalyticsSettings(ServiceSettings):
     # The DuckDB read store of this replica (one writer per file: each replica keeps its own, built
     # from the log). Empty: `<data_dir>/analytics.duckdb`; ":memory:" keeps it in memory (tests).
     store_path: str = ""
+    # The Kafka group of this replica's consumer: every replica reads every partition into its own
+    # store, so each needs a group of its own (e.g. `analytics-<pod name>`); one replica: the default.
+    consumer_group: str = "analytics"
     # A row built from fewer distinct volunteers than this is suppressed (product §4), unless the key
     # holds `analytics:unsuppressed`.
     suppression_k: int = Field(5, ge=1)

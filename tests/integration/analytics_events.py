@@ -150,14 +150,15 @@ async def make_topics(settings: AnalyticsSettings, topics: OwnTopics) -> None:
     await ensure_topics(settings, [*topics.both, dead_letter_topic(topics.consumer)])
 
 
-def store_consumer(settings: AnalyticsSettings, topics: OwnTopics, store: AnalyticsStore) -> tuple[EventConsumer, Metrics]:
+def store_consumer(settings: AnalyticsSettings, topics: OwnTopics, store: AnalyticsStore,
+                   group_id: str | None = None) -> tuple[EventConsumer, Metrics]:
     """The analytics runtime as the service builds it (shared.consumer + StoreBatches), on the test's topics."""
     metrics = Metrics("analytics-test")
     consumer = EventConsumer(
         topics.consumer, topics.both, HANDLERS, StoreBatches(store),
         lambda group, names: make_consumer(settings, group, names),
         lambda: make_producer(settings, f"{topics.consumer}-dlq"),
-        metrics, max_retries=2,
+        metrics, max_retries=2, group_id=group_id,
     )
     return consumer, metrics
 

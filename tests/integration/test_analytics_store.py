@@ -63,6 +63,30 @@ async def test_events_in_any_order_after_duplicates_give_the_in_order_store(rig,
     assert rig.store.as_of() == max(e.time for e in history.events)
 
 
+async def test_replicas_under_groups_of_their_own_each_build_the_whole_store(broker):
+    topics = OwnTopics()
+    settings = settings_for(broker.bootstrap)
+    await make_topics(settings, topics)
+    history = programme_history()
+    replicas = [AnalyticsStore(MEMORY) for _ in range(2)]
+    consumers = [store_consumer(settings, topics, store, group_id=f"{topics.consumer}-{i}")[0]
+                 for i, store in enumerate(replicas)]
+    for consumer in consumers:
+        consumer.start()
+    try:
+        await publish(settings, topics, records_of(topics, history.events, random.Random(3)))
+        for store in replicas:
+            await eventually(lambda: processed(store, topics.consumer).get("applied") == len(history.events), 30,
+                             what="a replica applying every event of every partition")
+        expected = (await apply_in_order(history.events)).contents()
+        assert [store.contents() for store in replicas] == [expected, expected]
+    finally:
+        for consumer in consumers:
+            await consumer.stop()
+        for store in replicas:
+            store.close()
+
+
 async def test_a_void_takes_back_the_figures_a_verification_added(rig):
     history = programme_history()
     activity = uuid.uuid4()
