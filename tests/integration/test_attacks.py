@@ -819,6 +819,8 @@ OUTBOUND_HTTP_ALLOWED = {
     "gateway/openapi.py": "fetches the configured services' /openapi.json",
     "gateway/app.py": "readiness probes of the configured services",
     "services/activities/registry_view/client.py": "the registry's internal route at the configured VMC_REGISTRY_URL only",
+    "services/analytics/rebuild.py": "the rebuild command's --url, given by the operator on the command line: "
+                                     "no request chooses it (only its internal rebuild route is called)",
 }
 _OUTBOUND = re.compile(r"\b(aiohttp\.ClientSession|ClientSession\(|httpx\.(Async)?Client|urllib\.request|urlopen|"
                        r"requests\.(get|post|put|request|Session)|http\.client|socket\.create_connection)")
