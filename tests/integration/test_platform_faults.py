@@ -1,7 +1,9 @@
 """Platform faults through the real processes: broker down while writing, broker back empty, database away.
 
-Asserted as counts of what analytics applied, exactly once. The module runs a stack of its own
-(broker, databases, services, gateway), so stopping its broker disturbs no other test.
+Asserted as what the consumers applied, exactly once: analytics (its DuckDB store) through its figures
+and /metrics, the activities service's registry consumer also through the processed events of its SQL
+database. The module runs a stack of its own (broker, databases, services, gateway), so stopping its
+broker disturbs no other test.
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from tests.harness import (
 pytestmark = needs_stoppable_broker
 
 SERVICE_NAMES = ("registry", "activities", "analytics")
+# The consumer that applies registry events to a SQL database (analytics applies them to its store).
+REGISTRY_VIEW = "activities-registry"
 WRITES = 20
 
 
@@ -84,8 +88,8 @@ async def metric(client: httpx.AsyncClient, sample: str, labels: dict[str, str])
     return 0.0
 
 
-async def consumed(analytics: httpx.AsyncClient, outcome: str) -> int:
-    return int(await metric(analytics, "vmc_consumer_events_total", {"consumer": "analytics", "outcome": outcome}))
+async def consumed(service: httpx.AsyncClient, outcome: str, consumer: str = "analytics") -> int:
+    return int(await metric(service, "vmc_consumer_events_total", {"consumer": consumer, "outcome": outcome}))
 
 
 async def query(url: str, sql: str, **params) -> list[tuple]:
@@ -105,14 +109,38 @@ async def outbox_rows(stack: Stack, keys: list[str]) -> list[tuple[str, bool]]:
     return [(event_id, published) for event_id, key, published in rows if key in wanted]
 
 
-async def processed_by_analytics(stack: Stack) -> dict[str, list[str]]:
+async def processed_by_registry_view(stack: Stack) -> dict[str, list[str]]:
+    """The outcomes the activities service recorded for each registry event it consumed."""
     rows = await query(
-        stack.db_urls["analytics"], "SELECT event_id, outcome FROM processed_events WHERE consumer = 'analytics'"
+        stack.db_urls["activities"], "SELECT event_id, outcome FROM processed_events WHERE consumer = :consumer",
+        consumer=REGISTRY_VIEW,
     )
     seen: dict[str, list[str]] = {}
     for event_id, outcome in rows:
         seen.setdefault(event_id, []).append(outcome)
     return seen
+
+
+async def registry_view_has(stack: Stack, event_ids: list[str] | None = None, timeout: float = 30.0) -> None:
+    """Wait until the activities service has recorded these registry events (default: all of the outbox)."""
+    if event_ids is None:
+        event_ids = [e for (e,) in await query(stack.db_urls["registry"], "SELECT event_id FROM outbox")]
+
+    async def recorded() -> bool:
+        processed = await processed_by_registry_view(stack)
+        return all(e in processed for e in event_ids)
+
+    await eventually(recorded, timeout, 0.2, what=f"{len(event_ids)} registry events recorded by {REGISTRY_VIEW}")
+
+
+async def applied_since(service: httpx.AsyncClient, consumer: str, before: int, expected: int) -> int:
+    """Events `consumer` applied since `before`, once at least `expected` (its metric is counted just
+    after the batch's commit, so it may trail the processed-events record by a moment)."""
+    async def reached() -> bool:
+        return await consumed(service, "applied", consumer) - before >= expected
+
+    await eventually(reached, 10, 0.1, what=f"{consumer} counting {expected} applied events")
+    return await consumed(service, "applied", consumer) - before
 
 
 async def readiness(client: httpx.AsyncClient) -> tuple[int, dict]:
@@ -140,7 +168,9 @@ async def test_writes_succeed_while_broker_is_down_and_every_event_reaches_analy
     fault_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
 ):
     before = await caught_up(admin)
+    await registry_view_has(fault_stack)
     applied_before = await consumed(direct["analytics"], "applied")
+    view_applied_before = await consumed(direct["activities"], "applied", REGISTRY_VIEW)
 
     fault_stack.broker.stop()
     try:
@@ -164,9 +194,12 @@ async def test_writes_succeed_while_broker_is_down_and_every_event_reaches_analy
     assert await registry_count(admin) == before + WRITES
     assert await consumed(direct["analytics"], "applied") - applied_before == WRITES
 
+    # Each event recorded as applied by the activities service's registry consumer, and applied once.
     event_ids = [event_id for event_id, _ in await outbox_rows(fault_stack, ids)]
-    processed = await processed_by_analytics(fault_stack)
+    await registry_view_has(fault_stack, event_ids, timeout=60)
+    processed = await processed_by_registry_view(fault_stack)
     assert [processed.get(e) for e in event_ids] == [["applied"]] * WRITES
+    assert await applied_since(direct["activities"], REGISTRY_VIEW, view_applied_before, WRITES) == WRITES
     await eventually(lambda: all_ready(direct), 15, what="every /ready back to 200")
 
 
@@ -218,28 +251,32 @@ async def set_connections(database: str, allowed: bool) -> None:
 
 
 def consumer_restarts(stack: Stack) -> int:
-    """Times the analytics consumer logged a restart after a database failure (its JSON log lines)."""
-    lines = (stack.workdir / "analytics.log").read_text(errors="replace").splitlines()
-    return sum(1 for line in lines if "consumer failed, restarting" in line and "DBAPIError" in line)
+    """Times the activities service's consumer logged a restart after a database failure (its JSON log lines)."""
+    lines = (stack.workdir / "activities.log").read_text(errors="replace").splitlines()
+    return sum(1 for line in lines
+               if "consumer failed, restarting" in line and REGISTRY_VIEW in line and "DBAPIError" in line)
 
 
 @pytest.mark.skipif(database_mode() != "postgresql", reason="refusing connections to one database needs PostgreSQL")
-async def test_analytics_database_outage_reports_not_ready_then_catches_up_without_dead_letters(
+async def test_a_consumers_database_outage_reports_not_ready_then_catches_up_without_dead_letters(
     fault_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
 ):
+    """The activities service's registry consumer loses its SQL database while registry events arrive."""
+    activities = direct["activities"]
     before = await caught_up(admin)
-    applied_before = await consumed(direct["analytics"], "applied")
-    dead_before = await metric(direct["analytics"], "vmc_dead_letters_total", {"consumer": "analytics"})
-    database = fault_stack.db_urls["analytics"].rsplit("/", 1)[1]
+    await registry_view_has(fault_stack)
+    applied_before = await consumed(activities, "applied", REGISTRY_VIEW)
+    dead_before = await metric(activities, "vmc_dead_letters_total", {"consumer": REGISTRY_VIEW})
+    database = fault_stack.db_urls["activities"].rsplit("/", 1)[1]
     restarts_before = consumer_restarts(fault_stack)
 
     await set_connections(database, allowed=False)
     try:
         async def database_down() -> bool:
-            status, body = await readiness(direct["analytics"])
+            status, body = await readiness(activities)
             return status == 503 and body["checks"] == {"database": False, "broker": True}
 
-        await eventually(database_down, 15, what="analytics /ready answering 503 for its database")
+        await eventually(database_down, 15, what="activities /ready answering 503 for its database")
         created = [await admin.post("/organizations", json=organization_body()) for _ in range(5)]
         assert [r.status_code for r in created] == [201] * 5
         # The registry's own database is fine: it stays ready.
@@ -248,12 +285,18 @@ async def test_analytics_database_outage_reports_not_ready_then_catches_up_witho
         async def consumer_hit_outage() -> bool:
             return consumer_restarts(fault_stack) > restarts_before
 
-        await eventually(consumer_hit_outage, 20, what="the analytics consumer failing on its database")
+        await eventually(consumer_hit_outage, 20, what=f"the {REGISTRY_VIEW} consumer failing on its database")
+        # Analytics keeps its figures in its own store: another service's outage does not hold it up.
+        await caught_up(admin, before + 5)
     finally:
         await set_connections(database, allowed=True)
 
-    await eventually(lambda: all_ready(direct), 15, what="analytics ready again")
-    await caught_up(admin, before + 5, timeout=45)
-    assert await consumed(direct["analytics"], "applied") - applied_before == 5
+    await eventually(lambda: all_ready(direct), 15, what="activities ready again")
+    ids = [r.json()["id"] for r in created]
+    event_ids = [event_id for event_id, _ in await outbox_rows(fault_stack, ids)]
+    await registry_view_has(fault_stack, event_ids, timeout=45)
+    processed = await processed_by_registry_view(fault_stack)
+    assert [processed.get(e) for e in event_ids] == [["applied"]] * 5
+    assert await applied_since(activities, REGISTRY_VIEW, applied_before, 5) == 5
     # An unreachable database is not the message's fault: nothing was dead-lettered.
-    assert await metric(direct["analytics"], "vmc_dead_letters_total", {"consumer": "analytics"}) == dead_before
+    assert await metric(activities, "vmc_dead_letters_total", {"consumer": REGISTRY_VIEW}) == dead_before
