@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 # Read by uvicorn, not by our settings classes (README: FORWARDED_ALLOW_IPS), or by the launcher only.
 NOT_SETTINGS = {"FORWARDED_ALLOW_IPS", "VMC_BROKER_PORT"}
+# Set by Kubernetes' downward API only to be expanded into another variable (analytics.yaml).
+DOWNWARD_API = {"POD_NAME"}
+# The compose services running analytics: one each, so each has a consumer group of its own.
+ANALYTICS_REPLICAS = ("analytics-1", "analytics-2")
 
 
 def code_settings() -> set[str]:
@@ -87,13 +91,14 @@ def test_compose_file_is_valid_against_the_compose_specification():
 
 def test_compose_topology():
     services = compose()["services"]
-    assert set(services) == {"kafka", "postgres", "redis", "setup", "registry", "activities", "analytics", "gateway", "nginx"}
+    assert set(services) == {"kafka", "postgres", "redis", "setup", "registry", "activities", *ANALYTICS_REPLICAS,
+                             "gateway", "nginx"}
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:") and kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert not any("zookeeper" in name.lower() or "ZOOKEEPER" in str(s) for name, s in services.items())
     # Nothing is published but nginx's TLS port.
     assert {name: s["ports"] for name, s in services.items() if "ports" in s} == {"nginx": ["443:8443"]}
-    assert services["activities"]["deploy"]["replicas"] == 2 and services["analytics"]["deploy"]["replicas"] == 2
+    assert services["activities"]["deploy"]["replicas"] == 2
     for name, service in services.items():
         if name == "setup":
             assert service["healthcheck"] == {"disable": True} and service["restart"] == "no"
@@ -103,9 +108,26 @@ def test_compose_topology():
         if name not in ("kafka", "postgres", "redis"):
             assert service["depends_on"], name
             assert all("condition" in c for c in service["depends_on"].values()), name
-    for name in ("registry", "activities", "analytics", "gateway"):
+    for name, part in [("registry", "registry"), ("activities", "activities"), ("gateway", "gateway"),
+                       *((replica, "analytics") for replica in ANALYTICS_REPLICAS)]:
         assert services[name]["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
-        assert services[name]["command"] == ["serve", name]
+        assert services[name]["command"] == ["serve", part]
+    assert all(services["gateway"]["depends_on"][replica] == {"condition": "service_healthy"} for replica in ANALYTICS_REPLICAS)
+
+
+def test_compose_analytics_replicas_each_consume_every_partition_into_a_store_of_their_own():
+    """Replicas sharing a consumer group would split the partitions, each store holding part of the events."""
+    services = compose()["services"]
+    replicas = [services[name] for name in ANALYTICS_REPLICAS]
+    assert not any("deploy" in r for r in replicas)  # `deploy.replicas` would run copies under one group
+    groups = [r["environment"]["VMC_ANALYTICS_CONSUMER_GROUP"] for r in replicas]
+    assert len(set(groups)) == len(replicas), groups
+    stores = [r["volumes"] for r in replicas]
+    assert all(len(v) == 1 and v[0].endswith(":/var/lib/vmc") for v in stores)
+    assert len({v[0] for v in stores}) == len(replicas), stores
+    # Both answer at the one name the gateway calls.
+    assert all(r["networks"]["default"]["aliases"] == ["analytics"] for r in replicas)
+    assert services["gateway"]["environment"]["VMC_ANALYTICS_URL"] == "http://analytics:8000"
 
 
 def test_compose_secrets_come_from_the_committed_env_example():
@@ -166,6 +188,18 @@ def test_k8s_parts_have_probes_resources_budgets_and_referenced_secrets():
                     assert secret == ("secretKeyRef" in env.get("valueFrom", {})), env["name"]
 
 
+def test_k8s_analytics_replicas_each_consume_under_a_group_named_after_their_pod():
+    (statefulset,) = [doc for _, doc in k8s_documents()
+                      if doc["kind"] == "StatefulSet" and doc["metadata"]["name"] == "analytics"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    env = [e["name"] for e in container["env"]]
+    by_name = {e["name"]: e for e in container["env"]}
+    assert by_name["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert by_name["VMC_ANALYTICS_CONSUMER_GROUP"]["value"] == "analytics-$(POD_NAME)"
+    # Kubernetes expands $(POD_NAME) only from a variable defined earlier in the list.
+    assert env.index("POD_NAME") < env.index("VMC_ANALYTICS_CONSUMER_GROUP")
+
+
 def test_consumers_scale_at_most_to_the_partition_count():
     documents = k8s_documents()
     (job,) = [doc for _, doc in documents if doc["kind"] == "Job"]
@@ -200,7 +234,7 @@ def test_setting_names_are_the_same_in_the_readme_compose_kubernetes_and_the_lau
             k8s_names |= set(doc["data"])
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             k8s_names |= {e["name"] for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])}
-    assert k8s_names <= code | NOT_SETTINGS, sorted(k8s_names - code - NOT_SETTINGS)
+    assert k8s_names <= code | NOT_SETTINGS | DOWNWARD_API, sorted(k8s_names - code - NOT_SETTINGS - DOWNWARD_API)
     launcher = set(re.findall(r"VMC_[A-Z_]+", (ROOT / "deploy" / "embedded.py").read_text()))
     launcher = {n for n in launcher if not n.endswith("_")}  # f-string stems such as VMC_{name}_PORT
     assert launcher <= code | NOT_SETTINGS, sorted(launcher - code - NOT_SETTINGS)
