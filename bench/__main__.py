@@ -9,12 +9,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import activities, gateway_instructions, gateway_overhead, registrations, volunteer_import
+from bench import activities, analytics, gateway_instructions, gateway_overhead, registrations, volunteer_import
 from bench.stack import cpu_speed, machine, machine_busy
 from bench.stats import METADATA, format_table, merge_results
 
 # name → module with a docstring and `run(quick) -> {figure: value}`
-BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, gateway_instructions, registrations, volunteer_import, activities)}
+BENCHMARKS = {module.__name__.rsplit(".", 1)[1]: module for module in (gateway_overhead, gateway_instructions, registrations, volunteer_import, activities, analytics)}
 RESULTS = Path(__file__).with_name("results.json")
 BUSY_WARNING = 0.15
 
@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--no-save", action="store_true", help="print the figures without writing results.json")
     parser.add_argument("--quick", action="store_true", help="short runs to check that everything works (not saved)")
+    parser.add_argument("--analytics-size", choices=sorted(analytics.SIZES), default=analytics.DEFAULT_SIZE,
+                        help="analytics: 1m activities (default, a shared machine) or 10m (the issue's size, a quiet machine)")
     parser.add_argument("--show", action="store_true", help="print results.json as Markdown tables (for the README); run nothing")
     args = parser.parse_args(argv)
     if args.show:
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: the machine is {busy:.0%} busy before the benchmark starts: figures will be low and noisy", flush=True)
         speed = cpu_speed()
         print(f"cpu probe: {speed:.0f} µs for a fixed Python loop (lower is faster; compare runs at similar figures)", flush=True)
-        figures = BENCHMARKS[name].run(quick=args.quick)
+        options = {"size": args.analytics_size} if name == "analytics" else {}
+        figures = BENCHMARKS[name].run(quick=args.quick, **options)
         print(format_table(name, figures))
         print(f"({time.monotonic() - began:.0f} s)", flush=True)
         if not (args.no_save or args.quick):
