@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BENCH ?=
 
-.PHONY: run test bench install browser clean
+.PHONY: run test bench install browser asyncapi-parser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,22 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
+# The AsyncAPI test validates /api/v1/asyncapi.json with the official parser (@asyncapi/parser, npm,
+# pinned in tests/asyncapi/package-lock.json). Installed only for the tests, only where node and npm
+# exist, again when the lock file changes. --ignore-scripts: nothing in that tree needs an install
+# script, and one dependency's would send usage telemetry.
+ASYNCAPI := tests/asyncapi
+asyncapi-parser:
+	@if command -v node >/dev/null && command -v npm >/dev/null && \
+		[ ! $(ASYNCAPI)/node_modules/.package-lock.json -nt $(ASYNCAPI)/package-lock.json ]; then \
+		npm ci --prefix $(ASYNCAPI) --no-audit --no-fund --ignore-scripts --loglevel=error; fi
+
 run: install
 	$(PY) -m deploy.embedded
 
 # Whole suite on PostgreSQL (when 127.0.0.1:5432 answers), then the integration tests again on SQLite,
 # so both dialects pass on every run.
-test: install browser
+test: install browser asyncapi-parser
 	$(PY) -m pytest -q
 	VMC_TEST_DATABASE_URL=sqlite $(PY) -m pytest -q tests/integration
 
