@@ -321,7 +321,12 @@ def asyncapi_document(title: str = "VMC Connect events", version: str = "1.0.0")
             "title": spec.type,
             "summary": spec.summary,
             "contentType": "application/cloudevents+json",
-            "headers": {"type": "object", "description": "CloudEvents 1.0 structured mode envelope; Kafka key = subject"},
+            # Structured mode: the whole envelope is the Kafka value and the relay sets no Kafka headers, so
+            # none are declared; the record key is the subject, which keeps an aggregate's events in order.
+            "bindings": {"kafka": {
+                "key": {"type": "string", "description": "The event's subject (the aggregate id)"},
+                "bindingVersion": "0.5.0",
+            }},
             "payload": {
                 "type": "object",
                 "required": ["specversion", "id", "source", "type", "subject", "time", "data"],
