@@ -23,6 +23,10 @@ async def start_registry_client(app: FastAPI) -> None:
     app.state.registry = RegistryClient(settings.registry_url, settings.internal_secret, settings.registry_timeout_s)
 
 
+async def stop_registry_client(app: FastAPI) -> None:
+    await app.state.registry.close()
+
+
 def create_app(settings: ActivitiesSettings | None = None) -> FastAPI:
     return create_service_app(
         ServiceSpec(
@@ -33,6 +37,7 @@ def create_app(settings: ActivitiesSettings | None = None) -> FastAPI:
             publishes=[ACTIVITIES_TOPIC],
             consumers=[ConsumerSpec("activities-registry", [REGISTRY_TOPIC], REGISTRY_HANDLERS)],
             on_startup=start_registry_client,
+            on_shutdown=stop_registry_client,
             description="Activity logs, verification and skills assessments.",
         )
     )
