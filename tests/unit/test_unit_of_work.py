@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import httpx
@@ -37,10 +38,11 @@ MISSING_PARENT = 999_999
 MODES = ["sqlite"] + (["postgresql"] if database_mode() == "postgresql" else [])
 
 
-@pytest.fixture(scope="module", params=MODES)
-async def maker(request):
+@asynccontextmanager
+async def database(mode: str):
+    """A fresh database of `mode` with the platform tables and this module's, dropped afterwards."""
     workdir = new_workdir()
-    databases = Databases(workdir, request.param)
+    databases = Databases(workdir, mode)
     engine = make_engine(databases.url("unit_of_work"))
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: SQLModel.metadata.create_all(sync, tables=shared_tables()))
@@ -53,9 +55,22 @@ async def maker(request):
         remove_workdir(workdir)
 
 
-@pytest.fixture
-async def db(maker):
-    """The module's database, emptied before each test; `db.commits` counts whole-transaction commits."""
+@pytest.fixture(scope="module", params=MODES)
+async def maker(request):
+    async with database(request.param) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+async def pg_maker():
+    """PostgreSQL only: for races that need two connections writing at once (SQLite has one)."""
+    async with database("postgresql") as made:
+        yield made
+
+
+@asynccontextmanager
+async def emptied(maker):
+    """The database emptied before a test; `.commits` counts whole-transaction commits."""
     async with maker() as session:
         for table in (notes, parents, OutboxRecord.__table__, ProcessedEvent.__table__, IdempotencyRecord.__table__):
             await session.execute(delete(table))
@@ -68,8 +83,22 @@ async def db(maker):
             commits.append(1)
 
     event.listen(session_class, "after_commit", count)
-    yield SimpleNamespace(maker=maker, commits=commits)
-    event.remove(session_class, "after_commit", count)
+    try:
+        yield SimpleNamespace(maker=maker, commits=commits)
+    finally:
+        event.remove(session_class, "after_commit", count)
+
+
+@pytest.fixture
+async def db(maker):
+    async with emptied(maker) as made:
+        yield made
+
+
+@pytest.fixture
+async def pg_db(pg_maker):
+    async with emptied(pg_maker) as made:
+        yield made
 
 
 async def stored(maker) -> dict:
@@ -215,10 +244,11 @@ async def test_a_handler_cannot_commit(db):
 
 # ---- Idempotency-Key ---------------------------------------------------------------------------
 
+@pytest.mark.skipif(database_mode() != "postgresql",
+                    reason="SQLite serves one request at a time (one connection): no twin can commit in between")
 @pytest.mark.parametrize("twin_body", ["same", "other"])
-async def test_a_twin_that_stored_its_answer_first_undoes_this_create(db, twin_body):
-    if db.maker.kw["bind"].dialect.name == "sqlite":
-        pytest.skip("SQLite serves one request at a time (one connection): no twin can commit in between")
+async def test_a_twin_that_stored_its_answer_first_undoes_this_create(pg_db, twin_body):
+    db = pg_db
     body = {"text": "twin"}
     twin = IdempotencyRecord(key_id="k", route="/notes", idempotency_key="retry-1",
                              request_hash=_hash(body if twin_body == "same" else {"text": "else"}),
