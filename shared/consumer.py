@@ -4,8 +4,8 @@ Each batch of a partition is applied in one transaction together with a record o
 processed (a SQL database through `SessionBatches`, or any other store through its own
 `BatchUnits`); offsets are committed only after that transaction commits. A redelivered event
 (consumer killed before its offset commit, rebalance, outbox re-publish) finds its id recorded and
-is skipped. A message that cannot be processed after bounded retries goes to the consumer's dead-
-letter topic with the error, and the consumer moves on.
+is skipped. A message that cannot be processed after bounded retries goes to the consumer's
+dead-letter topic with the error, and the consumer moves on.
 """
 from __future__ import annotations
 
