@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import router as admin_router
 from gateway.audit import AuditWriter, copy_dsn
+from gateway.console import mount_console
 from gateway.keys import ApiKey, ApiKeyCreate, KeyStore, create_key, split_key
 from gateway.metrics import Metrics
 from gateway.migrations import MIGRATIONS
@@ -184,6 +185,7 @@ def create_app(settings: GatewaySettings | None = None) -> "Gateway":
         )
 
     inner.mount("/api/v1/docs/assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    mount_console(inner)
     annotate_scopes(inner)
 
     gateway = Gateway(inner, settings, metrics)
