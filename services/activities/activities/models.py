@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -138,6 +139,103 @@ class ActivityCreate(SQLModel):
     @classmethod
     def _clean(cls, value: str | None) -> str | None:
         return clean_text(value)
+
+
+@dataclass(slots=True)
+class Entry:
+    """An entry to log as the rules and the writes need it: already validated, flat, and cheap to make
+    (a batch holds a thousand; a model object per item cost more than deciding the item)."""
+
+    volunteer_id: uuid.UUID
+    project_id: uuid.UUID
+    activity_type: str
+    date: dt.date
+    hours: float
+    location_code: str
+    female: int = 0
+    male: int = 0
+    other: int = 0
+    children: int = 0
+    description: str | None = None
+    evidence_urls: tuple[str, ...] = ()
+    client_reference: str | None = None
+
+    @classmethod
+    def of(cls, d: ActivityCreate) -> "Entry":
+        people = d.beneficiaries
+        return cls(d.volunteer_id, d.project_id, d.activity_type, d.date, d.hours, d.location_code, people.female,
+                   people.male, people.other, people.children, d.description, tuple(d.evidence_urls), d.client_reference)
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_REQUIRED = frozenset(("volunteer_id", "project_id", "activity_type", "date", "hours", "location_code"))
+_ALLOWED = frozenset(ActivityCreate.model_fields)
+_PEOPLE = {"female": 1_000_000, "male": 1_000_000, "other": 1_000_000, "children": 3_000_000}
+
+
+def plain_entry(item: Any) -> Entry | None:
+    """The entry of a JSON item in the plain shape almost every item of a batch has (canonical ids, ISO
+    date, numbers in range, text already clean), checked by hand; None for anything else, which the
+    caller validates with `ActivityCreate` (the same values, and its exact error messages).
+
+    Accepting here only what the model accepts unchanged keeps the two paths equal:
+    tests/unit/test_activity_entries.py holds them to it."""
+    if type(item) is not dict or not _REQUIRED <= item.keys() or not _ALLOWED >= item.keys():
+        return None
+    volunteer_id, project_id, day = item["volunteer_id"], item["project_id"], item["date"]
+    activity_type, hours, code = item["activity_type"], item["hours"], item["location_code"]
+    if not (type(volunteer_id) is str and _CANONICAL_UUID.fullmatch(volunteer_id)
+            and type(project_id) is str and _CANONICAL_UUID.fullmatch(project_id)
+            and type(activity_type) is str and 0 < len(activity_type) <= 60
+            and type(day) is str and _ISO_DATE.fullmatch(day)
+            and type(hours) in (int, float) and 0 < hours <= MAX_DAY_HOURS and abs(hours * 100 - round(hours * 100)) <= 1e-6
+            and type(code) is str and len(code) <= 8 and LOCATION_CODE.fullmatch(code)):
+        return None
+    people = _plain_people(item["beneficiaries"]) if "beneficiaries" in item else (0, 0, 0, 0)
+    description, reference = item.get("description"), item.get("client_reference")
+    urls = item.get("evidence_urls", ())
+    if (people is None or not _plain_text(description, 4000) or not _plain_text(reference, 200)
+            or not _plain_urls(urls)):
+        return None
+    try:
+        on = dt.date.fromisoformat(day)
+    except ValueError:
+        return None
+    return Entry(uuid.UUID(volunteer_id), uuid.UUID(project_id), activity_type, on, round(float(hours), 2), code,
+                 *people, description, tuple(urls), reference)
+
+
+def _plain_people(value: Any) -> tuple[int, int, int, int] | None:
+    if type(value) is not dict or not _PEOPLE.keys() >= value.keys():
+        return None
+    counts = []
+    for name, most in _PEOPLE.items():
+        count = value.get(name, 0)
+        if type(count) is not int or not 0 <= count <= most:
+            return None
+        counts.append(count)
+    return tuple(counts) if counts[3] <= counts[0] + counts[1] + counts[2] else None
+
+
+def _plain_text(value: Any, most: int) -> bool:
+    if value is None:
+        return True
+    if type(value) is not str or not 0 < len(value) <= most:
+        return False
+    try:
+        return clean_text(value) == value
+    except ValueError:
+        return False
+
+
+def _plain_urls(value: Any) -> bool:
+    if type(value) not in (list, tuple) or len(value) > MAX_EVIDENCE_URLS:
+        return False
+    try:
+        return all(type(url) is str and len(url) <= 2000 and _http_url(url) for url in value)
+    except ValueError:
+        return False
 
 
 class ActivityPublic(SQLModel):

@@ -1,17 +1,18 @@
 """Queries on activities: lookups, the day totals behind the 24-hour rule and its lock, bulk writes, lists."""
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from operator import itemgetter
 
 import orjson
 from sqlalchemy import JSON, Select, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities.models import COUNTING, Activity
+from services.activities.activity_types.models import ActivityType
 
 DayKey = tuple[uuid.UUID, date]
 
@@ -41,20 +42,18 @@ async def by_client_references(session: AsyncSession, organization_id: uuid.UUID
     return dict((await session.execute(query)).all())
 
 
-def _lock_key(key: DayKey) -> int:
-    digest = hashlib.blake2b(f"{key[0]}:{key[1].isoformat()}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 async def lock_days(session: AsyncSession, keys: Collection[DayKey]) -> None:
     """Hold each volunteer-day until the transaction ends, so that two concurrent requests cannot both
-    see room under 24 hours and together exceed it. PostgreSQL: transaction advisory locks, taken in
-    key order (no deadlock between two batches). SQLite has one writer connection: already serial."""
+    see room under 24 hours and together exceed it. PostgreSQL: transaction advisory locks on a hash of
+    the day, taken in key order (no deadlock between two batches), the keys computed by the server from
+    two array parameters. SQLite has one writer connection: already serial."""
     if not keys or session.bind.dialect.name != "postgresql":
         return
+    volunteers, dates = zip(*keys)
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(CAST(:keys AS bigint[])) AS k ORDER BY 1) AS s"),
-        {"keys": sorted({_lock_key(k) for k in keys})},
+        text("SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(v::text || ':' || d::text, 0) AS k "
+             "FROM unnest(CAST(:volunteers AS uuid[]), CAST(:dates AS date[])) AS u(v, d) ORDER BY 1) AS s"),
+        {"volunteers": list(volunteers), "dates": list(dates)},
     )
 
 
@@ -62,6 +61,18 @@ async def day_totals(session: AsyncSession, keys: Collection[DayKey], exclude: C
     """Hours already counted on each volunteer-day (submitted and verified entries)."""
     if not keys:
         return {}
+    if session.bind.dialect.name == "postgresql":
+        # The days as two array parameters joined to the table: one index probe per day, one statement
+        # text whatever the number of days (an IN list of each volunteer and each date crossed them).
+        volunteers, dates = zip(*keys)
+        rows = await session.execute(
+            text("SELECT a.volunteer_id, a.date, sum(a.hours) AS total FROM unnest(CAST(:volunteers AS uuid[]), "
+                 "CAST(:dates AS date[])) AS k(v, d) JOIN activities AS a ON a.volunteer_id = k.v AND a.date = k.d "
+                 "WHERE a.status = ANY(CAST(:counting AS varchar[])) AND a.id <> ALL(CAST(:exclude AS uuid[])) "
+                 "GROUP BY a.volunteer_id, a.date").columns(_TABLE.c.volunteer_id, _TABLE.c.date, _TABLE.c.hours),
+            {"volunteers": list(volunteers), "dates": list(dates), "exclude": list(exclude), "counting": list(COUNTING)},
+        )
+        return {(v, d): float(total or 0) for v, d, total in rows.all()}
     volunteers, dates = {k[0] for k in keys}, {k[1] for k in keys}
     query = (select(Activity.volunteer_id, Activity.date, func.sum(Activity.hours))
              .where(Activity.volunteer_id.in_(list(volunteers)), Activity.date.in_(list(dates)),
@@ -72,8 +83,18 @@ async def day_totals(session: AsyncSession, keys: Collection[DayKey], exclude: C
     return {(v, d): float(total or 0) for v, d, total in (await session.execute(query)).all() if (v, d) in keys}
 
 
+async def focus_areas(session: AsyncSession, codes: Collection[str]) -> dict[str, str]:
+    """The focus area of each of these activity types that exists."""
+    if not codes:
+        return {}
+    query = select(ActivityType.code, ActivityType.focus_area).where(ActivityType.code.in_(list(codes)))
+    return dict((await session.execute(query)).all())
+
+
 _TABLE = Activity.__table__
-_JSON_COLUMNS = {c.name for c in _TABLE.columns if isinstance(c.type, JSON)}
+_COLUMNS = [c.name for c in _TABLE.columns]
+_IN_ORDER = itemgetter(*_COLUMNS)
+_JSON_AT = [at for at, c in enumerate(_TABLE.columns) if isinstance(c.type, JSON)]
 # Below this many rows a COPY's own set-up costs more than the INSERT it replaces.
 COPY_FROM = 20
 
@@ -86,10 +107,13 @@ async def insert_many(session: AsyncSession, rows: Sequence[dict]) -> None:
     connection = await session.connection()
     if len(rows) >= COPY_FROM and connection.dialect.name == "postgresql" and connection.dialect.driver == "asyncpg":
         driver = (await connection.get_raw_connection()).driver_connection
-        columns = [c.name for c in _TABLE.columns]
-        records = [tuple(orjson.dumps(row[name]).decode() if name in _JSON_COLUMNS else row[name] for name in columns)
-                   for row in rows]
-        await driver.copy_records_to_table(_TABLE.name, records=records, columns=columns)
+        records = []
+        for row in rows:
+            record = list(_IN_ORDER(row))
+            for at in _JSON_AT:
+                record[at] = orjson.dumps(record[at]).decode()
+            records.append(record)
+        await driver.copy_records_to_table(_TABLE.name, records=records, columns=_COLUMNS)
     else:
         await session.execute(insert(_TABLE), list(rows))
 

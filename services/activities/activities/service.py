@@ -8,6 +8,7 @@ decisions are taken again against what the twin stored (bounded: twice).
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -21,10 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import repository
 from services.activities.activities.models import (
-    COUNTING, MAX_DAY_HOURS, Activity, ActivityCreate, ActivityPublic,
+    COUNTING, MAX_DAY_HOURS, Activity, ActivityCreate, ActivityPublic, Entry, plain_entry,
 )
-from services.activities.activity_types import repository as activity_types
-from services.activities.activity_types.models import ActivityType
 from services.activities.registry_view import lookup
 from services.activities.registry_view import repository as registry_view
 from services.activities.registry_view.client import RegistryClient
@@ -97,41 +96,86 @@ class Decision:
     values: dict | None = None
 
 
+Problems = tuple[list[dict], list[dict]]  # (errors, unchecked)
+
+
 @dataclass
 class _Context:
     caller: CallerContext
     known: lookup.Known
-    types: dict[str, ActivityType]
+    focus_areas: dict[str, str]  # activity type code -> its focus area
     today: date
+    # What depends on a volunteer or a project alone, decided once a request (a batch names each many times).
+    volunteers: dict[uuid.UUID, Problems] = field(default_factory=dict)
+    projects: dict[uuid.UUID, Problems] = field(default_factory=dict)
 
 
 def _error(field_: str, msg: str) -> dict:
     return {"loc": [field_], "msg": msg}
 
 
-def _check_volunteer(ctx: _Context, d: ActivityCreate, decision: Decision) -> bool:
-    raw = ctx.known.volunteers.get(d.volunteer_id)
-    volunteer = ctx.known.volunteer(d.volunteer_id)
+def _volunteer_problems(ctx: _Context, volunteer_id: uuid.UUID) -> Problems:
+    problems: Problems = ([], [])
+    raw = ctx.known.volunteers.get(volunteer_id)
+    volunteer = ctx.known.volunteer(volunteer_id)
     if volunteer is not None and not ctx.known.visible(ctx.caller, volunteer.organization_id):
-        decision.errors.append(_error("volunteer_id", "volunteer not found"))
+        problems[0].append(_error("volunteer_id", "volunteer not found"))
     elif raw is not None and raw.merged_into is not None:
-        decision.errors.append(_error("volunteer_id", f"the volunteer was merged into {raw.merged_into}: log activities for that volunteer"))
+        problems[0].append(_error("volunteer_id", f"the volunteer was merged into {raw.merged_into}: log activities for that volunteer"))
     elif raw is not None and raw.erased:
-        decision.errors.append(_error("volunteer_id", "the volunteer was erased: no new activities can be logged for them"))
+        problems[0].append(_error("volunteer_id", "the volunteer was erased: no new activities can be logged for them"))
     elif volunteer is None:
-        _missing(ctx, decision, "volunteer_id", "volunteer")
-    else:
-        return True
-    return False
+        _missing(ctx, problems, "volunteer_id", "volunteer")
+    return problems
 
 
-def _check_project(ctx: _Context, d: ActivityCreate, decision: Decision) -> bool:
-    project = ctx.known.project(d.project_id)
+def _project_problems(ctx: _Context, project_id: uuid.UUID) -> Problems:
+    problems: Problems = ([], [])
+    project = ctx.known.project(project_id)
     if project is None:
-        _missing(ctx, decision, "project_id", "project")
+        _missing(ctx, problems, "project_id", "project")
     elif not ctx.known.visible(ctx.caller, project.organization_id):
-        decision.errors.append(_error("project_id", "project not found"))
-    elif project.start_date is not None and d.date < project.start_date:
+        problems[0].append(_error("project_id", "project not found"))
+    return problems
+
+
+def _missing(ctx: _Context, problems: Problems, field_: str, what: str) -> None:
+    if ctx.known.registry_down:
+        problems[1].append(_error(field_, f"{what} could not be checked: the registry is unavailable; retry shortly"))
+    else:
+        problems[0].append(_error(field_, f"{what} not found"))
+
+
+def _add(decision: Decision, problems: Problems) -> bool:
+    """Add the problems to the decision; whether there were none."""
+    decision.errors += problems[0]
+    decision.unchecked += problems[1]
+    return not problems[0] and not problems[1]
+
+
+def _check(ctx: _Context, d: Entry, decision: Decision) -> None:
+    if d.activity_type not in ctx.focus_areas:
+        decision.errors.append(_error("activity_type", f"unknown activity type {d.activity_type!r} (see GET /activity-types)"))
+    if d.date > ctx.today:
+        decision.errors.append(_error("date", f"in the future (today is {ctx.today.isoformat()} in Asia/Phnom_Penh)"))
+    if (volunteer := ctx.volunteers.get(d.volunteer_id)) is None:
+        volunteer = ctx.volunteers[d.volunteer_id] = _volunteer_problems(ctx, d.volunteer_id)
+    if (project := ctx.projects.get(d.project_id)) is None:
+        project = ctx.projects[d.project_id] = _project_problems(ctx, d.project_id)
+    volunteer_ok = _add(decision, volunteer)
+    project_ok = _add(decision, project) and _check_project_dates(ctx, d, decision)
+    if volunteer_ok and project_ok and not ctx.known.enrolled(d.volunteer_id, d.project_id, d.date):
+        if ctx.known.registry_down:
+            _missing(ctx, (decision.errors, decision.unchecked), "project_id", "the volunteer's enrolment")
+        else:
+            decision.errors.append(_error("project_id", f"the volunteer is not enrolled in this project on {d.date.isoformat()}"))
+    if d.location_code not in ctx.known.locations:
+        _missing(ctx, (decision.errors, decision.unchecked), "location_code", f"location {d.location_code}")
+
+
+def _check_project_dates(ctx: _Context, d: Entry, decision: Decision) -> bool:
+    project = ctx.known.projects[d.project_id]
+    if project.start_date is not None and d.date < project.start_date:
         decision.errors.append(_error("date", f"before the project's start ({project.start_date.isoformat()})"))
     elif project.end_date is not None and d.date > project.end_date:
         decision.errors.append(_error("date", f"after the project's end ({project.end_date.isoformat()})"))
@@ -140,61 +184,42 @@ def _check_project(ctx: _Context, d: ActivityCreate, decision: Decision) -> bool
     return False
 
 
-def _missing(ctx: _Context, decision: Decision, field_: str, what: str) -> None:
-    if ctx.known.registry_down:
-        decision.unchecked.append(_error(field_, f"{what} could not be checked: the registry is unavailable; retry shortly"))
-    else:
-        decision.errors.append(_error(field_, f"{what} not found"))
-
-
-def _check(ctx: _Context, d: ActivityCreate, decision: Decision) -> None:
-    if d.activity_type not in ctx.types:
-        decision.errors.append(_error("activity_type", f"unknown activity type {d.activity_type!r} (see GET /activity-types)"))
-    if d.date > ctx.today:
-        decision.errors.append(_error("date", f"in the future (today is {ctx.today.isoformat()} in Asia/Phnom_Penh)"))
-    volunteer_ok = _check_volunteer(ctx, d, decision)
-    project_ok = _check_project(ctx, d, decision)
-    if volunteer_ok and project_ok and not ctx.known.enrolled(d.volunteer_id, d.project_id, d.date):
-        if ctx.known.registry_down:
-            _missing(ctx, decision, "project_id", "the volunteer's enrolment")
-        else:
-            decision.errors.append(_error("project_id", f"the volunteer is not enrolled in this project on {d.date.isoformat()}"))
-    if d.location_code not in ctx.known.locations:
-        _missing(ctx, decision, "location_code", f"location {d.location_code}")
-
-
-def _values(ctx: _Context, caller: CallerContext, d: ActivityCreate, now: datetime) -> dict:
+def _values(ctx: _Context, caller: CallerContext, d: Entry, activity_id: uuid.UUID, now: datetime) -> dict:
     project = ctx.known.projects[d.project_id]
     return {
-        "id": uuid.uuid4(), "volunteer_id": d.volunteer_id, "project_id": d.project_id, "program_id": project.program_id,
+        "id": activity_id, "volunteer_id": d.volunteer_id, "project_id": d.project_id, "program_id": project.program_id,
         "organization_id": project.organization_id,
         "volunteer_organization_id": ctx.known.volunteers[d.volunteer_id].organization_id,
         "submitter_organization_id": caller.organization_id, "activity_type": d.activity_type,
-        "focus_area": ctx.types[d.activity_type].focus_area, "project_focus_areas": list(project.focus_areas),
+        "focus_area": ctx.focus_areas[d.activity_type], "project_focus_areas": list(project.focus_areas),
         "date": d.date, "hours": d.hours, "approved_hours": None, "location_code": d.location_code,
-        "beneficiaries_female": d.beneficiaries.female, "beneficiaries_male": d.beneficiaries.male,
-        "beneficiaries_other": d.beneficiaries.other, "beneficiaries_children": d.beneficiaries.children,
+        "beneficiaries_female": d.female, "beneficiaries_male": d.male,
+        "beneficiaries_other": d.other, "beneficiaries_children": d.children,
         "description": d.description, "evidence_urls": list(d.evidence_urls), "client_reference": d.client_reference,
         "status": "submitted", "status_reason": None, "decided_at": None, "version": 1, "revision": 1,
         "conflict": None, "created_at": now, "updated_at": now,
     }
 
 
+def _new_ids(count: int) -> list[uuid.UUID]:
+    """`count` random (version 4) UUIDs from one read of the system's randomness, not one read each."""
+    raw = os.urandom(16 * count)
+    return [uuid.UUID(bytes=raw[i:i + 16], version=4) for i in range(0, 16 * count, 16)]
+
+
 async def _decide(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
-                  entries: Sequence[tuple[int, ActivityCreate]], exclude: Sequence[uuid.UUID] = ()) -> list[Decision]:
+                  entries: Sequence[tuple[int, Entry]], exclude: Sequence[uuid.UUID] = ()) -> list[Decision]:
     refs = {d.client_reference for _, d in entries if d.client_reference is not None}
     existing = await repository.by_client_references(session, caller.organization_id, refs)
-    needs = lookup.Needs()
-    for _, d in entries:
-        if d.client_reference not in existing:
-            needs.add(d.volunteer_id, d.project_id, d.date, d.location_code)
+    needs = lookup.Needs.of(d for _, d in entries if d.client_reference not in existing)
     ctx = _Context(caller, await lookup.resolve(session, registry, needs),
-                   await activity_types.by_codes(session, {d.activity_type for _, d in entries}), local_today())
+                   await repository.focus_areas(session, {d.activity_type for _, d in entries}), local_today())
     keys = {(d.volunteer_id, d.date) for _, d in entries}
     await repository.lock_days(session, keys)
     totals = await repository.day_totals(session, keys, exclude=exclude)
     taken: dict[str, uuid.UUID] = {}
     now = utcnow()
+    ids = iter(_new_ids(len(entries)))
     decisions = []
     for index, d in entries:
         decision = Decision(index)
@@ -212,7 +237,7 @@ async def _decide(session: AsyncSession, caller: CallerContext, registry: Regist
         if decision.errors or decision.unchecked:
             continue
         totals[key] = already + d.hours
-        decision.values = _values(ctx, caller, d, now)
+        decision.values = _values(ctx, caller, d, next(ids), now)
         if ref is not None:
             taken[ref] = decision.values["id"]
     return decisions
@@ -225,7 +250,7 @@ async def _write(session: AsyncSession, decisions: Sequence[Decision]) -> None:
 
 
 async def _record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
-                  entries: Sequence[tuple[int, ActivityCreate]], dry_run: bool = False) -> list[Decision]:
+                  entries: Sequence[tuple[int, Entry]], dry_run: bool = False) -> list[Decision]:
     # Only a client reference can collide with a concurrent twin (ids are random): without one, no
     # savepoint is needed (two round trips fewer for a single entry).
     guarded = any(d.client_reference is not None for _, d in entries)
@@ -250,7 +275,7 @@ async def _record(session: AsyncSession, caller: CallerContext, registry: Regist
 async def record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
                  data: ActivityCreate) -> tuple[ActivityPublic, bool]:
     """The entry, and whether it was created now (False: the client reference named an existing one)."""
-    [decision] = await _record(session, caller, registry, [(0, data)])
+    [decision] = await _record(session, caller, registry, [(0, Entry.of(data))])
     errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in decision.errors]
     if decision.unchecked and not errors:
         raise ProblemError(503, "the registry is unavailable to check this entry's references; retry shortly",
@@ -268,17 +293,19 @@ async def check_correction(session: AsyncSession, caller: CallerContext, registr
                            data: ActivityCreate, activity_id: uuid.UUID) -> Decision:
     """The rules of a new entry applied to a correction of `activity_id` (its day locked, its own
     earlier hours not counted against the day); nothing is written."""
-    [decision] = await _decide(session, caller, registry, [(0, data)], exclude=[activity_id])
+    [decision] = await _decide(session, caller, registry, [(0, Entry.of(data))], exclude=[activity_id])
     return decision
 
 
 # ---- batches -----------------------------------------------------------------------------------
 
-def _parse(index: int, item: Any) -> tuple[ActivityCreate | None, Decision | None]:
+def _parse(index: int, item: Any) -> tuple[Entry | None, Decision | None]:
+    if (entry := plain_entry(item)) is not None:
+        return entry, None
     if not isinstance(item, dict):
         return None, Decision(index, [{"loc": [], "msg": "an item must be a JSON object"}])
     try:
-        return ActivityCreate.model_validate(item), None
+        return Entry.of(ActivityCreate.model_validate(item)), None
     except ValidationError as exc:
         return None, Decision(index, validation_errors(list(exc.errors())))
 

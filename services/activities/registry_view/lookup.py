@@ -7,6 +7,7 @@ answers 503 (retry), never a 422 that would call a volunteer created a moment ag
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -30,11 +31,15 @@ class Needs:
     location_codes: set[str] = field(default_factory=set)
     enrolled_on: dict[tuple[uuid.UUID, uuid.UUID], set[date]] = field(default_factory=dict)
 
-    def add(self, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date, location_code: str) -> None:
-        self.volunteer_ids.add(volunteer_id)
-        self.project_ids.add(project_id)
-        self.location_codes.add(location_code)
-        self.enrolled_on.setdefault((volunteer_id, project_id), set()).add(on)
+    @classmethod
+    def of(cls, entries: Iterable) -> Needs:
+        """What entries (anything with volunteer_id, project_id, date and location_code) name."""
+        entries = list(entries)
+        enrolled_on: dict[tuple[uuid.UUID, uuid.UUID], set[date]] = {}
+        for e in entries:
+            enrolled_on.setdefault((e.volunteer_id, e.project_id), set()).add(e.date)
+        return cls({e.volunteer_id for e in entries}, {e.project_id for e in entries},
+                   {e.location_code for e in entries}, enrolled_on)
 
 
 @dataclass
@@ -71,8 +76,10 @@ class Known:
         return caller.national or caller.organization_id in (self.chain(org_id) or ())
 
     def enrolled(self, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date) -> bool:
-        return any(e.started_on <= on and (e.ended_on is None or on <= e.ended_on)
-                   for e in self.enrollments.get((volunteer_id, project_id), ()))
+        for e in self.enrollments.get((volunteer_id, project_id), ()):
+            if e.started_on <= on and (e.ended_on is None or on <= e.ended_on):
+                return True
+        return False
 
     def misses(self, needs: Needs) -> bool:
         return (any(self.volunteer(v) is None for v in needs.volunteer_ids)
