@@ -41,6 +41,8 @@ export const strings = {
     'inbox.count': '{shown} shown of {loaded} submitted activities loaded',
     'inbox.countMore': '{shown} shown of {loaded} submitted activities loaded; more are waiting',
     'inbox.empty': 'Nothing is waiting for verification.',
+    'inbox.elsewhere': 'Not shown: {count}, submitted activities of your volunteers in projects that other organisations '
+      + 'run and decide on.',
     'inbox.more': 'Load more',
     'inbox.loadFailed': 'The inbox could not be loaded: {error}',
     'inbox.selectAll': 'Select all shown',
@@ -99,6 +101,8 @@ export const strings = {
     'inbox.count': 'បង្ហាញ {shown} ក្នុងចំណោមសកម្មភាពដែលបានដាក់ស្នើ {loaded} ដែលបានផ្ទុក',
     'inbox.countMore': 'បង្ហាញ {shown} ក្នុងចំណោមសកម្មភាពដែលបានដាក់ស្នើ {loaded} ដែលបានផ្ទុក នៅមានបន្ថែមទៀតកំពុងរង់ចាំ',
     'inbox.empty': 'គ្មានអ្វីរង់ចាំការផ្ទៀងផ្ទាត់ទេ។',
+    'inbox.elsewhere': 'មិនបង្ហាញ៖ {count} សកម្មភាពដែលបានដាក់ស្នើ របស់អ្នកស្ម័គ្រចិត្តរបស់អ្នក ក្នុងគម្រោងដែលអង្គការផ្សេងដំណើរការ '
+      + 'និងជាអ្នកសម្រេច។',
     'inbox.more': 'ផ្ទុកបន្ថែម',
     'inbox.loadFailed': 'មិនអាចផ្ទុកប្រអប់បានទេ៖ {error}',
     'inbox.selectAll': 'ជ្រើសរើសទាំងអស់ដែលបង្ហាញ',
@@ -226,6 +230,7 @@ class Inbox {
     this.rows = new Map(); // id -> {activity, node, inputs}
     this.cursor = null;
     this.generation = 0; // a newer load makes the answers of older ones stale
+    this.elsewhere = 0; // loaded entries the key may read but not decide (left out)
     this.destroyed = false;
     this.projects = new Map(); // id -> project (or null when the key cannot read it)
     this.types = new Map(); // code -> activity type
@@ -254,6 +259,7 @@ class Inbox {
     this.selectedCount = el('span', { class: 'inbox-selected-count', testid: 'inbox-selected-count' });
     this.bulkReason = el('input', { type: 'text', maxlength: 2000, testid: 'inbox-bulk-reason' });
     this.status = el('p', { class: 'inbox-status', testid: 'inbox-status', role: 'status' });
+    this.elsewhereNote = el('p', { class: 'note', testid: 'inbox-elsewhere', hidden: true });
     this.list = el('ul', { class: 'inbox-list', testid: 'inbox-list' });
     this.more = el('button', { type: 'button', class: 'inbox-more', testid: 'inbox-more', hidden: true,
       text: t('inbox.more'), on: { click: () => this.loadPage(this.generation) } });
@@ -281,7 +287,7 @@ class Inbox {
           on: { click: () => this.decideSelected('verify') } }),
         el('button', { type: 'button', class: 'danger', testid: 'inbox-bulk-reject', text: t('inbox.bulkReject'),
           on: { click: () => this.decideSelected('reject') } })),
-      this.status, this.list, this.more, this.resultsSection));
+      this.status, this.elsewhereNote, this.list, this.more, this.resultsSection));
     this.updateSelection();
   }
 
@@ -290,6 +296,7 @@ class Inbox {
   load() {
     this.generation += 1;
     this.cursor = null;
+    this.elsewhere = 0;
     for (const row of this.rows.values()) row.node.remove();
     this.rows.clear();
     return this.loadPage(this.generation);
@@ -310,12 +317,31 @@ class Inbox {
       return;
     }
     if (!this.current(generation)) return;
+    const waiting = page.items.filter((a) => a.status === 'submitted' && !this.rows.has(a.id));
+    const decidable = await this.decidable(waiting);
+    if (!this.current(generation)) return;
     this.cursor = page.next_cursor || null;
-    for (const activity of page.items) {
-      if (activity.status === 'submitted' && !this.rows.has(activity.id)) this.rows.set(activity.id, this.makeRow(activity));
+    for (const activity of waiting) {
+      if (decidable.has(activity.id)) this.rows.set(activity.id, this.makeRow(activity));
+      else this.elsewhere += 1;
     }
     this.render();
     this.learnProjects(page.items.map((a) => a.project_id));
+  }
+
+  /** The ids among `activities` this key may decide, asked of the API itself with a dry run of the bulk
+   * route (it checks every decision and takes none): the list also holds entries the key may only read,
+   * those of its volunteers in projects other organisations run, which the inbox leaves out. */
+  async decidable(activities) {
+    const ids = activities.map((a) => a.id);
+    if (!ids.length) return new Set();
+    const items = ids.map((id) => ({ id, decision: 'verify' }));
+    try {
+      const summary = await this.ctx.api('/activities/verifications', { method: 'POST', query: { dry_run: 'true' }, body: { items } });
+      return new Set(summary.items.filter((item) => item.status !== 'error').map((item) => ids[item.index]));
+    } catch {
+      return new Set(ids); // unknown: shown, and the API still refuses what the key may not decide
+    }
   }
 
   current(generation) {
@@ -444,6 +470,8 @@ class Inbox {
     if (!this.rows.size && !this.cursor) this.say(this.t('inbox.empty'));
     else this.say(this.t(this.cursor ? 'inbox.countMore' : 'inbox.count', {
       shown: this.ctx.formatNumber(shown.length), loaded: this.ctx.formatNumber(this.rows.size) }));
+    this.elsewhereNote.textContent = this.elsewhere ? this.t('inbox.elsewhere', { count: this.ctx.formatNumber(this.elsewhere) }) : '';
+    this.elsewhereNote.hidden = !this.elsewhere;
     this.updateSelection();
   }
 

@@ -28,7 +28,8 @@ HOSTILE_TEXT = '<img src=x onerror="document.title=1">'
 @dataclass
 class Inbox:
     """An organisation running two projects, its coordinator's key, the activities waiting in its inbox
-    (by name), and another organisation's waiting activity that must never show."""
+    (by name), another organisation's waiting activity, and one of the organisation's volunteers in the
+    other organisation's project (its key reads it, may not decide it): neither shows."""
 
     org: dict
     project: dict
@@ -36,6 +37,7 @@ class Inbox:
     key: str
     activities: dict[str, dict] = field(default_factory=dict)
     stranger: dict | None = None
+    readable: dict | None = None
 
 
 async def _key(admin: httpx.AsyncClient, organization_id: str, scopes: list[str]) -> str:
@@ -79,6 +81,9 @@ async def _inbox(admin: httpx.AsyncClient) -> Inbox:
     stranger = Setting(stranger_org, await create_project(admin, stranger_org["id"]), await register(admin, organization_id=stranger_org["id"]))
     await create_enrollment(admin, stranger.volunteer["id"], stranger.project["id"])
     world.stranger = await _logged(admin, stranger, date="2026-03-02")
+    # The organisation's own volunteer in the other organisation's project: readable, not its to decide.
+    await create_enrollment(admin, second["id"], stranger.project["id"])
+    world.readable = await _logged(admin, Setting(stranger_org, stranger.project, second), date="2026-03-09")
     return world
 
 
@@ -124,7 +129,13 @@ async def test_the_coordinator_decides_one_by_one_and_in_bulk_and_the_figures_fo
 
     await _open_inbox(browser, world.key)
     await expect(browser.get_by_test_id("inbox-row")).to_have_count(len(a))
-    await expect(_row(browser, world.stranger)).to_have_count(0)  # another organisation's never shows
+    # Another organisation's never shows, nor what the key may read but the other organisation decides.
+    await expect(_row(browser, world.stranger)).to_have_count(0)
+    await expect(_row(browser, world.readable)).to_have_count(0)
+    await expect(browser.get_by_test_id("inbox-elsewhere")).to_contain_text("Not shown: 1,")
+    async with httpx.AsyncClient(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {world.key}"}) as coordinator:
+        assert (await coordinator.get(f"/activities/{world.readable['id']}")).status_code == 200
+        assert (await coordinator.get(f"/activities/{world.stranger['id']}")).status_code == 404
     await screenshot(browser, "console-inbox")
 
     # One by one: all the hours, part of them, and a rejection that insists on its reason.
