@@ -94,12 +94,14 @@ def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | Non
     )
 
 
-def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
+    """SIGTERM, and SIGKILL if the process has not ended within `timeout`; its exit code (uvicorn,
+    stopped gracefully, ends by the SIGTERM it caught: -15; killed: -9)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -35,6 +35,8 @@ The connection's edge, what one client can make the gateway hold:
 - a client that half-closes (FIN after its requests) gets every answer due, then the close;
 - an answer to `Expect: 100-continue` given before the body was asked for (a refusal at the head)
   closes the connection: whether the body follows is unknown, so no next request can be found.
+- on a graceful stop (SIGTERM) every request the connection holds is answered, one whose head or
+  body is still arriving included, the last with `connection: close`; an idle connection closes.
 It also bounds the time a request head may take (`VMC_GATEWAY_HEADER_READ_TIMEOUT_SECONDS`) and its
 size (`VMC_GATEWAY_MAX_HEAD_BYTES`), and closes a connection idle for the keep-alive time.
 
@@ -161,6 +163,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     eof = False
     # An answer was written while writes were backed up: the next waiting request starts on resume_writing.
     next_deferred = False
+    # The server is stopping (SIGTERM): every request head parsed from now on is the connection's last.
+    stopping = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """A new connection has the keep-alive time to send its first byte, as an idle kept-alive one
@@ -282,6 +286,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers.append((name, value))
         self.head_size += len(name) + len(value) + 4
 
+    def shutdown(self) -> None:
+        """Graceful stop: uvicorn calls this on every connection once it stops accepting new ones.
+        uvicorn's own marks the newest request held (being answered, pipelined, or its body arriving)
+        as the last, answered with `connection: close`, and closes a connection holding none, which
+        cuts a request whose head is half received. Such a request is read and answered here instead
+        (its head still has `header_read_timeout_seconds`), and is the connection's last."""
+        self.stopping = True
+        if self.in_head:
+            return  # on_headers_complete marks it as the last
+        super().shutdown()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self.held, self.refusal = b"", None
@@ -354,7 +369,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "root_path": self.root_path, "headers": self.headers, "client": self.client, "server": self.server,
             WATCHED: self.watched,
         }
-        self.cycle = self.pending = _Fast(scope, self.parser.should_keep_alive())
+        self.cycle = self.pending = _Fast(scope, self.parser.should_keep_alive() and not self.stopping)
 
     def _asgi_headers_complete(self) -> None:
         """uvicorn's own handling: the scope its on_message_begin would have made, then its cycle."""
@@ -370,6 +385,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
         super().on_headers_complete()
+        if self.stopping:
+            self.cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle

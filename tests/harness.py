@@ -206,13 +206,13 @@ class Stack:
         env = {**self.env(), f"VMC_{name.upper()}_DATABASE_URL": self.db_urls[name]}
         self.procs[name] = start_uvicorn(app, self.ports[name], env, self.workdir / f"{name}.log")
 
-    def stop_part(self, name: str, kill: bool = False) -> None:
+    def stop_part(self, name: str, kill: bool = False) -> int:
+        """Stop a part (SIGTERM, or SIGKILL when `kill`); its exit code."""
         proc = self.procs.pop(name)
         if kill:
             proc.kill()
-            proc.wait()
-        else:
-            stop(proc)
+            return proc.wait()
+        return stop(proc)
 
     def restart_part(self, name: str) -> None:
         self.stop_part(name)
