@@ -9,6 +9,11 @@ the order events come in, so applying an event twice changes nothing:
 - organisations, projects and volunteers keep the state of their latest event (`event.time`, ties by
   event id); an erasure or a merge is kept whatever came before or after it;
 - an assessment is stored once; `replaced_by` is filled from whichever of the pair arrives second.
+
+Then the denormalised columns (store.py): a new activity row takes them from the stored volunteer and
+programme as it is inserted; a batch that changed volunteers or programmes rewrites them on the rows
+concerned; the live consumer also recomputes the touched volunteers' `volunteer_summary` rows (the
+rebuild does the whole summary once, at its end: `refresh_summary`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from datetime import datetime
 import duckdb
 import orjson
 
+from services.analytics.queries import age_band_sql, age_sql
 from services.analytics.store import AnalyticsStore
 from shared.consumer import unseen
 from shared.events import (
@@ -58,8 +64,9 @@ class Changes:
         if self.as_of is None or event.time > self.as_of:
             self.as_of = event.time
 
-    def flush(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Write everything noted into the store, inside the caller's transaction."""
+    def flush(self, conn: duckdb.DuckDBPyConnection, summarise: bool = True) -> None:
+        """Write everything noted into the store, inside the caller's transaction; with `summarise`,
+        recompute the summary rows of the volunteers the batch touched."""
         if self.programs:
             _upsert(conn, "program", ["id", "code"], ["UUID", "VARCHAR"],
                     [(k, v) for k, v in self.programs.items()], "code = excluded.code")
@@ -75,10 +82,28 @@ class Changes:
             _upsert(conn, "volunteer", ["id", "merged_into"], ["UUID", "UUID"], list(self.merges.items()),
                     "merged_into = excluded.merged_into")
             _flatten_merge_chains(conn)
+        touched = list({*self.volunteers, *self.merges, *self.merges.values()})
+        add_stubs(conn, [*touched, *(row[2] for row in self.activities.values())])
+        affected: set[int] = set()
+        if summarise:
+            affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE id IN (SELECT unnest($1::UUID[]))",
+                              list(self.activities))
+            affected |= _keys(conn, """SELECT key FROM volunteer WHERE id IN (SELECT unnest($1::UUID[])) UNION
+                                       SELECT s.key FROM volunteer v JOIN volunteer s ON s.id = v.merged_into
+                                       WHERE v.id IN (SELECT unnest($1::UUID[]))""", touched)
         if self.activities:
-            _upsert(conn, "activity", ACTIVITY_COLUMNS, ACTIVITY_TYPES, list(self.activities.values()),
-                    ", ".join(f"{c} = excluded.{c}" for c in ACTIVITY_COLUMNS[1:]),
-                    where="excluded.revision > activity.revision")
+            _insert_activities(conn, list(self.activities.values()))
+        if touched:
+            redenormalise(conn, touched)
+        if self.programs:
+            conn.execute("UPDATE activity SET program = p.code FROM program p "
+                         "WHERE p.id = activity.program_id AND p.id IN (SELECT unnest($1::UUID[]))", [list(self.programs)])
+        if summarise:
+            affected |= _keys(conn, """SELECT volunteer_key FROM activity WHERE id IN (SELECT unnest($1::UUID[]))
+                                       OR program_id IN (SELECT unnest($2::UUID[]))""",
+                              list(self.activities), list(self.programs))
+            if affected:
+                refresh_summary(conn, sorted(affected))
         if self.assessments:
             _upsert(conn, "assessment", ASSESSMENT_COLUMNS, ASSESSMENT_TYPES, list(self.assessments.values()), None)
             ids = list(self.assessments)
@@ -145,6 +170,80 @@ def _flatten_merge_chains(conn: duckdb.DuckDBPyConnection) -> None:
         ).fetchone()[0]
         if not changed:
             return
+
+
+# The denormalised columns of an activity `a` (a `date`) counted for survivor `s`, of programme `pg`.
+DENORMALISED = {
+    "survivor_id": "s.id", "volunteer_key": "s.key", "sex": "s.sex", "date_of_birth": "s.date_of_birth",
+    "residence_province": "s.residence_province", "age_band": age_band_sql(age_sql("a.date", "s.date_of_birth")),
+    "program": "pg.code",
+}
+
+
+def add_stubs(conn: duckdb.DuckDBPyConnection, volunteer_ids: list) -> None:
+    """A row (and so an integer key) for each volunteer named that the store has not heard of yet."""
+    if volunteer_ids:
+        conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT unnest($1::UUID[]) ON CONFLICT DO NOTHING",
+                     [volunteer_ids])
+
+
+def _keys(conn: duckdb.DuckDBPyConnection, sql: str, *lists: list) -> set[int]:
+    if not any(lists):
+        return set()
+    return {row[0] for row in conn.execute(sql, list(lists)).fetchall() if row[0] is not None}
+
+
+def _insert_activities(conn: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
+    """Each activity's highest revision, with the denormalised columns of its volunteer as stored now
+    (every volunteer named has a row: `add_stubs`)."""
+    columns = [*ACTIVITY_COLUMNS, *DENORMALISED]
+    unnested = ", ".join(f"unnest(${i + 1}::{t}[]) AS {c}" for i, (c, t) in enumerate(zip(ACTIVITY_COLUMNS, ACTIVITY_TYPES)))
+    conn.execute(
+        f"""INSERT INTO activity ({', '.join(columns)})
+            SELECT a.*, {', '.join(DENORMALISED.values())} FROM (SELECT {unnested}) a
+            JOIN volunteer named ON named.id = a.volunteer_id
+            JOIN volunteer s ON s.id = coalesce(named.merged_into, named.id)
+            LEFT JOIN program pg ON pg.id = a.program_id
+            ON CONFLICT (id) DO UPDATE SET {', '.join(f"{c} = excluded.{c}" for c in columns[1:])}
+            WHERE excluded.revision > activity.revision""",
+        [list(column) for column in zip(*rows)],
+    )
+
+
+def redenormalise(conn: duckdb.DuckDBPyConnection, volunteer_ids: list | None) -> None:
+    """Rewrite the volunteer columns of the activities naming, or counted for, one of `volunteer_ids`
+    (every activity if None) from the stored state of their survivor."""
+    volunteer = {c: e for c, e in DENORMALISED.items() if c != "program"}
+    scope = "" if volunteer_ids is None else (
+        " AND (a.volunteer_id IN (SELECT unnest($1::UUID[])) OR a.survivor_id IN (SELECT unnest($1::UUID[])))")
+    conn.execute(
+        f"""UPDATE activity a SET {', '.join(f"{c} = {e}" for c, e in volunteer.items())}
+            FROM volunteer named, volunteer s
+            WHERE named.id = a.volunteer_id AND s.id = coalesce(named.merged_into, named.id){scope}""",
+        [] if volunteer_ids is None else [volunteer_ids],
+    )
+
+
+def refresh_summary(conn: duckdb.DuckDBPyConnection, keys: list[int] | None) -> None:
+    """Recompute the `volunteer_summary` rows of the volunteers `keys` (all of them if None)."""
+    scope, params = ("", []) if keys is None else (" AND volunteer_key IN (SELECT unnest($1::INTEGER[]))", [keys])
+    conn.execute(f"DELETE FROM volunteer_summary WHERE true{scope}", params)
+    conn.execute(
+        f"""INSERT INTO volunteer_summary
+            SELECT volunteer_key, survivor_id, program, project_id, activity_type, focus_area, organization_id,
+                   sum(approved_hours) FROM activity WHERE status = 'verified'{scope}
+            GROUP BY volunteer_key, survivor_id, program, project_id, activity_type, focus_area, organization_id""",
+        params,
+    )
+
+
+def rederive(conn: duckdb.DuckDBPyConnection) -> None:
+    """Every derived column and row from the stored entities: stubs, the denormalised columns of every
+    activity, the whole summary (for a store whose tables were written directly, as unit tests do)."""
+    conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT volunteer_id FROM activity ON CONFLICT DO NOTHING")
+    redenormalise(conn, None)
+    conn.execute("UPDATE activity SET program = p.code FROM program p WHERE p.id = activity.program_id")
+    refresh_summary(conn, None)
 
 
 def _later(held: tuple | None, event: CloudEvent) -> bool:

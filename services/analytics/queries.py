@@ -30,13 +30,13 @@ REFERENCES = {"organization": "organization", "project": "project"}
 
 
 # ---- dimension expressions --------------------------------------------------------------------------
-def _age(on: str, born: str) -> str:
+def age_sql(on: str, born: str) -> str:
     """Completed years on `on` (born on 29 February: a year older on 1 March), as the registry counts."""
     return (f"(year({on}) - year({born}) - CASE WHEN month({on}) * 100 + day({on}) "
             f"< month({born}) * 100 + day({born}) THEN 1 ELSE 0 END)")
 
 
-def _age_band(age: str) -> str:
+def age_band_sql(age: str) -> str:
     return (f"CASE WHEN {age} IS NULL OR {age} < 10 THEN 'unknown' WHEN {age} <= 14 THEN '10-14' "
             f"WHEN {age} <= 17 THEN '15-17' WHEN {age} <= 24 THEN '18-24' WHEN {age} <= 30 THEN '25-30' "
             "ELSE '31+' END")
@@ -45,7 +45,8 @@ def _age_band(age: str) -> str:
 # Each dimension is grouped by a KEY expression (cheap to hash: a date truncated to its period, a UUID)
 # and shown by a LABEL of that key, formatted once per group after aggregation (formatting every
 # row's date as text before grouping cost about as much as the rest of the query). A filter compares
-# the key. Over `activity_facts f` (with `f._age`, the volunteer's age on the activity date). Dates
+# the key. Over the `activity` table `f`, whose rows carry their volunteer's attributes and age band on
+# the activity date (denormalised at write time: store.py), so no dimension needs a join. Dates
 # are already local (Asia/Phnom_Penh); `date_trunc('week')` is the ISO week's Monday.
 ACTIVITY_EXPRESSIONS = {
     "province": "f.province",
@@ -56,7 +57,7 @@ ACTIVITY_EXPRESSIONS = {
     "activity_type": "f.activity_type",
     "focus_area": "f.focus_area",
     "sex": "coalesce(f.sex, 'unknown')",
-    "age_band": _age_band("f._age"),
+    "age_band": "f.age_band",
     "day": "f.date",
     "week": "date_trunc('week', f.date)",
     "month": "date_trunc('month', f.date)",
@@ -82,7 +83,7 @@ SKILLS_PERSON_EXPRESSIONS = {
     "province": "p.residence_province",
     "organization": "p.organization_id",
     "sex": "coalesce(p.sex, 'unknown')",
-    "age_band": _age_band("p._age"),
+    "age_band": age_band_sql("p._age"),
 }
 # Dimensions a volunteer has through their verified activities (a volunteer of two programmes is in both).
 SKILLS_ACTIVITY_DIMENSIONS = ("program", "project", "activity_type", "focus_area")
@@ -199,7 +200,7 @@ def _period_condition(column: str, ranges: Sequence[tuple[date, date]], p: _Para
 
 def _activity_conditions(question: Question, expressions: dict[str, str], statuses: Sequence[str],
                          p: _Params, dimensions: Sequence[str] | None = None) -> list[str]:
-    """WHERE conditions on `activity_facts f`: counted statuses, dates, the caller's tree, and the
+    """WHERE conditions on `activity f`: counted statuses, dates, the caller's tree, and the
     filters on `dimensions` (all of the question's filters by default)."""
     conditions = [f"f.status IN ({p.many(statuses)})"]
     if question.date_from:
@@ -252,10 +253,8 @@ def figures_sql(question: Question, totals: bool = False) -> Statement:
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p)
     # Only what the statement uses is projected; DuckDB reads only those columns.
-    facts = "activity_facts"
-    if "age_band" in dims or "age_band" in question.filters:
-        facts = f"(SELECT f.*, {_age('f.date', 'f.date_of_birth')} AS _age FROM activity_facts f)"
-    inner = (f"SELECT f.*, f.eff_volunteer_id AS _volunteer, {_HOURS} AS _hours FROM {facts} f "
+    # Distinct volunteers are counted on the survivors' integer keys (cheaper to hash than UUIDs).
+    inner = (f"SELECT f.*, f.volunteer_key AS _volunteer, {_HOURS} AS _hours FROM activity f "
              f"WHERE {' AND '.join(conditions)}")
     cells = ", ".join(f"{report.expressions[d]} AS {d}" for d in dims)
     projected = f"SELECT {cells + ', ' if cells else ''}_volunteer, _hours, ben_female, ben_male, ben_other, ben_children FROM ({inner}) f"
@@ -264,6 +263,22 @@ def figures_sql(question: Question, totals: bool = False) -> Statement:
     measures = ", ".join(f"{MEASURE_SQL[m]} AS {m}" for m in names)
     grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM ({projected}) t {group}"
     return _statement(ctes, grouped, dims, names, p)
+
+
+@dataclass(frozen=True)
+class _VerifiedSource:
+    table: str
+    hours: str
+
+
+def _verified_source(question: Question, verified_scope: dict) -> tuple[_VerifiedSource, list[str]]:
+    """Where skills reads each volunteer's verified hours and programmes, projects, types and focus
+    areas: `volunteer_summary` (a few rows per volunteer, kept on write) unless the answer is limited to
+    dates, which only the activities carry. The caller's tree applies to both (both have the organisation)."""
+    if question.date_from is None and question.date_to is None:
+        conditions = ["f.organization_id IN (SELECT id FROM tree)"] if question.tree_root is not None else ["true"]
+        return _VerifiedSource("volunteer_summary", "hours"), conditions
+    return _VerifiedSource("activity", "approved_hours"), _activity_conditions(**verified_scope, dimensions=())
 
 
 def skills_sql(question: Question, totals: bool = False) -> Statement:
@@ -289,13 +304,13 @@ def skills_sql(question: Question, totals: bool = False) -> Statement:
         "e.scores AS e_scores, e.taken_on AS e_on FROM ranked b JOIN ranked e ON e.vid = b.vid "
         "AND e.phase = 'endline' AND e.rank = 1 WHERE b.phase = 'baseline' AND b.rank = 1)"
     )
-    hour_conditions = _activity_conditions(**verified_scope, dimensions=())
-    ctes.append(f"volunteer_hours AS (SELECT f.eff_volunteer_id AS vid, sum(f.approved_hours) AS hours "
-                f"FROM activity_facts f WHERE {' AND '.join(hour_conditions)} GROUP BY 1)")
+    source, hour_conditions = _verified_source(question, verified_scope)
+    ctes.append(f"volunteer_hours AS (SELECT f.survivor_id AS vid, sum(f.{source.hours}) AS hours "
+                f"FROM {source.table} f WHERE {' AND '.join(hour_conditions)} GROUP BY 1)")
     person_conditions = ["v.organization_id IN (SELECT id FROM tree)"] if question.tree_root is not None else []
     ctes.append(
         "people AS (SELECT pr.*, coalesce(h.hours, 0) AS hours, v.sex, v.residence_province, v.organization_id, "
-        f"{_age('pr.e_on', 'v.date_of_birth')} AS _age FROM paired pr LEFT JOIN volunteer v ON v.id = pr.vid "
+        f"{age_sql('pr.e_on', 'v.date_of_birth')} AS _age FROM paired pr LEFT JOIN volunteer v ON v.id = pr.vid "
         f"LEFT JOIN volunteer_hours h ON h.vid = pr.vid{' WHERE ' + ' AND '.join(person_conditions) if person_conditions else ''})"
     )
     # Activity dimensions (grouped or filtered) join the distinct (volunteer, values) of their verified
@@ -303,9 +318,11 @@ def skills_sql(question: Question, totals: bool = False) -> Statement:
     linked = [d for d in SKILLS_ACTIVITY_DIMENSIONS if d in dims]
     link_join = ""
     if linked or any(d in question.filters for d in SKILLS_ACTIVITY_DIMENSIONS):
-        link_conditions = _activity_conditions(**verified_scope, dimensions=SKILLS_ACTIVITY_DIMENSIONS)
+        link_conditions = [*_verified_source(question, verified_scope)[1], *(
+            f"{ACTIVITY_EXPRESSIONS[d]} IN ({p.many(values)})"
+            for d, values in question.filters.items() if d in SKILLS_ACTIVITY_DIMENSIONS)]
         columns = "".join(f", {ACTIVITY_EXPRESSIONS[d]} AS {d}" for d in linked)
-        ctes.append(f"links AS (SELECT DISTINCT f.eff_volunteer_id AS vid{columns} FROM activity_facts f "
+        ctes.append(f"links AS (SELECT DISTINCT f.survivor_id AS vid{columns} FROM {source.table} f "
                     f"WHERE {' AND '.join(link_conditions)})")
         link_join = " JOIN links l ON l.vid = p.vid"
     person_filters = [f"{SKILLS_PERSON_EXPRESSIONS[d]} IN ({p.many(values)})"

@@ -10,9 +10,13 @@ Two ways to run it, both `python -m services.analytics.rebuild`:
 
 The bulk path pays no per-event idempotence cost: activity events (nearly all of a log) go to DuckDB as
 the messages are, and it decodes, checks and keeps each activity's highest revision in a few statements
-per batch (`ActivityRows`); the others are noted in `Changes` as the live consumer notes them (newest
-state per entity, projections.py). A batch of `BATCH_EVENTS` is written while the next is read, and its
-event ids are recorded so the live consumer skips them afterwards.
+per batch (`ActivityRows`), taking the denormalised columns from the volunteers stored so far; the others
+are noted in `Changes` as the live consumer notes them (newest state per entity, projections.py). A
+batch of `BATCH_EVENTS` is written while the next is read, with the next offset of each partition
+(`consumed_offsets`) in the same transaction. Activity event ids are not recorded (every projection is
+idempotent: store.py), those of the few other events are, as the live consumer would. The summary for
+skills is computed once, at the end. An offline rebuild then commits the offsets to the service's
+consumer group, so the service resumes where the rebuild stopped instead of reading the log again.
 
 Where the log ends: Tansu answers ListOffsets(LATEST) wrongly (measured.md), so the end of each
 partition is the high watermark that fetch responses carry, not `end_offsets()`.
@@ -33,12 +37,15 @@ import duckdb
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from services.analytics.projections import ACTIVITY_COLUMNS, HANDLERS, Changes, activity_changed, note, record_processed
+from services.analytics.projections import (
+    ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, note, record_processed, refresh_summary,
+)
 from services.analytics.settings import AnalyticsSettings
-from services.analytics.store import MEMORY, AnalyticsStore, current_file, point_to
+from services.analytics.store import MEMORY, AnalyticsStore, StoreOutdated, current_file, point_to
 from shared.caller import Caller, CallerContext, encode_caller
 from shared.errors import NotFound, ProblemError
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC, MalformedEvent, UnknownEventType, parse_event
@@ -60,6 +67,7 @@ class Progress:
     ends: dict[str, int] = field(default_factory=dict)
     state: str = "replaying"
     error: str | None = None
+    note: str | None = None
 
     @property
     def rate(self) -> float:
@@ -68,14 +76,15 @@ class Progress:
     def as_dict(self) -> dict:
         return {"state": self.state, "events": self.events, "skipped": self.skipped,
                 "events_per_s": round(self.rate), "seconds": round(time.monotonic() - self.started, 1),
-                "positions": dict(self.positions), "ends": dict(self.ends), "error": self.error}
+                "positions": dict(self.positions), "ends": dict(self.ends), "error": self.error, "note": self.note}
 
 
 def describe(progress: dict) -> str:
     """One line of progress: events, rate, and each partition's offset against its end."""
     offsets = ", ".join(f"{p} {o}/{progress['ends'].get(p, '?')}" for p, o in sorted(progress["positions"].items()))
     return (f"{progress['state']}: {progress['events']:,} events, {progress['events_per_s']:,} events/s, "
-            f"{progress['seconds']} s ({offsets})" + (f" error: {progress['error']}" if progress["error"] else ""))
+            f"{progress['seconds']} s ({offsets})" + (f" error: {progress['error']}" if progress["error"] else "")
+            + (f" ({progress['note']})" if progress.get("note") else ""))
 
 
 ACTIVITY_TYPES = frozenset(t for t, handler in HANDLERS.items() if handler is activity_changed)
@@ -127,25 +136,34 @@ class ActivityRows:
             SELECT e, coalesce({_VALID}, false) AS valid
             FROM (SELECT TRY(from_json(j, '{_ACTIVITY_JSON}')) AS e FROM (SELECT unnest($1::VARCHAR[]) AS j))""",
                      [self.messages])
-        columns = ", ".join(ACTIVITY_COLUMNS)
+        conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT e.data.volunteer_id FROM replayed WHERE valid "
+                     "ON CONFLICT DO NOTHING")
+        columns = ", ".join([*ACTIVITY_COLUMNS, *DENORMALISED])
         d = "e.data"
         conn.execute(f"""INSERT INTO activity ({columns})
-            SELECT {d}.id, {d}.revision, {d}.volunteer_id, {d}.project_id, {d}.program_id, {d}.organization_id,
-                   {d}.activity_type, {d}.focus_area, {d}.date, {d}.hours, {d}.approved_hours, {d}.status,
-                   {d}.location_code, {d}.location_code[1:2],
-                   CASE WHEN length({d}.location_code) >= 4 THEN {d}.location_code[1:4] END,
-                   coalesce({d}.beneficiaries.female, 0), coalesce({d}.beneficiaries.male, 0),
-                   coalesce({d}.beneficiaries.other, 0), coalesce({d}.beneficiaries.children, 0)
-            FROM replayed WHERE valid
-            QUALIFY row_number() OVER (PARTITION BY {d}.id ORDER BY {d}.revision DESC) = 1
-            ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in ACTIVITY_COLUMNS[1:])}
+            SELECT a.*, {", ".join(DENORMALISED.values())} FROM (
+                SELECT {d}.id, {d}.revision, {d}.volunteer_id, {d}.project_id, {d}.program_id, {d}.organization_id,
+                       {d}.activity_type, {d}.focus_area, {d}.date, {d}.hours, {d}.approved_hours, {d}.status,
+                       {d}.location_code, {d}.location_code[1:2] AS province,
+                       CASE WHEN length({d}.location_code) >= 4 THEN {d}.location_code[1:4] END AS district,
+                       coalesce({d}.beneficiaries.female, 0) AS ben_female, coalesce({d}.beneficiaries.male, 0) AS ben_male,
+                       coalesce({d}.beneficiaries.other, 0) AS ben_other,
+                       coalesce({d}.beneficiaries.children, 0) AS ben_children
+                FROM replayed WHERE valid
+                QUALIFY row_number() OVER (PARTITION BY {d}.id ORDER BY {d}.revision DESC) = 1) a
+            JOIN volunteer named ON named.id = a.volunteer_id
+            JOIN volunteer s ON s.id = coalesce(named.merged_into, named.id)
+            LEFT JOIN program pg ON pg.id = a.program_id
+            ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in [*ACTIVITY_COLUMNS[1:], *DENORMALISED])}
             WHERE excluded.revision > activity.revision""")
         conn.execute("""INSERT INTO store_state SELECT 'events', max(e.time) FROM replayed WHERE valid
             HAVING max(e.time) IS NOT NULL
             ON CONFLICT (name) DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""")
+        # Only the refused are recorded (as the live consumer records a dead letter): re-applying an
+        # activity event is harmless, and the offsets say where the live consumer resumes.
         conn.execute(f"""INSERT INTO processed_events (consumer, event_id, outcome)
-            SELECT '{CONSUMER}', e.id, any_value(CASE WHEN valid THEN 'applied' ELSE 'dead_letter' END)
-            FROM replayed WHERE e.id IS NOT NULL GROUP BY e.id ON CONFLICT DO NOTHING""")
+            SELECT DISTINCT '{CONSUMER}', e.id, 'dead_letter' FROM replayed WHERE NOT valid AND e.id IS NOT NULL
+            ON CONFLICT DO NOTHING""")
         refused = conn.execute("SELECT count(*) FROM replayed WHERE NOT valid").fetchone()[0]
         conn.execute("DROP TABLE replayed")
         return refused
@@ -192,10 +210,11 @@ class Replay:
         while True:
             rounds += 1
             batches = await self._consumer.getmany(timeout_ms=200, max_records=20_000)
-            for messages in batches.values():
+            for tp, messages in batches.items():
                 for message in messages:
                     self.progress.skipped += not batch.add(message.value)
                 self.progress.events += len(messages)
+                batch.offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
             if len(batch) >= self.batch_events:
                 if pending is not None:
                     self.progress.skipped += await pending
@@ -237,6 +256,7 @@ class Batch:
         self.activities = ActivityRows()
         self.changes = Changes()
         self.ids: list[str] = []
+        self.offsets: dict[tuple[str, int], int] = {}  # (topic, partition) → the next offset to read
 
     def __len__(self) -> int:
         return len(self.activities) + len(self.changes)
@@ -261,12 +281,52 @@ def bulk_writer(store: AnalyticsStore) -> Callable[[Batch], int]:
     """Writes a replayed batch into `store` in one transaction; returns the activity events refused."""
     def write(batch: Batch) -> int:
         def work(conn) -> int:
-            batch.changes.flush(conn)
+            batch.changes.flush(conn, summarise=False)
             refused = batch.activities.flush(conn)
             record_processed(conn, CONSUMER, batch.ids)
+            record_offsets(conn, batch.offsets)
             return refused
         return store.write(work)
     return write
+
+
+def record_offsets(conn: duckdb.DuckDBPyConnection, offsets: dict[tuple[str, int], int]) -> None:
+    if offsets:
+        conn.execute(
+            """INSERT INTO consumed_offsets SELECT unnest($1::VARCHAR[]), unnest($2::INTEGER[]), unnest($3::BIGINT[])
+               ON CONFLICT (topic, partition) DO UPDATE SET next_offset = greatest(next_offset, excluded.next_offset)""",
+            [[t for t, _ in offsets], [p for _, p in offsets], list(offsets.values())],
+        )
+
+
+def stored_offsets(store: AnalyticsStore) -> dict[TopicPartition, int]:
+    return {TopicPartition(t, p): o for t, p, o in store.query("SELECT topic, partition, next_offset FROM consumed_offsets")}
+
+
+async def finish(store: AnalyticsStore) -> None:
+    """What the bulk path leaves to the end: the skills summary, from every activity at once."""
+    await asyncio.to_thread(store.write, lambda conn: refresh_summary(conn, None))
+
+
+async def hand_over_offsets(settings: AnalyticsSettings, offsets: dict[TopicPartition, int]) -> str | None:
+    """Commit the rebuilt store's offsets to the service's consumer group (the service is stopped), so
+    that it resumes there: without this it would re-read the whole log and apply each event again (157 s
+    at 1 M events). Committed as a consumer with no group membership (generation -1), which Kafka
+    refuses while the group has members (another process consuming under the same group): then the
+    service re-reads the log, slower but right (re-applying is harmless). Returns why, if not handed over."""
+    if not offsets:
+        return None
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
+                                enable_auto_commit=False, request_timeout_ms=30_000)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+        return None
+    except KafkaError as exc:
+        return f"offsets not handed over to group {settings.consumer_group} ({exc!r}): the service will re-read the log"
+    finally:
+        await consumer.stop()
 
 
 def fresh_path(live: str) -> str:
@@ -287,11 +347,15 @@ async def rebuild_offline(settings: AnalyticsSettings, on_progress: Callable[[Pr
             AnalyticsStore(live).close()  # fails while a running service holds the file
         except duckdb.IOException as exc:
             raise StoreInUse(f"{live} is open in a running analytics service: stop it, or pass --url") from exc
+        except StoreOutdated:
+            pass  # it opened, so no service holds it; an old schema is what a rebuild replaces
     new = AnalyticsStore(fresh_path(configured))
     replay = Replay(settings, new, topics=topics)
     try:
         await replay.start()
         await replay.run(bulk_writer(new), on_progress)
+        await finish(new)
+        offsets = stored_offsets(new)
     finally:
         await replay.stop()
         new.close()
@@ -303,6 +367,9 @@ async def rebuild_offline(settings: AnalyticsSettings, on_progress: Callable[[Pr
         if live != configured:
             Path(live).unlink(missing_ok=True)
             Path(live + ".wal").unlink(missing_ok=True)
+    # Only once the new store is in place: offsets handed over first would, after a crash, let the
+    # service resume past events its old store never saw.
+    replay.progress.note = await hand_over_offsets(settings, offsets)
     replay.progress.state = "done"
     return replay.progress
 
@@ -320,6 +387,7 @@ async def rebuild_live(settings: AnalyticsSettings, live: AnalyticsStore, progre
         # below the ends this last pass reads up to, and what it applies next goes to the new store.
         async with live.exclusive():
             await replay.run(bulk_writer(new))
+            await finish(new)
             old_path = live.swap_locked(new)
             if old_path != MEMORY:
                 point_to(configured, live.path)

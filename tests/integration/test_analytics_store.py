@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import date
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.analytics.projections import HANDLERS, StoreBatches, rederive
 from services.analytics.store import MEMORY, AnalyticsStore
 from shared.events import (
-    ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VolunteerChanged,
-    VolunteerMerged, dead_letter_topic, new_event,
+    ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED, ORGANIZATION_CREATED, PROGRAM_CREATED, PROJECT_CREATED,
+    VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED, OrganizationChanged, ProgramCreated,
+    ProjectChanged, VolunteerChanged, VolunteerErased, VolunteerMerged, dead_letter_topic, new_event,
 )
 from tests.conftest import eventually
 from tests.eventlog import find_events
 from tests.integration.activity_factories import activity_body, log, setting
 from tests.integration.analytics_events import (
-    OwnTopics, apply_in_order, figures, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for,
+    OwnTopics, Programme, apply_in_order, figures, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for,
     shuffled_with_duplicates, store_consumer,
 )
 
@@ -195,3 +198,74 @@ async def test_through_the_gateway_a_void_takes_back_the_hours_its_verification_
     await eventually(lambda: verified_hours_are(2.0), 30, what="the verified hours counted")
     assert (await admin.post(f"/activities/{activity}/void", json={"reason": "logged twice"})).status_code == 200
     await eventually(lambda: verified_hours_are(None), 30, what="the void taking the hours back")
+
+
+# ---- denormalised rows: the same whatever the order and batching ----------------------------------
+def denormalisation_history() -> tuple[Programme, dict[str, uuid.UUID]]:
+    """Activities of volunteers whose registration, update, merges (a chain: A into B, B into S) and
+    erasure the store may hear of before or after them, and a programme created after its activities."""
+    p = Programme()
+    v = {name: uuid.uuid4() for name in ("A", "B", "S", "late", "erased")}
+    p.add(ORGANIZATION_CREATED, OrganizationChanged(id=p.org, kind="ngo", province_codes=["12"]))
+    p.add(PROJECT_CREATED, ProjectChanged(id=p.project, program_id=p.program, organization_id=p.org))
+    for name, sex, year in (("A", "male", 2001), ("B", "other", 2002), ("S", "female", 2012), ("late", "male", 1990),
+                            ("erased", "female", 2000)):
+        p.add(VOLUNTEER_REGISTERED, VolunteerChanged(id=v[name], organization_id=p.org, sex=sex,
+                                                     date_of_birth=date(year, 3, 2), residence_province="12"))
+    for i, name in enumerate(("A", "A", "B", "S", "late", "erased")):
+        activity = uuid.uuid4()
+        p.add(ACTIVITY_VERIFIED, p.activity(activity, v[name], 2, "verified", hours=2.0 + i, approved=1.0 + i))
+    p.add(VOLUNTEER_MERGED, VolunteerMerged(survivor_id=v["B"], duplicate_id=v["A"]))
+    p.add(VOLUNTEER_MERGED, VolunteerMerged(survivor_id=v["S"], duplicate_id=v["B"]))
+    # The survivor's date of birth corrected: 15 on the activity date (1 March 2026, her birthday), not 13.
+    p.add(VOLUNTEER_UPDATED, VolunteerChanged(id=v["S"], organization_id=p.org, sex="female",
+                                              date_of_birth=date(2011, 3, 1), residence_province="17"))
+    p.add(VOLUNTEER_ERASED, VolunteerErased(id=v["erased"]))
+    p.add(PROGRAM_CREATED, ProgramCreated(id=p.program, code="LATE-1"))
+    return p, v
+
+
+async def apply_in_batches(events: list, rng: random.Random) -> AnalyticsStore:
+    """The events applied through the store's batch unit in random-sized batches, in the order given."""
+    store = AnalyticsStore(MEMORY)
+    units = StoreBatches(store)
+    at = 0
+    while at < len(events):
+        size = rng.randint(1, 4)
+        await units.apply("test", [(e, e.payload()) for e in events[at:at + size]], HANDLERS)
+        at += size
+    return store
+
+
+def denormalised(store: AnalyticsStore) -> list[tuple]:
+    return store.query("""SELECT sex, age_band, residence_province, program, approved_hours, survivor_id
+                          FROM activity ORDER BY approved_hours""")
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_denormalised_rows_converge_whatever_the_order(seed):
+    history, v = denormalisation_history()
+    in_order = await apply_in_batches(history.events, random.Random(seed))
+    shuffled = list(history.events)
+    random.Random(seed).shuffle(shuffled)
+    stores = [in_order, await apply_in_batches(shuffled, random.Random(seed + 100))]
+    try:
+        # Everything A, B and S did counts for S, with S's corrected attributes: a girl of 15 (15-17) living
+        # in 17; the others keep their own; the programme's code reached the rows that came before it.
+        expected = [("female", "15-17", "17", "LATE-1", 1.0 + i, v["S"]) for i in range(4)] + [
+            ("male", "31+", "12", "LATE-1", 5.0, v["late"]), ("female", "25-30", "12", "LATE-1", 6.0, v["erased"])]
+        for store in stores:
+            assert denormalised(store) == expected
+            # Keys follow the survivor; the summary holds S's 10 verified hours and the others'.
+            assert store.query("SELECT count(*) FROM activity a JOIN volunteer s ON s.key = a.volunteer_key "
+                               "WHERE s.id <> a.survivor_id") == [(0,)]
+            assert store.query("SELECT survivor_id, sum(hours) FROM volunteer_summary GROUP BY 1 ORDER BY 2") == [
+                (v["late"], 5.0), (v["erased"], 6.0), (v["S"], 10.0)]
+            # Kept on write, the derived rows equal those derived from scratch from the stored entities.
+            kept = store.contents()
+            store.write(rederive)
+            assert store.contents() == kept
+        assert stores[0].contents() == stores[1].contents()
+    finally:
+        for store in stores:
+            store.close()

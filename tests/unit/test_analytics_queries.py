@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from services.analytics import figures, formats, queries
+from services.analytics.projections import rederive
 from services.analytics.queries import REPORTS
 from services.analytics.store import AnalyticsStore
 from shared.caller import CallerContext
@@ -37,7 +38,11 @@ class World:
     runs: dict[str, tuple[uuid.UUID, str]] = field(default_factory=dict)  # project → (programme id, organisation)
 
     def run(self, sql: str, params: list) -> None:
-        self.store.write(lambda conn: conn.execute(sql, params))
+        # Rows written by hand: the columns and rows the projections derive on write are derived here.
+        def work(conn):
+            conn.execute(sql, params)
+            rederive(conn)
+        self.store.write(work)
 
     def organization(self, name: str, parent: str | None = None) -> None:
         self.org[name] = uuid.uuid4()
