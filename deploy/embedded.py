@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from deploy.processes import port_in_use, start_tansu, start_uvicorn, stop, wait_ready
+from deploy.processes import port_in_use, start_tansu, start_uvicorn, wait_ready
 from shared.manifest import SERVICES
 
 
@@ -30,6 +30,68 @@ def _reason(log: Path, lines: int = 8) -> str:
     except OSError:
         return "  (no log)"
     return "\n".join("  " + line[:400] for line in tail) or "  (empty log)"
+
+
+class _StopRequested(BaseException):
+    """SIGTERM or SIGINT while the parts were starting: stop what started instead of waiting for the
+    rest (a BaseException, as KeyboardInterrupt, so the readiness polls' `except Exception` let it by)."""
+
+
+class _Signals:
+    """SIGTERM and SIGINT (Ctrl-C): the first stops the parts in order, each draining; another during
+    the stop kills what is left (an operator who will not wait for the grace periods)."""
+
+    def __init__(self, procs: dict[str, subprocess.Popen]):
+        self.procs = procs
+        self.running = False  # every part is up: the watch loop sees `stopping`
+        self.stopping = False
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+
+    def handle(self, *_) -> None:
+        if self.stopping:
+            print("stopping now: killing what is left", file=sys.stderr, flush=True)
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+            return
+        self.stopping = True
+        if not self.running:
+            raise _StopRequested
+
+
+# How long a part may take to stop after SIGTERM before it is killed: uvicorn's graceful timeout for
+# requests in flight (deploy/processes.py: 10 s), then the relay's flush and the consumers' last commit.
+STOP_GRACE_SECONDS = 20.0
+
+
+def stop_in_order(procs: dict[str, subprocess.Popen]) -> None:
+    """The gateway first, so no new request reaches a service, and gone before the services stop, so
+    the requests it is answering still reach them; then the services together, each answering what it
+    holds, flushing its outbox and committing its consumers; the broker last, which they flush to."""
+    if not procs:
+        return
+    print("stopping: the gateway, then the services, then the broker ...", flush=True)
+    for group in (["gateway"], [s.name for s in SERVICES], ["broker"]):
+        started = time.monotonic()
+        running = [name for name in group if name in procs and procs[name].poll() is None]
+        for name in running:
+            procs[name].send_signal(signal.SIGTERM)
+        for name in running:
+            print(f"  {name}: {_ended(procs[name], started + STOP_GRACE_SECONDS) or 'stopped'} "
+                  f"in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def _ended(proc: subprocess.Popen, deadline: float) -> str:
+    """Wait for a part told to stop (not signalled again: a second SIGTERM makes uvicorn quit at once);
+    killed at the deadline. Says so when it was."""
+    try:
+        proc.wait(max(0.1, deadline - time.monotonic()))
+        return ""
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "killed after its grace period,"
 
 
 def main() -> int:
@@ -60,15 +122,8 @@ def main() -> int:
     env["VMC_BOOTSTRAP_ADMIN_KEY"] = admin_key
 
     procs: dict[str, subprocess.Popen] = {}
-    stopping = False
+    signals = _Signals(procs)
     starting = "broker"  # the part being waited for, named when it fails to start
-
-    def shutdown(*_):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, shutdown)
-    signal.signal(signal.SIGTERM, shutdown)
     try:
         if os.environ.get("VMC_KAFKA_BOOTSTRAP"):
             env["VMC_KAFKA_BOOTSTRAP"] = os.environ["VMC_KAFKA_BOOTSTRAP"]
@@ -98,24 +153,24 @@ def main() -> int:
         print(f"\nVMC Connect is running: http://127.0.0.1:{gateway_port}/api/v1  (docs: /api/v1/docs)")
         print(f"First admin API key (national, every scope): {admin_key}")
         print(f"Data: {data_dir}   Logs: {logs}   Stop: Ctrl-C\n", flush=True)
-        while not stopping:
+        signals.running = True
+        while not signals.stopping:
             for name, proc in procs.items():
                 if proc.poll() is not None:
                     print(f"error: {name} exited with code {proc.returncode}. The end of {logs / (name + '.log')}:\n"
                           f"{_reason(logs / (name + '.log'))}\nStopping.", file=sys.stderr, flush=True)
                     return 1
             time.sleep(0.5)
-        print("stopping ...", flush=True)
+        return 0
+    except _StopRequested:
         return 0
     except (RuntimeError, TimeoutError) as exc:
         print(f"error: {starting} did not start: {exc}. The end of {logs / (starting + '.log')}:\n"
               f"{_reason(logs / (starting + '.log'))}", file=sys.stderr)
         return 1
     finally:
-        # The gateway first (no request reaches a stopped service), the broker last (services flush to it).
-        for name in ("gateway", *(s.name for s in SERVICES), "broker"):
-            if name in procs:
-                stop(procs[name])
+        signals.stopping = True
+        stop_in_order(procs)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from tests.api import walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_org, create_project, organization_body, register, volunteer_body
 from tests.harness import Broker, Databases, Stack, needs_stoppable_broker, new_workdir, remove_workdir, unique
+from tests.integration.test_embedded import Output, launch, shut_down
 
 # What a partner retries with the same Idempotency-Key: the gateway could not reach the service, or the
 # service is starting or stopping; the request may or may not have been applied.
@@ -437,3 +438,31 @@ async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: 
     async with httpx.AsyncClient(base_url=rolling_stack.api, timeout=30,
                                  headers={"Authorization": f"Bearer {rolling_stack.admin_key}"}) as admin:
         assert [o["name"] for o in await walk(admin, "/organizations") if o["name"] == name] == [name]
+
+
+async def test_make_run_stops_the_gateway_then_the_services_then_the_broker(tmp_path):
+    """`make run` told to stop (SIGTERM, as Ctrl-C): an upload in flight through the gateway is still
+    stored and answered; the gateway is gone before the services stop, the broker last; none killed."""
+    ports = {name: free_port() for name in ("gateway", "broker", "registry", "activities", "analytics")}
+    key = f"vmc_{uuid.uuid4().hex[:8]}_stop-test-key"
+    launcher = launch(tmp_path, ports, key)
+    output = Output(launcher)
+    try:
+        await asyncio.to_thread(output.until, "First admin API key")
+        whole = request_bytes("/api/v1/organizations", {"authorization": f"Bearer {key}"}, "POST",
+                              padded(organization_body()))
+        reader, writer = await connect(ports["gateway"])
+        writer.write(whole[:len(whole) // 2])
+        launcher.send_signal(signal.SIGTERM)
+        await eventually(lambda: refused(ports["gateway"]), 10, what="the gateway refusing new connections")
+        writer.write(whole[len(whole) // 2:])
+        [(status, _, answer)] = await answers_then_closes(reader, 1)
+        assert status == 201, answer
+        rest = await asyncio.to_thread(output.rest)
+        assert await asyncio.to_thread(launcher.wait, 30) == 0
+    finally:
+        shut_down(launcher)
+    stopped = [line.split(":")[0].strip() for line in rest.splitlines() if line.startswith("  ")]
+    assert stopped[0] == "gateway" and stopped[-1] == "broker", rest
+    assert sorted(stopped[1:-1]) == ["activities", "analytics", "registry"], rest
+    assert "killed" not in rest, rest
