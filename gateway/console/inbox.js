@@ -190,16 +190,23 @@ function itemErrorText(item) {
   return (item.errors || []).map((e) => String(e.msg)).join('; ') || String(item.status);
 }
 
-/** Approved hours typed in a row: null for "all of them", a number, or an error message. */
+const KHMER_DIGITS = '០១២៣៤៥៦៧៨៩';
+const HOURS_TYPED = /^[0-9]{1,2}(\.[0-9]{1,2})?$/;
+
+/** Approved hours typed in a row: null for "all of them", a number, or an error message. A text field,
+ * not a number one: a number field reads "1,5" (or Khmer digits) as empty, which would approve every
+ * hour claimed; here a decimal comma and Khmer digits are read, anything else is refused. */
 function approvedHours(input, claimed, t, formatNumber) {
-  const raw = input.value.trim();
-  if (raw === '') return { value: null };
-  const value = Number(raw);
-  const twoDecimals = Math.abs(value * 100 - Math.round(value * 100)) < 1e-6;
-  if (!Number.isFinite(value) || value <= 0 || value > claimed || !twoDecimals) {
+  const typed = [...input.value.trim()].map((ch) => {
+    const khmer = KHMER_DIGITS.indexOf(ch);
+    return khmer >= 0 ? String(khmer) : ch === ',' ? '.' : ch;
+  }).join('');
+  if (typed === '') return { value: null };
+  const value = Number(typed);
+  if (!HOURS_TYPED.test(typed) || value <= 0 || value > claimed) {
     return { error: t('inbox.hoursInvalid', { hours: formatNumber(claimed) }) };
   }
-  return { value: Math.round(value * 100) / 100 };
+  return { value };
 }
 
 export function mountInbox(container, ctx) {
@@ -413,8 +420,8 @@ class Inbox {
     const inputs = {
       select: el('input', { type: 'checkbox', testid: 'inbox-select', 'aria-label': t('inbox.select'),
         on: { change: () => this.updateSelection() } }),
-      approved: el('input', { type: 'number', inputmode: 'decimal', min: '0.01', max: String(a.hours), step: '0.01',
-        placeholder: formatNumber(a.hours), testid: 'inbox-approved-hours' }),
+      approved: el('input', { type: 'text', inputmode: 'decimal', autocomplete: 'off', placeholder: formatNumber(a.hours),
+        testid: 'inbox-approved-hours' }),
       reason: el('input', { type: 'text', maxlength: 2000, testid: 'inbox-reason' }),
       verify: el('button', { type: 'button', class: 'primary', testid: 'inbox-verify', text: t('inbox.verify') }),
       reject: el('button', { type: 'button', class: 'danger', testid: 'inbox-reject', text: t('inbox.reject') }),

@@ -145,7 +145,7 @@ async def test_the_coordinator_decides_one_by_one_and_in_bulk_and_the_figures_fo
     await partial.get_by_test_id("inbox-approved-hours").fill("3")  # more than claimed: refused here
     await partial.get_by_test_id("inbox-verify").click()
     await expect(partial.get_by_test_id("inbox-row-error")).to_contain_text("at most")
-    await partial.get_by_test_id("inbox-approved-hours").fill("1.5")
+    await partial.get_by_test_id("inbox-approved-hours").fill("1,5")  # a decimal comma, as many type it
     await partial.get_by_test_id("inbox-verify").click()
     await expect(partial).to_have_count(0)
     rejected = _row(browser, a["reject"])
@@ -283,7 +283,11 @@ async def test_the_inbox_in_khmer_on_a_phone(admin: httpx.AsyncClient, phone_bro
     # Nothing wider than the screen: no sideways scrolling on a phone.
     assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     await screenshot(page, "console-inbox-phone-km")
-    await _row(page, world.activities["verify"]).get_by_test_id("inbox-verify").click()
-    await expect(_row(page, world.activities["verify"])).to_have_count(0)
-    await expect(page.get_by_test_id("inbox-result")).to_contain_text("បានផ្ទៀងផ្ទាត់")
+    # Part of the hours, typed in Khmer digits.
+    row = _row(page, world.activities["verify"])
+    await row.get_by_test_id("inbox-approved-hours").fill("២")
+    await row.get_by_test_id("inbox-verify").click()
+    await expect(row).to_have_count(0)
+    await expect(page.get_by_test_id("inbox-result")).to_contain_text("បានផ្ទៀងផ្ទាត់ អនុម័ត")
+    assert await _status_of(admin, world.activities["verify"]) == ("verified", 2)
     assert errors_of(page) == []
