@@ -7,6 +7,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import service
@@ -18,6 +19,7 @@ from shared import events as ev
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext
 from shared.errors import ProblemError
 from shared.events import CloudEvent, new_event
+from tests.harness import database_mode
 
 NATIONAL = CallerContext("test", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -94,3 +96,81 @@ async def test_an_enrolment_event_arriving_after_the_merge_belongs_to_the_surviv
         id=enrolment, volunteer_id=duplicate, project_id=project, started_on=date(2026, 1, 1)), T0 - timedelta(hours=1))
     row = await activities_session.get(EnrollmentView, enrolment)
     assert row.volunteer_id == survivor
+
+
+async def decided_alone(session: AsyncSession, registry: RegistryClient, body: ActivityCreate) -> list[tuple]:
+    """The problems `record` answers for one entry (none: it was created), undone afterwards."""
+    savepoint = await session.begin_nested()
+    try:
+        await service.record(session, NATIONAL, registry, body)
+        return []
+    except ProblemError as problem:
+        return [(status, tuple(e["loc"][1:]), e["msg"]) for e in problem.errors for status in [problem.status]]
+    finally:
+        await savepoint.rollback()
+
+
+async def decided_in_a_batch(session: AsyncSession, registry: RegistryClient, body: ActivityCreate) -> list[tuple]:
+    savepoint = await session.begin_nested()
+    try:
+        summary = await service.record_batch(session, NATIONAL, registry, [body.model_dump(mode="json")], False)
+        [item] = summary["items"]
+        return [(None, tuple(e["loc"]), e["msg"]) for e in item.get("errors", [])]
+    finally:
+        await savepoint.rollback()
+
+
+async def test_one_entry_is_decided_as_the_same_item_of_a_batch(activities_session: AsyncSession):
+    """On PostgreSQL one entry takes its own two-statement path: every rule says the same as for a batch item."""
+    down = RegistryClient("http://127.0.0.1:1", "secret", 0.5)  # a miss is a 503 (alone) / unchecked (batch)
+    try:
+        v, project = await known_setting(activities_session)
+        erased, merged, outsider = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        org = (await activities_session.get(VolunteerView, v)).organization_id
+        for other in (erased, merged, outsider):
+            await apply(activities_session, ev.VOLUNTEER_REGISTERED, volunteer(other, org), T0)
+        await apply(activities_session, ev.VOLUNTEER_ERASED, ev.VolunteerErased(id=erased), T0 + timedelta(seconds=1))
+        await apply(activities_session, ev.VOLUNTEER_MERGED, ev.VolunteerMerged(survivor_id=v, duplicate_id=merged),
+                    T0 + timedelta(seconds=1))
+        await service.record(activities_session, NATIONAL, down, entry(v, project, hours=20, client_reference="kept"))
+        future = service.local_today() + timedelta(days=2)
+        cases = {
+            "accepted": entry(v, project, date=date(2026, 3, 3)),
+            "a duplicate client reference": entry(v, project, hours=1, client_reference="kept"),
+            "over 24 hours": entry(v, project, hours=4.5),
+            "unknown activity type": entry(v, project, activity_type="juggling"),
+            "before the project": entry(v, project, date=date(2025, 12, 31)),
+            "in the future": entry(v, project, date=future),
+            "erased": entry(erased, project),
+            "merged": entry(merged, project),
+            "unknown volunteer": entry(uuid.uuid4(), project),
+            "unknown place": entry(v, project, location_code="1299"),
+            "not enrolled": entry(outsider, project),
+        }
+        for name, body in cases.items():
+            alone = await decided_alone(activities_session, down, body)
+            batch = await decided_in_a_batch(activities_session, down, body)
+            assert [problem[1:] for problem in alone] == [problem[1:] for problem in batch], name
+            assert bool(alone) == (name not in ("accepted", "a duplicate client reference")), name
+        assert (await decided_alone(activities_session, down, cases["over 24 hours"]))[0][0] == 422
+        assert (await decided_alone(activities_session, down, cases["unknown volunteer"]))[0][0] == 503
+    finally:
+        await down.close()
+
+
+@pytest.mark.skipif(database_mode() != "postgresql", reason="the two-statement path is PostgreSQL's (SQLite is local)")
+async def test_one_entry_on_postgresql_takes_two_statements(activities_session: AsyncSession):
+    v, project = await known_setting(activities_session)
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    engine = activities_session.bind.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        public, created = await service.record(activities_session, NATIONAL, None, entry(v, project, client_reference="two"))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert created and public.client_reference == "two"
+    assert len(statements) == 2, statements

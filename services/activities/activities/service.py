@@ -201,6 +201,11 @@ def _values(ctx: _Context, caller: CallerContext, d: Entry, activity_id: uuid.UU
     }
 
 
+def _too_many_hours(d: Entry, already: float) -> dict:
+    return _error("hours", f"the volunteer's hours on {d.date.isoformat()} would total "
+                           f"{already + d.hours:g} (at most {MAX_DAY_HOURS} a day; {already:g} already logged)")
+
+
 def _new_ids(count: int) -> list[uuid.UUID]:
     """`count` random (version 4) UUIDs from one read of the system's randomness, not one read each."""
     raw = os.urandom(16 * count)
@@ -232,8 +237,7 @@ async def _decide(session: AsyncSession, caller: CallerContext, registry: Regist
         key = (d.volunteer_id, d.date)
         already = totals.get(key, 0.0)
         if not decision.errors and not decision.unchecked and already + d.hours > MAX_DAY_HOURS + 1e-9:
-            decision.errors.append(_error("hours", f"the volunteer's hours on {d.date.isoformat()} would total "
-                                                   f"{already + d.hours:g} (at most {MAX_DAY_HOURS} a day; {already:g} already logged)"))
+            decision.errors.append(_too_many_hours(d, already))
         if decision.errors or decision.unchecked:
             continue
         totals[key] = already + d.hours
@@ -272,10 +276,45 @@ async def _record(session: AsyncSession, caller: CallerContext, registry: Regist
 
 # ---- one entry ---------------------------------------------------------------------------------
 
+async def _record_one(session: AsyncSession, caller: CallerContext, registry: RegistryClient, d: Entry) -> Decision:
+    """One entry on PostgreSQL in two statements: one reads what the rules need and locks the day, the
+    other inserts the row and its event within the day's 24 hours (no savepoint: a twin with the same
+    client reference makes the insert do nothing). A reference the projection lacks takes the general
+    path, which asks the registry."""
+    facts = await repository.one_entry_facts(session, caller.organization_id, d.volunteer_id, d.project_id, d.date,
+                                             d.location_code, d.activity_type, d.client_reference)
+    decision = Decision(0)
+    if facts["duplicate_of"] is not None:
+        decision.duplicate_of = uuid.UUID(facts["duplicate_of"])
+        return decision
+    known = lookup.known_from_facts(facts, d.volunteer_id, d.project_id, d.location_code)
+    if known.misses(lookup.Needs.of([d])):
+        [decision] = await _record(session, caller, registry, [(0, d)])
+        return decision
+    focus_areas = {} if facts["focus_area"] is None else {d.activity_type: facts["focus_area"]}
+    ctx = _Context(caller, known, focus_areas, local_today())
+    _check(ctx, d, decision)
+    if decision.errors or decision.unchecked:
+        return decision
+    values = _values(ctx, caller, d, uuid.uuid4(), utcnow())
+    already, inserted = await repository.insert_within_day(session, values, submitted_event(values), MAX_DAY_HOURS)
+    if inserted:
+        decision.values = values
+    elif d.client_reference is not None and (twin := await repository.by_client_references(
+            session, caller.organization_id, [d.client_reference])):
+        decision.duplicate_of = twin[d.client_reference]  # a concurrent request stored it first
+    else:
+        decision.errors.append(_too_many_hours(d, already))
+    return decision
+
+
 async def record(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
                  data: ActivityCreate) -> tuple[ActivityPublic, bool]:
     """The entry, and whether it was created now (False: the client reference named an existing one)."""
-    [decision] = await _record(session, caller, registry, [(0, Entry.of(data))])
+    if session.bind.dialect.name == "postgresql":
+        decision = await _record_one(session, caller, registry, Entry.of(data))
+    else:
+        [decision] = await _record(session, caller, registry, [(0, Entry.of(data))])
     errors = [{"loc": ["body", *e["loc"]], "msg": e["msg"]} for e in decision.errors]
     if decision.unchecked and not errors:
         raise ProblemError(503, "the registry is unavailable to check this entry's references; retry shortly",

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,7 +49,7 @@ class Known:
     projects: dict[uuid.UUID, ProjectView]
     parents: dict[uuid.UUID, uuid.UUID | None]  # every known organisation and its parent
     enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]]
-    locations: dict[str, LocationView]
+    locations: dict[str, LocationView | bool]
     registry_down: bool = False
 
     def chain(self, org_id: uuid.UUID | None) -> list[uuid.UUID] | None:
@@ -86,6 +87,51 @@ class Known:
                 or any(self.project(p) is None for p in needs.project_ids)
                 or any(code not in self.locations for code in needs.location_codes)
                 or any(not self.enrolled(v, p, on) for (v, p), dates in needs.enrolled_on.items() for on in dates))
+
+
+class _Volunteer(NamedTuple):
+    organization_id: uuid.UUID | None
+    erased: bool
+    merged_into: uuid.UUID | None
+
+
+class _Project(NamedTuple):
+    program_id: uuid.UUID
+    organization_id: uuid.UUID
+    focus_areas: list[str]
+    start_date: date | None
+    end_date: date | None
+
+
+class _Enrollment(NamedTuple):
+    started_on: date
+    ended_on: date | None
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
+
+
+def _date(value: str | None) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def known_from_facts(facts: dict, volunteer_id: uuid.UUID, project_id: uuid.UUID, location_code: str) -> Known:
+    """What the projection knows of one entry's references, from the JSON of the one-statement read
+    (`activities.repository.one_entry_facts`), with the attributes `_load`'s rows have."""
+    volunteer, project = facts["volunteer"], facts["project"]
+    volunteers = {} if volunteer is None else {volunteer_id: _Volunteer(
+        _uuid(volunteer["organization_id"]), volunteer["erased"], _uuid(volunteer["merged_into"]))}
+    projects = {} if project is None else {project_id: _Project(
+        uuid.UUID(project["program_id"]), uuid.UUID(project["organization_id"]), project["focus_areas"],
+        _date(project["start_date"]), _date(project["end_date"]))}
+    enrollments = [_Enrollment(date.fromisoformat(e["started_on"]), _date(e["ended_on"])) for e in facts["enrollments"]]
+    return Known(
+        volunteers=volunteers, projects=projects,
+        parents={uuid.UUID(o["id"]): _uuid(o["parent_id"]) for o in facts["organizations"]},
+        enrollments={(volunteer_id, project_id): enrollments} if enrollments else {},
+        locations={location_code: True} if facts["location"] else {},
+    )
 
 
 async def _load(session: AsyncSession, needs: Needs) -> Known:
