@@ -5,6 +5,9 @@ import './vendor/chart.umd.min.js';
 import { clear, el } from './dom.js';
 
 const Chart = globalThis.Chart;
+// Canvas text does not fall back like HTML text: without the shipped Khmer face in the list, Khmer
+// labels are drawn as empty boxes on a machine that has no Khmer font of its own.
+Chart.defaults.font.family = 'system-ui, "Segoe UI", Roboto, "Noto Sans Khmer", sans-serif';
 const COLOURS = ['#2f7dc4', '#e0873a', '#3a9d5d', '#8e5cc4', '#c44f6a', '#7a7a7a'];
 const ROW_HEIGHT = 26;   // px per category of a horizontal bar chart, so 25 provinces stay legible
 
@@ -33,10 +36,10 @@ export function mountChart(container, spec, ctx) {
     empty.textContent = ctx.t('chart.empty');
     empty.hidden = view.labels.length > 0;
     canvasBox.hidden = view.labels.length === 0;
-    if (spec.horizontal) canvasBox.style.height = `${Math.max(200, view.labels.length * ROW_HEIGHT * view.series.length + 70)}px`;
+    if (spec.horizontal) canvasBox.style.height = `${Math.max(200, view.labels.length * ROW_HEIGHT * drawn(view) + 70)}px`;
     const data = {
       labels: view.labels.map((label, index) => (view.suppressed[index] ? `${label} (${ctx.t('suppressed', { k: view.k })})` : label)),
-      datasets: view.series.map((series, index) => ({
+      datasets: view.series.filter((series) => !series.tableOnly).map((series, index) => ({
         label: series.label, data: series.values, backgroundColor: COLOURS[index % COLOURS.length],
         xAxisID: spec.horizontal ? (index ? 'x2' : 'x') : undefined,
         yAxisID: spec.horizontal ? undefined : 'y',
@@ -68,12 +71,17 @@ export function mountChart(container, spec, ctx) {
   };
 }
 
+/** How many series the chart draws (the others are in the table only). */
+function drawn(view) {
+  return view.series.filter((series) => !series.tableOnly).length;
+}
+
 function options(spec, view, ctx) {
   const numberTicks = { callback: (value) => ctx.formatNumber(value) };
   const scales = spec.horizontal
     ? { x: { beginAtZero: true, ticks: numberTicks, position: 'bottom' }, y: { ticks: { autoSkip: false } } }
     : { y: { beginAtZero: true, ticks: numberTicks }, x: { ticks: { autoSkip: true } } };
-  if (spec.horizontal && view.series.length > 1) scales.x2 = { beginAtZero: true, ticks: numberTicks, position: 'top', grid: { drawOnChartArea: false } };
+  if (spec.horizontal && drawn(view) > 1) scales.x2 = { beginAtZero: true, ticks: numberTicks, position: 'top', grid: { drawOnChartArea: false } };
   return {
     indexAxis: spec.horizontal ? 'y' : 'x',
     animation: false,          // polled every few seconds: bars move without replaying an animation
@@ -81,7 +89,7 @@ function options(spec, view, ctx) {
     maintainAspectRatio: false,
     scales,
     plugins: {
-      legend: { display: view.series.length > 1 },
+      legend: { display: drawn(view) > 1 },
       tooltip: {
         callbacks: {
           label: (item) => `${item.dataset.label}: ${item.raw === null ? ctx.t('suppressed', { k: view.k }) : ctx.formatNumber(item.raw)}`,

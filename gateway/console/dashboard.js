@@ -79,7 +79,9 @@ export function mountDashboard(container, ctx) {
     refresh();
   }
 
-  loadNames(ctx, names).then(() => {
+  // Charts are canvases: they draw Khmer with the shipped face only once it is loaded.
+  const fontsReady = ctx.lang === 'km' ? document.fonts.load('12px "Noto Sans Khmer"', 'ក').catch(() => null) : null;
+  Promise.all([loadNames(ctx, names), fontsReady]).then(() => {
     if (destroyed) return;
     renderFilters(filterBox, ctx, names, onChange);
     refresh();
@@ -155,19 +157,22 @@ function chartSpecs(ctx, names) {
         const rows = [...answer.rows].sort((a, b) => HOURS_BANDS.indexOf(a.hours_band) - HOURS_BANDS.indexOf(b.hours_band));
         return seriesView(rows, 'hours_band', t('dim.hours_band'), (band) => t('band.hours', { band }),
           [['mean_change', t('measure.mean_change')], ['baseline_mean', t('measure.baseline_mean')],
-            ['endline_mean', t('measure.endline_mean')], ['volunteers', t('measure.volunteers')]], k(answer));
+            ['endline_mean', t('measure.endline_mean')], ['volunteers', t('measure.volunteers'), true]], k(answer));
       },
     },
   ];
 }
 
-/** A view of rows in the given order: labels, one series per measure, which rows are suppressed. */
+/** A view of rows in the given order: labels, one series per measure ([measure, label, tableOnly]: a
+ * count beside scores is listed in the table, not drawn on the scores' axis), which rows are suppressed. */
 function seriesView(rows, dim, categoryLabel, labelFor, measures, k) {
   return {
     categoryLabel, k,
     labels: rows.map((row) => labelFor(row[dim])),
     suppressed: rows.map((row) => row.suppressed === true),
-    series: measures.map(([measure, name]) => ({ label: name, values: rows.map((row) => (row.suppressed ? null : row[measure])) })),
+    series: measures.map(([measure, name, tableOnly]) => ({
+      label: name, tableOnly, values: rows.map((row) => (row.suppressed ? null : row[measure])),
+    })),
   };
 }
 
