@@ -30,6 +30,7 @@ from datetime import date, timedelta
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from deploy.processes import free_port, start_uvicorn, stop, wait_ready
@@ -156,6 +157,14 @@ async def query(url: str, sql: str, **params) -> list[tuple]:
         await engine.dispose()
 
 
+async def consumed(stack: Stack, service: str, consumer: str, outcome: str) -> float:
+    """Events a consumer of a service counted with this outcome since the service's process started."""
+    async with httpx.AsyncClient(base_url=stack.urls[service], timeout=30) as client:
+        exposition = (await client.get("/metrics")).text
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples
+               if s.name == "vmc_consumer_events_total" and s.labels == {"consumer": consumer, "outcome": outcome})
+
+
 def restart_gracefully(stack: Stack, name: str) -> None:
     """SIGTERM, then start again: the part must have drained and stopped within its grace period."""
     code = stack.stop_part(name)
@@ -256,6 +265,11 @@ async def test_each_service_and_the_gateway_restarted_in_turn_under_writes(rolli
     assert sum(partner.retried.values()) > 0, "no write met a restart: the test proved nothing"
     await check_stored_once(partner)
     await check_events_applied_once(rolling_stack, partner)
+    # Each consumer committed what it had applied and left its group when its service stopped: the
+    # restarted process read on from there, and met no event twice.
+    for service, consumer in (("activities", "activities-registry"), ("analytics", "analytics")):
+        assert await consumed(rolling_stack, service, consumer, "duplicate") == 0, f"{consumer} re-read events"
+        assert await consumed(rolling_stack, service, consumer, "applied") > 0
 
 
 @needs_stoppable_broker
