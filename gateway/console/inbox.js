@@ -154,7 +154,7 @@ function ensureStylesheet() {
 
 /** An evidence URL as a link when it is http(s) (opened by the person's browser, with no referrer and no
  * access to this page), otherwise as inert text: the API refuses other schemes, this is the second lock. */
-export function evidenceNode(url, t) {
+function evidenceNode(url, t) {
   let parsed = null;
   try {
     parsed = new URL(String(url));
@@ -211,9 +211,9 @@ function approvedHours(input, claimed, t, formatNumber) {
 
 export function mountInbox(container, ctx) {
   const { t } = ctx;
+  ensureStylesheet();
   const missing = ctx.scopes ? REQUIRED_SCOPES.filter((scope) => !ctx.scopes.has(scope)) : [];
   if (missing.length) return mountMissingScope(container, t, missing);
-  ensureStylesheet();
   const inbox = new Inbox(container, ctx);
   inbox.load();
   return { refresh: () => inbox.load(), destroy: () => inbox.destroy() };
@@ -311,6 +311,7 @@ class Inbox {
 
   async loadPage(generation) {
     this.say(this.t('inbox.loading'));
+    this.more.disabled = true;
     const query = { status: 'submitted', limit: PAGE_SIZE };
     if (this.projectSelect.value) query.project_id = this.projectSelect.value;
     if (this.fromInput.value) query.from = this.fromInput.value;
@@ -320,7 +321,9 @@ class Inbox {
     try {
       page = await this.ctx.api('/activities', { query });
     } catch (error) {
-      if (this.current(generation)) this.say(this.t('inbox.loadFailed', { error: problemText(error) }), true);
+      if (!this.current(generation)) return;
+      this.more.disabled = false;
+      this.say(this.t('inbox.loadFailed', { error: problemText(error) }), true);
       return;
     }
     if (!this.current(generation)) return;
@@ -474,6 +477,7 @@ class Inbox {
     const visible = new Set(shown);
     for (const row of this.rows.values()) if (!visible.has(row)) row.inputs.select.checked = false;
     this.more.hidden = !this.cursor;
+    this.more.disabled = false;
     if (!this.rows.size && !this.cursor) this.say(this.t('inbox.empty'));
     else this.say(this.t(this.cursor ? 'inbox.countMore' : 'inbox.count', {
       shown: this.ctx.formatNumber(shown.length), loaded: this.ctx.formatNumber(this.rows.size) }));

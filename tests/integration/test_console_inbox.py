@@ -236,6 +236,26 @@ async def test_filters_sorting_and_values_shown_as_text(admin: httpx.AsyncClient
     assert errors_of(browser) == [] and await browser.title() != "1"
 
 
+async def test_the_inbox_pages_through_the_api(admin: httpx.AsyncClient, browser: Page):
+    """Pages of three (the console asks for 200: the test shrinks the API's page) follow the cursor."""
+    world = await _inbox(admin)
+
+    async def small_pages(route: Route) -> None:
+        await route.continue_(url=route.request.url.replace("limit=200", "limit=3"))
+
+    await browser.route("**/api/v1/activities?*", small_pages)
+    await _open_inbox(browser, world.key)
+    rows, more = browser.get_by_test_id("inbox-row"), browser.get_by_test_id("inbox-more")
+    await expect(rows).to_have_count(3)
+    await expect(browser.get_by_test_id("inbox-status")).to_contain_text("more are waiting")
+    # 9 visible entries: 8 to decide and the one another organisation decides, left out on its page.
+    for shown in (6, len(world.activities)):
+        await more.click()
+        await expect(rows).to_have_count(shown)
+    await expect(more).to_be_hidden()
+    await expect(browser.get_by_test_id("inbox-elsewhere")).to_contain_text("Not shown: 1,")
+
+
 async def test_an_evidence_url_that_is_not_http_is_never_a_link(admin: httpx.AsyncClient, browser: Page):
     """The API refuses such URLs (a 422); were one to reach the console anyway, it stays inert text."""
     world = await _inbox(admin)
