@@ -53,7 +53,7 @@ async def _logged(admin: httpx.AsyncClient, s: Setting, **overrides) -> dict:
     return answer.json()
 
 
-async def _inbox(admin: httpx.AsyncClient) -> Inbox:
+async def _inbox(admin: httpx.AsyncClient, scopes: list[str] = COORDINATOR) -> Inbox:
     org = await create_org(admin)
     project = await create_project(admin, org["id"])
     other_project = await create_project(admin, org["id"], program_id=project["program_id"])
@@ -61,7 +61,7 @@ async def _inbox(admin: httpx.AsyncClient) -> Inbox:
     for volunteer in (first, second):
         await create_enrollment(admin, volunteer["id"], project["id"])
     await create_enrollment(admin, second["id"], other_project["id"])
-    world = Inbox(org, project, other_project, await _key(admin, org["id"], COORDINATOR))
+    world = Inbox(org, project, other_project, await _key(admin, org["id"], scopes))
     here, there = Setting(org, project, first), Setting(org, project, second)
     plan = {  # name: (who, date, hours, type)
         "verify": (here, "2026-03-02", 3, "tree_planting"),
@@ -118,7 +118,8 @@ async def _status_of(admin: httpx.AsyncClient, activity: dict) -> tuple[str, flo
 
 
 async def test_the_coordinator_decides_one_by_one_and_in_bulk_and_the_figures_follow(admin: httpx.AsyncClient, browser: Page):
-    world = await _inbox(admin)
+    # Unsuppressed: the dashboard's headline figure of two volunteers is a number, not "fewer than 5".
+    world = await _inbox(admin, [*COORDINATOR, "analytics:unsuppressed"])
     a = world.activities
     # Analytics knows every submitted hour before the first decision, so the verified figure that
     # follows is the inbox's doing.
@@ -185,6 +186,9 @@ async def test_the_coordinator_decides_one_by_one_and_in_bulk_and_the_figures_fo
     # A reload shows what is still waiting, nothing decided.
     await browser.get_by_test_id("inbox-refresh").click()
     await expect(browser.get_by_test_id("inbox-row")).to_have_count(2)
+    # The organisation's dashboard counts the hours just verified.
+    await browser.get_by_test_id("tab-dashboard").click()
+    await expect(browser.get_by_test_id("figure-verified-hours")).to_have_text("7.5", timeout=20_000)
     assert errors_of(browser) == []
 
 
