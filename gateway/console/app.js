@@ -3,7 +3,7 @@
 // the `ctx` every page module receives (see mountDashboard / mountInbox).
 import { mountDashboard, strings as dashboardStrings } from './dashboard.js';
 import { mountInbox, strings as inboxStrings } from './inbox.js';
-import { LOCALES, STRINGS, translator } from './i18n.js';
+import { LOCALES, STRINGS, formatters, translator } from './i18n.js';
 import { clear, el } from './dom.js';
 
 const KEY_STORAGE = 'vmc.console.key';     // sessionStorage: this tab only, gone when it closes
@@ -106,16 +106,11 @@ async function findOrganization() {
 }
 
 function ctxFor() {
-  const t = translator(STRINGS_ALL, state.lang);
-  const locale = LOCALES[state.lang];
-  const numbers = new Intl.NumberFormat(locale, { maximumFractionDigits: 2 });
-  const dates = new Intl.DateTimeFormat(locale, { dateStyle: 'medium', timeZone: 'UTC' });
   return {
-    api, t, lang: state.lang, locale,
+    api, t: translator(STRINGS_ALL, state.lang), lang: state.lang, locale: LOCALES[state.lang],
+    ...formatters(state.lang),   // formatNumber, formatDate, formatDateTime, formatMonth
     scopes: state.scopes,
     organizationId: state.organizationId,
-    formatNumber: (n) => (n === null || n === undefined ? '' : numbers.format(n)),
-    formatDate: (iso) => (iso ? dates.format(new Date(iso.length === 10 ? `${iso}T00:00:00Z` : iso)) : ''),
     onDecided: () => state.mounted.forEach(({ tab, module }) => tab !== 'inbox' && module.refresh()),
   };
 }

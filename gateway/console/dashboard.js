@@ -62,7 +62,7 @@ export function mountDashboard(container, ctx) {
         if (destroyed) return;
         renderFigures(figures, overview, ctx);
         charts.forEach(({ chart }, index) => (answers[index] instanceof Error ? chart.fail(answers[index]) : chart.update(answers[index])));
-        status.textContent = ctx.t('live.updated', { time: formatTime(overview.as_of, ctx), seconds: POLL_SECONDS });
+        status.textContent = ctx.t('live.updated', { time: overview.as_of ? ctx.formatDateTime(overview.as_of) : '—', seconds: POLL_SECONDS });
         status.classList.remove('error');
       } catch (error) {
         if (destroyed) return;
@@ -229,12 +229,7 @@ function labelOf(dim, value, ctx, names) {
 
 function formatPeriod(value, step, ctx) {
   if (step !== 'month' || !value) return value ?? ctx.t('unknown');
-  return new Intl.DateTimeFormat(ctx.locale, { year: 'numeric', month: 'short', timeZone: 'UTC' }).format(new Date(`${value}-01T00:00:00Z`));
-}
-
-function formatTime(iso, ctx) {
-  if (!iso) return '—';
-  return new Intl.DateTimeFormat(ctx.locale, { dateStyle: 'medium', timeStyle: 'medium' }).format(new Date(iso));
+  return ctx.formatMonth(value);
 }
 
 /** Every page of a list (at most LIST_PAGES), or [] when the key may not read it. */

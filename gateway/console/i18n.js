@@ -173,3 +173,44 @@ export function translator(strings, lang) {
     return text.replace(/\{(\w+)\}/g, (whole, name) => (name in vars ? String(vars[name]) : whole));
   };
 }
+
+// Khmer conventions (CLDR km) for browsers whose Intl has no Khmer data (Debian's Chromium, for one):
+// month names, day-month-year order, '.' between thousands and ',' before decimals.
+const KHMER_MONTHS = ['មករា', 'កុម្ភៈ', 'មីនា', 'មេសា', 'ឧសភា', 'មិថុនា', 'កក្កដា', 'សីហា', 'កញ្ញា', 'តុលា', 'វិច្ឆិកា', 'ធ្នូ'];
+
+/** Number and date formatters in `lang`'s conventions: Intl in km-KH / en-GB, or the Khmer
+ * conventions above where the browser's Intl lacks Khmer. Dates given as YYYY-MM-DD are calendar
+ * dates (shown as they are, whatever the time zone); date-times are shown in local time. */
+export function formatters(lang) {
+  const locale = LOCALES[lang];
+  const native = Intl.DateTimeFormat.supportedLocalesOf([locale]).length > 0;
+  const numbers = new Intl.NumberFormat(native ? locale : 'en-GB', { maximumFractionDigits: 2 });
+  const formatNumber = (n) => {
+    if (n === null || n === undefined) return '';
+    const text = numbers.format(n);
+    return native ? text : text.replace(/[,.]/g, (mark) => (mark === ',' ? '.' : ','));
+  };
+  const calendar = (iso) => new Date(`${iso.slice(0, 10)}T00:00:00Z`);
+  const intl = (options) => new Intl.DateTimeFormat(locale, options);
+  const khmerDate = (d, utc) => `${utc ? d.getUTCDate() : d.getDate()} ${KHMER_MONTHS[utc ? d.getUTCMonth() : d.getMonth()]} ${utc ? d.getUTCFullYear() : d.getFullYear()}`;
+  const pad = (n) => String(n).padStart(2, '0');
+  return {
+    formatNumber,
+    formatDate: (iso) => {
+      if (!iso) return '';
+      return native ? intl({ dateStyle: 'medium', timeZone: 'UTC' }).format(calendar(iso)) : khmerDate(calendar(iso), true);
+    },
+    formatDateTime: (iso) => {
+      if (!iso) return '';
+      const d = new Date(iso);
+      return native ? intl({ dateStyle: 'medium', timeStyle: 'medium' }).format(d)
+        : `${khmerDate(d, false)} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+    },
+    /** `YYYY-MM` as a month and year. */
+    formatMonth: (month) => {
+      const d = calendar(`${month}-01`);
+      return native ? intl({ year: 'numeric', month: 'short', timeZone: 'UTC' }).format(d)
+        : `${KHMER_MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()}`;
+    },
+  };
+}

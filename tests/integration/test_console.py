@@ -201,6 +201,8 @@ async def test_khmer_is_remembered_and_drawn_with_the_shipped_font(stack, browse
     await expect(browser.locator("html")).to_have_attribute("lang", "km")
     await expect(browser.get_by_test_id("figure-volunteers")).to_have_text(str(VOLUNTEERS), timeout=20_000)
     await expect(browser.get_by_text("អ្នកស្ម័គ្រចិត្ត", exact=True).first).to_be_visible()
+    # Months in Khmer (Intl's km-KH, or the console's own Khmer names where the browser lacks them).
+    await expect(browser.get_by_test_id("chart-time-table").get_by_test_id("chart-row")).to_contain_text(["មីនា 2026"])
     await browser.wait_for_function(
         """() => document.fonts.check('16px "Noto Sans Khmer"', 'ខ្មែរ')
               && [...document.fonts].some((face) => face.family.includes('Noto Sans Khmer') && face.status === 'loaded')""")
