@@ -287,7 +287,7 @@ async def _record_one(session: AsyncSession, caller: CallerContext, registry: Re
     if facts["duplicate_of"] is not None:
         decision.duplicate_of = uuid.UUID(facts["duplicate_of"])
         return decision
-    known = lookup.known_from_facts(facts, d.volunteer_id, d.project_id, d.location_code)
+    known = lookup.known_from_facts(facts, d.volunteer_id, d.project_id, d.date, d.location_code)
     if known.misses(lookup.Needs.of([d])):
         [decision] = await _record(session, caller, registry, [(0, d)])
         return decision

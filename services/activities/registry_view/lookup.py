@@ -48,7 +48,7 @@ class Known:
     volunteers: dict[uuid.UUID, VolunteerView]
     projects: dict[uuid.UUID, ProjectView]
     parents: dict[uuid.UUID, uuid.UUID | None]  # every known organisation and its parent
-    enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]]
+    enrolled_days: set[repository.Day]  # (volunteer, project, date) an enrolment covers, of those asked
     locations: dict[str, LocationView | bool]
     registry_down: bool = False
 
@@ -77,10 +77,7 @@ class Known:
         return caller.national or caller.organization_id in (self.chain(org_id) or ())
 
     def enrolled(self, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date) -> bool:
-        for e in self.enrollments.get((volunteer_id, project_id), ()):
-            if e.started_on <= on and (e.ended_on is None or on <= e.ended_on):
-                return True
-        return False
+        return (volunteer_id, project_id, on) in self.enrolled_days
 
     def misses(self, needs: Needs) -> bool:
         return (any(self.volunteer(v) is None for v in needs.volunteer_ids)
@@ -116,7 +113,7 @@ def _date(value: str | None) -> date | None:
     return None if value is None else date.fromisoformat(value)
 
 
-def known_from_facts(facts: dict, volunteer_id: uuid.UUID, project_id: uuid.UUID, location_code: str) -> Known:
+def known_from_facts(facts: dict, volunteer_id: uuid.UUID, project_id: uuid.UUID, on: date, location_code: str) -> Known:
     """What the projection knows of one entry's references, from the JSON of the one-statement read
     (`activities.repository.one_entry_facts`), with the attributes `_load`'s rows have."""
     volunteer, project = facts["volunteer"], facts["project"]
@@ -129,21 +126,18 @@ def known_from_facts(facts: dict, volunteer_id: uuid.UUID, project_id: uuid.UUID
     return Known(
         volunteers=volunteers, projects=projects,
         parents={uuid.UUID(o["id"]): _uuid(o["parent_id"]) for o in facts["organizations"]},
-        enrollments={(volunteer_id, project_id): enrollments} if enrollments else {},
+        enrolled_days={(volunteer_id, project_id, on)} if any(repository.covers(e, on) for e in enrollments) else set(),
         locations={location_code: True} if facts["location"] else {},
     )
 
 
 async def _load(session: AsyncSession, needs: Needs) -> Known:
-    projects = await repository.projects(session, needs.project_ids)
-    enrollments: dict[tuple[uuid.UUID, uuid.UUID], list[EnrollmentView]] = {}
-    for row in await repository.enrollments(session, needs.volunteer_ids, needs.project_ids):
-        enrollments.setdefault((row.volunteer_id, row.project_id), []).append(row)
+    days = [(v, p, on) for (v, p), dates in needs.enrolled_on.items() for on in dates]
     return Known(
         volunteers=await repository.volunteers(session, needs.volunteer_ids),
-        projects=projects,
+        projects=await repository.projects(session, needs.project_ids),
         parents=await repository.organization_parents(session),
-        enrollments=enrollments,
+        enrolled_days=await repository.enrolled_days(session, days),
         locations=await repository.locations(session, needs.location_codes),
     )
 

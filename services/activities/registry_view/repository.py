@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
+from datetime import date
 
-from sqlalchemy import ARRAY, Table, any_, cast, select, update
+from sqlalchemy import ARRAY, Table, any_, cast, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +22,8 @@ async def _by_ids(session: AsyncSession, model, ids: Collection) -> dict:
     # Read-only rows with the model's attributes, not tracked ORM objects, and the ids as one array
     # parameter on PostgreSQL, not a thousand: a batch of activities reads a thousand volunteers and
     # enrolments, and objects and expanded parameters cost more than the query itself.
-    rows = (await session.execute(select(*model.__table__.columns).where(_among(session, key, ids)))).all()
+    columns = [c for c in model.__table__.columns if c.name != "event_time"]  # the rules never read it
+    rows = (await session.execute(select(*columns).where(_among(session, key, ids)))).all()
     return {(r.code if model is LocationView else r.id): r for r in rows}
 
 
@@ -55,6 +57,35 @@ async def enrollments(session: AsyncSession, volunteer_ids: Collection[uuid.UUID
     query = select(*EnrollmentView.__table__.columns).where(_among(session, EnrollmentView.volunteer_id, volunteer_ids),
                                                             _among(session, EnrollmentView.project_id, project_ids))
     return list((await session.execute(query)).all())
+
+
+Day = tuple[uuid.UUID, uuid.UUID, date]  # (volunteer, project, date)
+
+
+def covers(enrollment, on: date) -> bool:
+    """Whether the enrolment (anything with started_on and ended_on) covers the date."""
+    return enrollment.started_on <= on and (enrollment.ended_on is None or on <= enrollment.ended_on)
+
+
+async def enrolled_days(session: AsyncSession, days: Sequence[Day]) -> set[Day]:
+    """Those of these days on which the volunteer is enrolled in the project. PostgreSQL answers with
+    the ordinals of the covered days (the days as three array parameters: no enrolment rows to read
+    back and convert, one index probe a day); elsewhere the pairs' enrolments are compared here."""
+    if not days:
+        return set()
+    if session.bind.dialect.name == "postgresql":
+        volunteers, projects, dates = zip(*days)
+        rows = await session.execute(text(
+            "SELECT i.n FROM unnest(CAST(:volunteers AS uuid[]), CAST(:projects AS uuid[]), CAST(:dates AS date[])) "
+            "WITH ORDINALITY AS i(v, p, d, n) WHERE EXISTS (SELECT 1 FROM registry_enrollments AS e "
+            "WHERE e.volunteer_id = i.v AND e.project_id = i.p AND e.started_on <= i.d "
+            "AND (e.ended_on IS NULL OR i.d <= e.ended_on))"),
+            {"volunteers": list(volunteers), "projects": list(projects), "dates": list(dates)})
+        return {days[n - 1] for (n,) in rows.all()}
+    by_pair: dict[tuple[uuid.UUID, uuid.UUID], list] = {}
+    for row in await enrollments(session, {d[0] for d in days}, {d[1] for d in days}):
+        by_pair.setdefault((row.volunteer_id, row.project_id), []).append(row)
+    return {(v, p, on) for v, p, on in days if any(covers(e, on) for e in by_pair.get((v, p), ()))}
 
 
 def _insert(session: AsyncSession, table: Table):
