@@ -36,7 +36,7 @@ UNAVAILABLE = {503: {"model": Problem, "content": {PROBLEM_JSON: {}},
     summary="Log an activity (a client_reference already used by your organisation answers 200 with that entry)",
     responses={200: {"model": ActivityPublic, "description": "The entry this client_reference already names"}, **UNAVAILABLE},
 )
-async def log_activity(body: ActivityCreate, response: Response, session: SessionDep, caller: Caller,
+async def log_activity(body: ActivityCreate, session: SessionDep, caller: Caller,
                        registry: Registry, idem: IdempotencyDep):
     created = True
 
@@ -46,9 +46,10 @@ async def log_activity(body: ActivityCreate, response: Response, session: Sessio
         return public
 
     answer = await idem.create(session, body, make, lambda public: public)
-    if not created:
-        response.status_code = 200
-    return answer
+    if isinstance(answer, Response):
+        return answer  # the replay of the answer to an earlier request with this Idempotency-Key
+    # Serialised by the model itself, once: FastAPI would dump it, validate it again and encode the dump.
+    return Response(answer.model_dump_json(), status_code=201 if created else 200, media_type="application/json")
 
 
 @router.post(
