@@ -62,7 +62,7 @@ class _Signals:
 
 # How long a part may take to stop after SIGTERM before it is killed: uvicorn's graceful timeout for
 # requests in flight (deploy/processes.py: 10 s), then the relay's flush and the consumers' last commit.
-STOP_GRACE_SECONDS = 20.0
+STOP_GRACE_SECONDS = 30.0
 
 
 def stop_in_order(procs: dict[str, subprocess.Popen]) -> None:

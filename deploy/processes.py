@@ -77,6 +77,10 @@ def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc"
     return proc
 
 
+# After SIGTERM, how long a part's requests in flight have to finish (then its consumers and relay
+# stop: deploy/embedded.py STOP_GRACE_SECONDS covers the whole).
+GRACEFUL_SHUTDOWN_SECONDS = 10
+
 # The gateway runs on its own protocol (uvicorn's, with a fast path for proxied requests: gateway/server.py).
 GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
 
@@ -89,7 +93,7 @@ def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | Non
     http = http or (GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools")
     return subprocess.Popen(
         [*wrap, sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", "10"],
+         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)],
         env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
 

@@ -38,6 +38,14 @@ PARTS: dict[str, Part] = {
 }
 
 
+# After SIGTERM, how long the requests in flight have to finish (uvicorn stops accepting at once).
+# Then the part stops its consumers (the batch in hand committed, the group left) and flushes its
+# outbox relay (a few seconds at most). All of it fits in the orchestrators' grace periods: compose's
+# stop_grace_period (20 s) and Kubernetes' terminationGracePeriodSeconds (30 s, of which the preStop
+# pause takes 5); tests/unit/test_stop_budget.py checks the sums.
+GRACEFUL_SHUTDOWN_SECONDS = 8
+
+
 def serve(part: str, host: str = "0.0.0.0") -> int:
     """Run one part under uvicorn on its `VMC_<PART>_PORT` until SIGTERM."""
     import uvicorn
@@ -48,8 +56,7 @@ def serve(part: str, host: str = "0.0.0.0") -> int:
     settings = load_settings(entry.settings_class(), f"vmc serve {part}")
     uvicorn.run(entry.app, factory=True, host=host, port=settings.port, loop="uvloop", access_log=False,
                 http=GATEWAY_PROTOCOL if part == "gateway" else "httptools",
-                # Under the orchestrators' own grace periods (compose 10 s by default, Kubernetes 30 s).
-                timeout_graceful_shutdown=8)
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     return 0
 
 
