@@ -46,7 +46,7 @@ export const strings = {
     'inbox.more': 'Load more',
     'inbox.loadFailed': 'The inbox could not be loaded: {error}',
     'inbox.selectAll': 'Select all shown',
-    'inbox.select': 'Select this activity',
+    'inbox.select': 'Select the activity of {what}',
     'inbox.selected': '{count} selected',
     'inbox.bulkReason': 'Reason for rejecting (used where a row has none)',
     'inbox.bulkVerify': 'Verify selected',
@@ -106,7 +106,7 @@ export const strings = {
     'inbox.more': 'ផ្ទុកបន្ថែម',
     'inbox.loadFailed': 'មិនអាចផ្ទុកប្រអប់បានទេ៖ {error}',
     'inbox.selectAll': 'ជ្រើសរើសទាំងអស់ដែលបង្ហាញ',
-    'inbox.select': 'ជ្រើសរើសសកម្មភាពនេះ',
+    'inbox.select': 'ជ្រើសរើសសកម្មភាព {what}',
     'inbox.selected': 'បានជ្រើសរើស {count}',
     'inbox.bulkReason': 'មូលហេតុនៃការបដិសេធ (ប្រើនៅពេលជួរមួយគ្មានមូលហេតុ)',
     'inbox.bulkVerify': 'ផ្ទៀងផ្ទាត់ដែលបានជ្រើសរើស',
@@ -421,7 +421,8 @@ class Inbox {
     const { formatNumber, formatDate } = this.ctx;
     const b = a.beneficiaries || {};
     const inputs = {
-      select: el('input', { type: 'checkbox', testid: 'inbox-select', 'aria-label': t('inbox.select'),
+      select: el('input', { type: 'checkbox', testid: 'inbox-select',
+        'aria-label': t('inbox.select', { what: `${formatDate(a.date)}, ${this.typeName(a.activity_type)}` }),
         on: { change: () => this.updateSelection() } }),
       approved: el('input', { type: 'text', inputmode: 'decimal', autocomplete: 'off', placeholder: formatNumber(a.hours),
         testid: 'inbox-approved-hours' }),

@@ -186,6 +186,16 @@ async def test_the_coordinator_decides_one_by_one_and_in_bulk_and_the_figures_fo
     # A reload shows what is still waiting, nothing decided.
     await browser.get_by_test_id("inbox-refresh").click()
     await expect(browser.get_by_test_id("inbox-row")).to_have_count(2)
+    # Rejected in bulk: a reason is needed for each, the row's own or the one given for all.
+    await browser.get_by_test_id("inbox-select-all").check()
+    await browser.get_by_test_id("inbox-bulk-reject").click()
+    await expect(browser.get_by_test_id("inbox-status")).to_contain_text("Give a reason to reject")
+    await _row(browser, a["hostile"]).get_by_test_id("inbox-reason").fill("no photo of the session")
+    await browser.get_by_test_id("inbox-bulk-reason").fill("logged twice")
+    await browser.get_by_test_id("inbox-bulk-reject").click()
+    await expect(browser.get_by_test_id("inbox-status")).to_have_text("Decided: 2; already decided: 0; errors: 0")
+    await expect(browser.get_by_test_id("inbox-row")).to_have_count(0)
+    assert [await _status_of(admin, a[name]) for name in ("hostile", "elsewhere")] == [("rejected", None)] * 2
     # The organisation's dashboard counts the hours just verified.
     await browser.get_by_test_id("tab-dashboard").click()
     await expect(browser.get_by_test_id("figure-verified-hours")).to_have_text("7.5", timeout=20_000)
