@@ -2,11 +2,11 @@
 
 What is here and why:
 - clients (`make_producer`, `make_consumer`): Tansu refuses idempotent producers (off by default,
-  `VMC_KAFKA_IDEMPOTENCE=true` for Apache Kafka) and answers ListOffsets(LATEST) wrongly;
+  `VMC_KAFKA_IDEMPOTENCE=true` for Apache Kafka) and answers ListOffsets(LATEST) wrongly; no client
+  of ours asks the broker to create a topic by naming it (`_forbid_topic_auto_creation`);
 - topics (`ensure_topics`, `ensure_topics_forever`) and the readiness probe (`broker_reachable`);
-- the broker epoch (`is_new_epoch`): the embedded launcher runs Tansu on memory storage, so a broker
-  it starts holds nothing; it sets a new `VMC_BROKER_EPOCH` each time, and the outbox relay publishes
-  its retained rows again when the epoch differs from the one its database last published to;
+- noticing a broker that lost its log (`LogWatch`): the outbox relay remembers the cluster id and the
+  highest offset the broker acknowledged per partition, and compares them with what the cluster holds;
 - consumer-group behaviour of Tansu the consumer runtime guards against (`Membership`,
   `PartitionCounts`).
 """
@@ -14,19 +14,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+import aiokafka.client
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, SQLModel, select
 
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
 
+class _MetadataWithoutTopicCreation(MetadataRequest):
+    """A metadata request that never creates the topics it names."""
+
+    def __init__(self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False):
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+def _forbid_topic_auto_creation() -> None:
+    """aiokafka asks the broker to create every topic it requests metadata for. A broker that lost its
+    log then re-creates a topic the moment any consumer or producer looks it up, with the broker's
+    default partition count (Tansu: 4, not ours: the keys of an aggregate then move to another
+    partition). Topics are created only by `ensure_topics`, with the configured count. aiokafka has no
+    option for it: its client module's request class is replaced, for this process's clients."""
+    aiokafka.client.MetadataRequest = _MetadataWithoutTopicCreation
+
+
 def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
+    _forbid_topic_auto_creation()
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
@@ -39,6 +62,7 @@ def make_producer(settings: CommonSettings, client_id: str) -> AIOKafkaProducer:
 
 
 def make_consumer(settings: CommonSettings, group_id: str, topics: list[str]) -> AIOKafkaConsumer:
+    _forbid_topic_auto_creation()
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.kafka_bootstrap,
@@ -55,18 +79,21 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str]) ->
     )
 
 
-async def ensure_topics(settings: CommonSettings, topics: list[str], partitions: int = 3) -> None:
-    """Create topics that do not exist yet (consumers must not wait on a topic nobody wrote to)."""
+async def ensure_topics(settings: CommonSettings, topics: list[str], partitions: int | None = None) -> list[str]:
+    """Create the topics that do not exist yet (consumers must not wait on a topic nobody wrote to),
+    with `partitions` each (default: VMC_KAFKA_PARTITIONS); returns those it created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        count = partitions or settings.kafka_partitions
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                await admin.create_topics(missing)
+                await admin.create_topics([NewTopic(t, num_partitions=count, replication_factor=1) for t in missing])
             except TopicAlreadyExistsError:
                 pass
+        return missing
     finally:
         await admin.close()
 
@@ -86,20 +113,60 @@ async def ensure_topics_forever(settings: CommonSettings, topics: list[str]) -> 
             delay = min(5.0, delay * 2)
 
 
-async def broker_reachable(settings: CommonSettings) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=2_000)
+@dataclass
+class ClusterView:
+    """What the cluster says about itself: its id and each topic's partition count."""
+
+    cluster_id: str | None
+    partitions: dict[str, int]
+
+
+async def cluster_view(settings: CommonSettings, timeout_ms: int = 2_000) -> ClusterView:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=timeout_ms)
     try:
         await admin.start()
-        await admin.list_topics()
+        cluster = await admin.describe_cluster()
+        topics = await admin.describe_topics()
+    finally:
+        await admin.close()
+    return ClusterView(cluster.get("cluster_id"),
+                       {t["topic"]: len(t["partitions"]) for t in topics if t["error_code"] == 0})
+
+
+async def broker_reachable(settings: CommonSettings) -> bool:
+    try:
+        await cluster_view(settings)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable" for /ready
         return False
+
+
+async def high_watermarks(settings: CommonSettings, offsets: dict[TopicPartition, int],
+                          timeout_ms: int = 1_500) -> dict[TopicPartition, int]:
+    """Each partition's high watermark, read by fetching at the given offset (a fetch answers it
+    right; Tansu's ListOffsets(LATEST) does not). A partition the broker did not answer for is left out."""
+    _forbid_topic_auto_creation()
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                              auto_offset_reset="earliest", max_partition_fetch_bytes=1024,
+                              request_timeout_ms=timeout_ms * 2)
+    await reader.start()
+    try:
+        reader.assign(list(offsets))
+        for tp, offset in offsets.items():
+            reader.seek(tp, offset)
+        marks: dict[TopicPartition, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_ms / 1000
+        while len(marks) < len(offsets) and loop.time() < deadline:
+            await reader.getmany(timeout_ms=200)
+            marks = {tp: hw for tp in offsets if (hw := reader.highwater(tp)) is not None}
+        return marks
     finally:
-        await admin.close()
+        await reader.stop()
 
 
 class RelayState(SQLModel, table=True):
-    """What a service's database remembers about the broker: the epoch it last published to."""
+    """What a service's database remembers about the broker it publishes to (see `LogWatch`)."""
 
     __tablename__ = "relay_state"
 
@@ -107,21 +174,96 @@ class RelayState(SQLModel, table=True):
     value: str = Field(max_length=200)
 
 
-EPOCH = "broker_epoch"  # RelayState.name of the epoch row
+CLUSTER_ID = "cluster_id"  # RelayState.name of the cluster id
+OFFSET = "offset:"  # RelayState.name prefix of a partition's highest acknowledged offset: offset:<topic>:<partition>
 
 
-async def is_new_epoch(session: AsyncSession, epoch: str) -> bool:
-    """Whether the broker `epoch` names is new to this database (it may hold none of what was
-    published before). The new epoch is recorded in `session`: the caller republishes in the same
-    transaction and commits both, so a crash in between republishes again at the next start."""
-    state = await session.get(RelayState, EPOCH)
-    if state is not None and state.value == epoch:
-        return False
-    if state is None:
-        session.add(RelayState(name=EPOCH, value=epoch))
-    else:
-        state.value = epoch
-    return True
+def _offset_name(tp: TopicPartition) -> str:
+    return f"{OFFSET}{tp.topic}:{tp.partition}"
+
+
+class LogWatch:
+    """Notices that the broker lost the log this service published to, without anyone saying so.
+
+    Kafka offsets only grow: a partition whose log holds nothing at or after the highest offset the
+    broker once acknowledged to us (its high watermark is not above it), an acknowledgement at or
+    below it, a topic or partition we published to that is gone, or another cluster id, each means the
+    log is not the one we published to. The marks live in the service's database (`RelayState`), so a
+    loss that happened while the service was stopped is noticed at its start too."""
+
+    def __init__(self, settings: CommonSettings, topics: list[str]):
+        self.settings = settings
+        self.topics = topics  # the topics this service publishes to
+        self.marks: dict[TopicPartition, int] = {}
+        self.cluster_id: str | None = None
+        self._changed: dict[str, str] = {}
+
+    async def load(self, session: AsyncSession) -> None:
+        self.marks, self.cluster_id, self._changed = {}, None, {}
+        for state in (await session.execute(select(RelayState))).scalars():
+            if state.name == CLUSTER_ID:
+                self.cluster_id = state.value
+            elif state.name.startswith(OFFSET):
+                topic, partition = state.name[len(OFFSET):].rsplit(":", 1)
+                self.marks[TopicPartition(topic, int(partition))] = int(state.value)
+
+    def acknowledged(self, tp: TopicPartition, offset: int) -> bool:
+        """Record an acknowledged offset; False when it is not above the partition's mark (lost log)."""
+        if offset <= self.marks.get(tp, -1):
+            return False
+        self.marks[tp] = offset
+        self._changed[_offset_name(tp)] = str(offset)
+        return True
+
+    async def save(self, session: AsyncSession) -> None:
+        """Write what moved since the last save (in the caller's transaction)."""
+        changed, self._changed = self._changed, {}
+        await _upsert(session, changed)
+
+    async def forget(self, session: AsyncSession) -> None:
+        """Start again on the cluster as it is now (in the caller's transaction: the re-publication's)."""
+        await session.execute(delete(RelayState).where(RelayState.name.startswith(OFFSET)))
+        self.marks, self._changed = {}, {}
+        if self.cluster_id:
+            await _upsert(session, {CLUSTER_ID: self.cluster_id})
+
+    async def lost(self, deep: bool = True) -> str | None:
+        """Why the cluster no longer holds what this service published to it (None: it does); `deep`
+        also reads the marked partitions' high watermarks (a fetch). Also creates this service's missing
+        topics, so that nothing is published to a topic that does not exist (Tansu acknowledges such a
+        record, and drops it)."""
+        view = await cluster_view(self.settings)
+        missing = [t for t in self.topics if t not in view.partitions]
+        if missing:
+            await ensure_topics(self.settings, missing)
+        if view.cluster_id and view.cluster_id != self.cluster_id:
+            known, self.cluster_id = self.cluster_id, view.cluster_id
+            self._changed[CLUSTER_ID] = view.cluster_id
+            if known:
+                return f"the cluster id changed from {known} to {view.cluster_id}"
+        gone = sorted({f"{tp.topic}/{tp.partition}" for tp in self.marks
+                       if tp.partition >= view.partitions.get(tp.topic, 0)})
+        if gone:
+            return f"partition(s) {', '.join(gone)} no longer exist"
+        behind = await self._behind_marks() if deep else []
+        if behind:
+            return f"partition(s) {', '.join(behind)} end below the offsets the broker acknowledged before"
+        return None
+
+    async def _behind_marks(self) -> list[str]:
+        if not self.marks:
+            return []
+        highs = await high_watermarks(self.settings, self.marks)
+        return [f"{tp.topic}/{tp.partition}" for tp, high in sorted(highs.items()) if high <= self.marks[tp]]
+
+
+async def _upsert(session: AsyncSession, values: dict[str, str]) -> None:
+    if not values:
+        return
+    insert = postgresql_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    statement = insert(RelayState).values([{"name": k, "value": v} for k, v in values.items()])
+    await session.execute(statement.on_conflict_do_update(index_elements=["name"],
+                                                          set_={"value": statement.excluded.value}))
 
 
 class Membership(ConsumerRebalanceListener):

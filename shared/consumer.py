@@ -5,7 +5,9 @@ processed (a SQL database through `SessionBatches`, or any other store through i
 `BatchUnits`); offsets are committed only after that transaction commits. A redelivered event
 (consumer killed before its offset commit, rebalance, outbox re-publish) finds its id recorded and
 is skipped. A message that cannot be processed after bounded retries goes to the consumer's
-dead-letter topic with the error, and the consumer moves on.
+dead-letter topic with the error, and the consumer moves on. A partition whose log ends below the
+consumer's position (the broker lost its log) is read again from its start. `stop` finishes the
+batch in hand, commits its offsets and leaves the group.
 """
 from __future__ import annotations
 
@@ -146,6 +148,7 @@ class EventConsumer:
         max_retries: int = 3,
         retry_delay: float = 0.2,
         group_id: str | None = None,
+        stop_timeout: float = 10.0,
     ):
         self.name = name
         # The Kafka group; `name` by default. Replicas that each keep a whole read model of their own
@@ -161,6 +164,8 @@ class EventConsumer:
         self._max_retries = max_retries
         self._retry_delay = retry_delay
         self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._stop_timeout = stop_timeout
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._membership = Membership()  # offsets read before a rebalance are not committed after it
@@ -175,12 +180,17 @@ class EventConsumer:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
 
     async def stop(self) -> None:
+        """Let the batch in hand finish and its offsets be committed (for `stop_timeout` seconds at
+        most), then close: aiokafka's consumer leaves the group, so its partitions move at once."""
+        self._stopping = True
         if self._task:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(self._task, self._stop_timeout)
+            except asyncio.TimeoutError:
+                log.warning("consumer stopped in the middle of a batch (its events are delivered again)",
+                            extra={"consumer": self.name})
+            except Exception:  # noqa: BLE001 - its failure is logged; stopping goes on
+                log.warning("consumer failed while stopping", extra={"consumer": self.name}, exc_info=True)
         await self._close()
 
     async def _close(self) -> None:
@@ -194,7 +204,7 @@ class EventConsumer:
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 self._producer = self._producer_factory()
                 await self._producer.start()
@@ -211,11 +221,12 @@ class EventConsumer:
                 delay = min(5.0, 0.2 * 2 ** min(failures, 10))
                 log.warning("consumer failed, restarting", extra={"consumer": self.name, "error": repr(exc), "retry_in_s": delay})
                 await self._close()
-                await asyncio.sleep(delay)
+                if not self._stopping:
+                    await asyncio.sleep(delay)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         partitions = PartitionCounts(self.topics)  # Tansu: a re-created topic needs a new member
-        while True:
+        while not self._stopping:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             generation = self._membership.generation
             self.healthy = True
@@ -228,6 +239,23 @@ class EventConsumer:
                     self.lag[f"{tp.topic}/{tp.partition}"] = lag
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(lag)
             partitions.check(consumer)
+            await self._reread_lost_logs(consumer)
+
+    async def _reread_lost_logs(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition whose log ends below our position lost its log (offsets only grow otherwise):
+        read it again from its start; what was applied before is skipped. Tansu answers a fetch past
+        the end with nothing at all, not OffsetOutOfRange, so without this the consumer would wait
+        there, skipping as many new events."""
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            if position > highwater:
+                log.warning("partition log ends below the consumer's position: the broker lost it; reading it again",
+                            extra={"consumer": self.name, "partition": str(tp), "position": position,
+                                   "highwater": highwater})
+                consumer.seek(tp, 0)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, generation: int) -> None:
         if generation != self._membership.generation:

@@ -3,6 +3,10 @@
 The relay publishes rows in insertion order, marks only those the broker acknowledged, and retries
 with a bounded exponential backoff while the broker is away, so nothing committed is ever lost. A
 row may be published twice (a crash between the ack and the mark); consumers apply each event once.
+
+Published rows are kept for VMC_OUTBOX_RETENTION_HOURS: when the broker lost its log (noticed by
+`shared.broker.LogWatch`, with no one's signal) the relay re-creates its topics and publishes the
+retained rows again, in order; consumers re-read and skip what they already applied.
 """
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from aiokafka import AIOKafkaProducer
-from sqlalchemy import BigInteger, Column, Integer, LargeBinary, event, insert, select, text, update
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import UnknownTopicOrPartitionError
+from sqlalchemy import BigInteger, Column, Integer, LargeBinary, delete, event, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
-from shared.broker import RelayState, is_new_epoch
+from shared.broker import LogWatch, RelayState, ensure_topics
 from shared.db import timestamp_field
 from shared.events import CATALOGUE, CloudEvent, EncodedEvent
 from shared.metrics import Metrics
@@ -79,36 +84,55 @@ async def add_events(session: AsyncSession, events: Sequence[CloudEvent | Encode
     session.info["outbox_dirty"] = True
 
 
+REPUBLISHING = "republishing outbox after broker lost its log"
+
+
 class OutboxRelay:
     """Background task publishing committed outbox rows; one per process; with several replicas on
-    PostgreSQL one of them publishes at a time."""
+    PostgreSQL one of them publishes at a time.
+
+    Beside it a watch task looks at the cluster every `watch_interval` seconds (`LogWatch`): it
+    creates missing topics, and a lost log makes the publishing loop re-publish the retained rows."""
 
     def __init__(
         self,
         maker: async_sessionmaker[AsyncSession],
         producer_factory: Callable[[], AIOKafkaProducer],
         metrics: Metrics,
+        watch: LogWatch | None = None,
         *,
-        broker_epoch: str = "",
         batch_size: int = 500,
         poll_interval: float = 0.5,
         max_backoff: float = 5.0,
         linger: float = 0.0,
+        retention: timedelta = timedelta(days=7),
+        watch_interval: float = 2.0,
+        flush_timeout: float = 5.0,
     ):
         self._maker = maker
         self._producer_factory = producer_factory
         self._producer: AIOKafkaProducer | None = None
         self._metrics = metrics
-        self._epoch = broker_epoch
+        self._watch = watch
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._max_backoff = max_backoff
         self._linger = linger
+        self._retention = retention
+        self._watch_interval = watch_interval
+        self._flush_timeout = flush_timeout
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._stopping = False
         self._leader_conn = None
+        self._watching = False  # the marks are loaded: this relay publishes and watches the log
+        self._lost: str | None = None  # why the log is lost, until the loop starts re-publishing
+        self._generation = 0  # re-publications so far
         self._backlog_counted_at = 0.0
+        self._pruned_at = 0.0
         self.healthy = False
+        self.problem: str | None = None  # why /ready says no (REPUBLISHING), None when fine
 
         @event.listens_for(maker.kw["sync_session_class"], "after_commit")
         def _after_commit(session):
@@ -120,44 +144,44 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
+        if self._watch is None:  # only a relay that never publishes (a test of its wake-up) has none
+            raise ValueError("a publishing outbox relay needs a LogWatch")
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
+        self._watch_task = asyncio.create_task(self._watch_log(), name="outbox-log-watch")
 
     async def stop(self) -> None:
+        """Publish what is pending (for `flush_timeout` seconds at most), then close."""
+        self._stopping = True
+        self._wake.set()
+        if self._watch_task:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         if self._task:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(self._task, self._flush_timeout)
+            except asyncio.TimeoutError:
+                log.warning("outbox relay stopped before its backlog was published (the next start publishes it)")
+            except Exception:  # noqa: BLE001 - its failure is logged; stopping goes on
+                log.warning("outbox relay failed while stopping", exc_info=True)
         await self._close_producer()
         await self._drop_leadership()
 
     async def _run(self) -> None:
         failures = 0
-        started = False
-        while True:
+        while not self._stopping:
             try:
-                if not started:
-                    self._producer = self._producer_factory()
-                    await self._producer.start()
-                    started = True
-                    await self._apply_epoch()
+                if self._producer is None:
+                    await self._start_producer()
                 if not await self._lead():
+                    self._watching = False
                     await asyncio.sleep(self._poll_interval * 4)  # standby replica
                     continue
+                await self._prepare()
                 published = await self.publish_batch()
                 self.healthy = True
                 failures = 0
                 if published < self._batch_size:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-                    except asyncio.TimeoutError:
-                        continue
-                    if self._linger:
-                        # Woken by a commit: wait a moment for the commits right behind it, so that
-                        # one batch (one query, one produce request, one update) carries them all.
-                        await asyncio.sleep(self._linger)
+                    await self._idle()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker or database away: back off and retry, never give up
@@ -165,57 +189,146 @@ class OutboxRelay:
                 failures += 1
                 delay = min(self._max_backoff, 0.1 * 2 ** min(failures, 10))
                 log.warning("outbox relay failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
-                if not started:
-                    await self._close_producer()  # a producer whose start failed cannot start again
                 await asyncio.sleep(delay)
+        await self._flush()
+
+    async def _idle(self) -> None:
+        """Wait for a commit (or the poll interval), then linger for the commits right behind it."""
+        if self._stopping:
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        except asyncio.TimeoutError:
+            return
+        if self._linger and not self._stopping:
+            # Woken by a commit: wait a moment for the commits right behind it, so that one batch
+            # (one query, one produce request, one update) carries them all.
+            await asyncio.sleep(self._linger)
+
+    async def _flush(self) -> None:
+        """On stop: publish until nothing is pending (bounded by `stop`'s deadline)."""
+        if self._producer is None or not self._watching:
+            return
+        try:
+            while await self.publish_batch() == self._batch_size:
+                pass
+        except Exception as exc:  # noqa: BLE001 - the broker is away: the rows wait for the next start
+            log.warning("outbox relay could not flush on stop", extra={"error": repr(exc)})
+
+    async def _prepare(self) -> None:
+        """Before a batch: know the marks (once leading), re-publish after a lost log, prune old rows."""
+        if not self._watching:
+            async with self._maker() as session:
+                await self._watch.load(session)
+            self._lost = await self._watch.lost()  # a loss while this service was stopped
+            self._watching = True
+        if self._lost:
+            await self._republish(self._lost)
+        if time.monotonic() - self._pruned_at > 600:
+            await self._prune()
+
+    async def _watch_log(self) -> None:
+        """Look at the cluster every `watch_interval` s; the high watermarks also after the broker was
+        unreachable and every 15 s (a fetch costs more than the metadata)."""
+        deep_at, was_away = 0.0, False
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            try:
+                deep = self._watching and (was_away or time.monotonic() - deep_at > 15)
+                generation = self._generation
+                lost = await self._watch.lost(deep=deep)
+                was_away = False
+                if deep:
+                    deep_at = time.monotonic()
+                # Marks of the relay's own: not of before a re-publication that started meanwhile.
+                if lost and self._watching and generation == self._generation:
+                    self._lost = lost
+                    self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker is away: /ready says so; look again
+                was_away = True
+                log.debug("cluster not readable", extra={"error": repr(exc)})
+
+    async def _republish(self, reason: str) -> None:
+        """The broker lost its log: publish every retained row again, in order, and start the marks over."""
+        async with self._maker() as session:
+            result = await session.execute(update(OutboxRecord).values(published_at=None))
+            await self._watch.forget(session)
+            await session.commit()
+        self._lost = None
+        self._generation += 1
+        self.problem = REPUBLISHING
+        log.warning("the broker lost its log: republishing retained outbox",
+                    extra={"reason": reason, "events": result.rowcount})
+
+    async def _prune(self) -> None:
+        """Delete the rows published longer ago than the retention (a bounded outbox), a slice at a time."""
+        self._pruned_at = time.monotonic()
+        before = datetime.now(timezone.utc) - self._retention
+        while True:
+            async with self._maker() as session:
+                old = select(OutboxRecord.seq).where(OutboxRecord.published_at < before).limit(5_000)
+                result = await session.execute(delete(OutboxRecord).where(OutboxRecord.seq.in_(old.scalar_subquery())))
+                await session.commit()
+            if result.rowcount:
+                log.info("outbox rows past their retention deleted", extra={"events": result.rowcount})
+            if result.rowcount < 5_000:
+                return
+
+    async def _start_producer(self) -> None:
+        producer = self._producer_factory()
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_quietly(producer)  # a producer whose start failed cannot start again
+            raise
+        self._producer = producer
 
     async def _close_producer(self) -> None:
         if self._producer is not None:
-            try:
-                await self._producer.stop()
-            except Exception:  # noqa: BLE001 - it never started; nothing to release
-                log.debug("producer stop failed", exc_info=True)
+            await _stop_quietly(self._producer)
             self._producer = None
-
-    async def _apply_epoch(self) -> None:
-        """After the embedded broker started empty (a new epoch: shared/broker.py), publish the retained
-        outbox again."""
-        if not self._epoch:
-            return
-        async with self._maker() as session:
-            if not await is_new_epoch(session, self._epoch):
-                return
-            result = await session.execute(update(OutboxRecord).values(published_at=None))
-            await session.commit()
-            log.info("new broker epoch: republishing retained outbox", extra={"events": result.rowcount})
 
     async def publish_batch(self) -> int:
         """Publish the oldest unpublished rows; returns how many were read.
 
         No database connection is held while waiting for the broker (with SQLite's single
-        connection that would stall every write of the service while the broker is away)."""
+        connection that would stall every write of the service while the broker is away). An
+        acknowledgement at or below an offset acknowledged before means the broker lost its log."""
         async with self._maker() as session:
             query = select(OutboxRecord.seq, OutboxRecord.topic, OutboxRecord.key, OutboxRecord.value)
             query = query.where(OutboxRecord.published_at.is_(None)).order_by(OutboxRecord.seq).limit(self._batch_size)
             rows = (await session.execute(query)).all()
             if not rows:
                 await self._update_backlog(session, empty=True)
+                self.problem = None
                 return 0
         assert self._producer is not None
-        futures = [await self._producer.send(topic, value=value, key=key.encode()) for _, topic, key, value in rows]
+        try:
+            futures = [await self._producer.send(topic, value=value, key=key.encode()) for _, topic, key, value in rows]
+        except UnknownTopicOrPartitionError:
+            # The producer waited for a topic the cluster does not have (nothing creates a topic by
+            # naming it): one of a row written by an earlier version, or lost with the broker's log.
+            await ensure_topics(self._watch.settings, sorted({topic for _, topic, _, _ in rows}))
+            raise
         done: list[int] = []
         error: BaseException | None = None
         for (seq, *_), future in zip(rows, futures):
             try:
-                await future
+                acked = await future
             except Exception as exc:  # noqa: BLE001 - keep the acknowledged prefix, retry the rest
                 error = exc
                 break
+            if not self._watch.acknowledged(TopicPartition(acked.topic, acked.partition), acked.offset):
+                self._lost = f"{acked.topic}/{acked.partition} acknowledged offset {acked.offset}, not above an earlier one"
             done.append(seq)
         async with self._maker() as session:
             if done:
                 now = datetime.now(timezone.utc)
                 await session.execute(update(OutboxRecord).where(OutboxRecord.seq.in_(done)).values(published_at=now))
+                await self._watch.save(session)
                 await session.commit()
                 self._metrics.outbox_published.labels(self._metrics.service).inc(len(done))
             await self._update_backlog(session)
@@ -273,3 +386,9 @@ class OutboxRelay:
         async with self._maker() as session:
             return (await session.execute(text("SELECT count(*) FROM outbox WHERE published_at IS NULL"))).scalar_one()
 
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except Exception:  # noqa: BLE001 - it never started, or lost its broker: nothing to release
+        log.debug("producer stop failed", exc_info=True)

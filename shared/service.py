@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -17,11 +18,12 @@ from starlette.responses import Response
 from shared import consumer as consumer_mod
 from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
-from shared.broker import broker_reachable, ensure_topics_forever, make_consumer, make_producer
+from shared.broker import LogWatch, broker_reachable, ensure_topics_forever, make_consumer, make_producer
 from shared.caller import annotate_scopes
 from shared.consumer import BatchUnits, EventConsumer, Handler
 from shared.db import Migration, make_engine, make_sessionmaker, migrate, pending_migrations
 from shared.errors import install_error_handlers, problem_response
+from shared.events import dead_letter_topic
 from shared.http import RequestContextMiddleware
 from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -97,6 +99,14 @@ class _ReadyCache:
             return self.ok
 
 
+def service_topics(spec: ServiceSpec) -> list[str]:
+    """Every topic the service publishes to, reads, or dead-letters to: it creates them (no client
+    of ours lets the broker create a topic by naming it: shared/broker.py)."""
+    topics = [*spec.publishes, *(t for c in spec.consumers for t in c.topics),
+              *(dead_letter_topic(c.name) for c in spec.consumers)]
+    return list(dict.fromkeys(topics))
+
+
 def create_service_app(spec: ServiceSpec) -> FastAPI:
     settings = spec.settings
     metrics = Metrics(spec.name)
@@ -121,14 +131,15 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         maker: async_sessionmaker[AsyncSession] = app.state.maker
         if spec.on_startup:
             await spec.on_startup(app)
-        topics = list(spec.publishes) + [t for c in spec.consumers for t in c.topics]
+        topics = service_topics(spec)
         topics_task = asyncio.create_task(ensure_topics_forever(settings, topics))
 
         def producer_factory():
             return make_producer(settings, f"{spec.name}-{id(app)}")
 
-        relay = OutboxRelay(maker, producer_factory, metrics, broker_epoch=settings.broker_epoch,
-                            linger=settings.outbox_linger_ms / 1000)
+        relay = OutboxRelay(maker, producer_factory, metrics, LogWatch(settings, topics),
+                            linger=settings.outbox_linger_ms / 1000,
+                            retention=timedelta(hours=settings.outbox_retention_hours))
         app.state.relay = relay
         consumers = [
             EventConsumer(
@@ -274,9 +285,9 @@ def operations_router() -> APIRouter:
     async def health() -> dict:
         return {"status": "ok"}
 
-    @router.get("/ready", summary="Readiness: database and broker reachable")
+    @router.get("/ready", summary="Readiness: database and broker reachable, no lost log being re-published")
     async def ready(request: Request):
-        checks = {"database": False, "broker": False}
+        checks = {"database": False, "broker": False, "outbox": True}
         try:
             async with request.app.state.maker() as session:
                 await session.execute(text("SELECT 1"))
@@ -284,6 +295,9 @@ def operations_router() -> APIRouter:
         except Exception:  # noqa: BLE001 - reported as not ready
             log.warning("database not reachable", exc_info=True)
         checks["broker"] = await request.app.state.ready.broker_ok()
+        relay = getattr(request.app.state, "relay", None)
+        problem = relay.problem if relay is not None else None
+        checks["outbox"] = problem is None
         schema = request.app.state.schema
         if checks["database"] and not schema.started:  # waiting for `vmc migrate` (or starting): say which
             checks["schema"] = False
@@ -293,11 +307,8 @@ def operations_router() -> APIRouter:
             details.update(await request.app.state.ready_details(request.app))
         if all(checks.values()):
             return {"status": "ready", "checks": checks, **details}
-        return problem_response(
-            503,
-            "not ready: " + ", ".join(k for k, ok in checks.items() if not ok) + " unreachable",
-            extra={"checks": checks, **details},
-        )
+        reasons = [f"{k} unreachable" for k in ("database", "broker") if not checks[k]] + ([problem] if problem else [])
+        return problem_response(503, "not ready: " + ", ".join(reasons), extra={"checks": checks, **details})
 
     @router.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request):

@@ -35,6 +35,9 @@ class CommonSettings(BaseSettings):
     # Set by the embedded launcher each time it starts a broker whose storage is empty: a new epoch
     # makes every service re-publish its retained outbox so nothing the broker lost stays lost.
     broker_epoch: str = _common("broker_epoch", "")
+    # Partitions of a topic a service creates (at start, and again after the broker lost its log):
+    # the most consumer replicas of a group that get work. `vmc topics --partitions` in production.
+    kafka_partitions: int = _common("kafka_partitions", 3, ge=1)
     internal_secret: str = _common("internal_secret", DEV_SECRET)
     log_level: str = _common("log_level", "INFO")
     consumer_max_retries: int = _common("consumer_max_retries", 3)
@@ -42,6 +45,9 @@ class CommonSettings(BaseSettings):
     # into the same batch. Measured at one client registering (README, "Events"): 20 ms cut the
     # machine's CPU per registration by about a third, for events 20 ms later.
     outbox_linger_ms: float = _common("outbox_linger_ms", 20.0, ge=0, le=1000)
+    # Published outbox rows are kept this long, then deleted: what a service can re-publish when the
+    # broker lost its log (its consumers' history older than this is then gone from the topics).
+    outbox_retention_hours: float = _common("outbox_retention_hours", 168.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self):

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import SQLModel
 
-from shared.broker import RelayState, ensure_topics, make_consumer, make_producer
+from shared.broker import LogWatch, ensure_topics, make_consumer, make_producer
 from shared.consumer import EventConsumer, Handler, ProcessedEvent
 from shared.db import Migration, make_engine, make_sessionmaker, migrate
 from shared.events import CloudEvent, ProgramCreated, dead_letter_topic, new_event
@@ -134,10 +134,11 @@ class Rig:
         self.running.append(consumer)
         return consumer
 
-    def relay(self, epoch: str = "", max_backoff: float = 5.0, poll_interval: float = 0.1, linger: float = 0.0) -> OutboxRelay:
+    def relay(self, max_backoff: float = 5.0, poll_interval: float = 0.1, linger: float = 0.0) -> OutboxRelay:
         relay = OutboxRelay(
             self.maker, lambda: make_producer(self.settings, unique("relay")), self.metrics,
-            broker_epoch=epoch, poll_interval=poll_interval, max_backoff=max_backoff, linger=linger,
+            LogWatch(self.settings, [self.topic, dead_letter_topic(self.group)]),
+            poll_interval=poll_interval, max_backoff=max_backoff, linger=linger, watch_interval=0.5,
         )
         self.running.append(relay)
         return relay
@@ -155,7 +156,9 @@ class Rig:
         return handler
 
     async def create_topic(self, partitions: int) -> None:
-        await ensure_topics(self.settings, [self.topic], partitions)
+        """The test's topic and its consumer's dead-letter topic (a service creates both: no client
+        lets the broker create a topic by naming it)."""
+        await ensure_topics(self.settings, [self.topic, dead_letter_topic(self.group)], partitions)
 
     async def produce(self, values: list[tuple[bytes, bytes]]) -> None:
         """Publish (key, value) pairs in order and wait for every acknowledgement."""
@@ -344,45 +347,83 @@ async def test_relay_retries_while_broker_is_down_and_keeps_per_aggregate_order(
     assert await rig.processed() == Counter(applied=24)
 
 
-async def test_new_broker_epoch_republishes_retained_outbox_and_nothing_is_applied_twice(rig: Rig):
+@needs_stoppable_broker
+async def test_broker_restarted_empty_is_noticed_without_a_signal_and_nothing_is_applied_twice(
+    rig: Rig, stoppable: Broker, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.WARNING, logger="shared.outbox")
     await rig.create_topic(3)
     events = [program_event(f"e{i:02}") for i in range(10)]
     await rig.stage(events)
-    epoch = unique("epoch")
-    first = rig.relay(epoch)
-    first.start()
+    relay = rig.relay()
+    relay.start()
     consumer = rig.consumer()
     consumer.start()
     await eventually(rig.has_effects(10), 30, what="10 effects")
+
+    stoppable.stop()
+    stoppable.start()  # memory storage: empty, no topics, no offsets, the same cluster id
+
+    async def republished() -> bool:
+        return rig.consumed("duplicate") >= 10 and relay.problem is None
+
+    await eventually(republished, 45, what="the 10 events published again and skipped by the consumer")
+    assert [r.reason for r in caplog.records if r.getMessage() == "the broker lost its log: republishing retained outbox"]
+    late = program_event("late")
+    await rig.stage([late])
+    await eventually(rig.has_effects(11), 15, what="an event written after the broker's return applied")
+    assert sorted(r["event_id"] for r in await rig.effect_rows()) == sorted(e.id for e in [*events, late])
+    assert rig.consumed("applied") == 11
+    assert await rig.processed() == Counter(applied=11)
+    # The topic came back as ensure_topics makes it, not with the broker's default partition count.
+    assert len(await partitions_of(rig.settings, rig.topic)) == 3
+
+
+@needs_stoppable_broker
+async def test_a_record_published_right_after_the_broker_came_back_empty_reaches_the_topic(rig: Rig, stoppable: Broker):
+    """The bug of issue 18: Tansu acknowledges a record sent to a topic it no longer has (the producer's
+    metadata still lists it), and drops it; the row was marked published and nothing sent it again."""
+    await rig.create_topic(3)
+    before = [program_event(f"b{i}") for i in range(6)]  # every partition gets an acknowledged offset
+    await rig.stage(before)
+    relay = rig.relay()
+    relay.start()
+    await eventually(lambda: rig.published() >= 6, 15, what="6 published")
+    stoppable.stop()
+    stoppable.start()
+    after = program_event("after")
+    await rig.stage([after])
+
+    records = await read_topic(rig.settings, rig.topic, 7, timeout=20)
+    assert after.id in {orjson.loads(r.value)["id"] for r in records}
+
+
+async def test_a_relay_restarted_on_a_broker_that_kept_its_log_republishes_nothing(rig: Rig):
+    await rig.create_topic(3)
+    await rig.stage([program_event(f"k{i:02}") for i in range(10)])
+    first = rig.relay()
+    first.start()
+    await eventually(lambda: rig.published() >= 10, 15, what="10 published")
     await first.stop()
 
-    # The same epoch again (a service restart, same broker): nothing is published a second time.
-    same = rig.relay(epoch)
+    again = rig.relay()  # a service restart: the same broker, still holding what was published
     published_before = rig.published()
-    same.start()
+    again.start()
+    await rig.stage([program_event("new")])
+    await eventually(lambda: rig.published() == published_before + 1, 15, what="the new event published")
+    await eventually(lambda: again._watching, 5, what="the relay watching the log")
+    assert await again._watch.lost() is None
+    assert rig.published() == published_before + 1 and again.problem is None
 
-    async def healthy() -> bool:
-        return same.healthy
 
-    await eventually(healthy, 15, what="relay with the same epoch running")
-    assert rig.published() == published_before and await same.backlog() == 0
-    await same.stop()
-
-    # A new epoch (the embedded broker restarted empty): every retained row goes out again.
-    new_epoch = unique("epoch")
-    renewed = rig.relay(new_epoch)
-    renewed.start()
-
-    async def redelivered() -> bool:
-        return rig.consumed("duplicate") >= 10
-
-    await eventually(redelivered, 30, what="the 10 events redelivered")
-    assert rig.published() - published_before >= 10  # rows of earlier tests in this database go out too
-    assert len(await rig.effect_rows()) == 10
-    assert rig.consumed("applied") == 10 and rig.consumed("duplicate") == 10
-    assert await rig.processed() == Counter(applied=10)
-    async with rig.maker() as session:
-        assert (await session.get(RelayState, "broker_epoch")).value == new_epoch
+async def partitions_of(settings: CommonSettings, topic: str) -> set[int]:
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None)
+    await reader.start()
+    try:
+        await reader.topics()
+        return reader.partitions_for_topic(topic) or set()
+    finally:
+        await reader.stop()
 
 
 # ---- consumer: crash between the database commit and the offset commit ------------------------

@@ -1,13 +1,16 @@
-"""The broker module's own decisions: when a broker epoch is new to a database, and when a consumer must
-rejoin its group because a topic came back with another partition count (Tansu keeps a rejoining
-member on its old assignment)."""
+"""The broker module's own decisions: what the outbox relay remembers of the offsets the broker
+acknowledged (and when an acknowledgement shows a lost log), and when a consumer must rejoin its group
+because a topic came back with another partition count (Tansu keeps a rejoining member on its old
+assignment)."""
 from __future__ import annotations
 
 import pytest
+from aiokafka import TopicPartition
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
-from shared.broker import PartitionCounts, RelayState, is_new_epoch
+from shared.broker import LogWatch, PartitionCounts, RelayState
+from shared.settings import CommonSettings
 
 
 class FakeConsumer:
@@ -32,20 +35,41 @@ def test_a_topic_back_with_another_partition_count_makes_the_consumer_rejoin():
         watch.check(consumer)
 
 
-async def test_an_epoch_is_new_once_and_the_latest_is_recorded():
+def test_an_acknowledgement_not_above_the_partitions_mark_means_a_lost_log():
+    watch = LogWatch(CommonSettings(), ["t"])
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    assert watch.acknowledged(p0, 0) and watch.acknowledged(p0, 7) and watch.acknowledged(p1, 0)
+    assert not watch.acknowledged(p0, 7), "an offset is acknowledged once: the same one again is a new log"
+    assert not watch.acknowledged(p0, 0)
+    assert watch.acknowledged(p0, 8)
+    assert watch.marks == {p0: 8, p1: 0}
+
+
+async def test_the_marks_survive_a_restart_and_are_forgotten_on_republication():
     engine = create_async_engine("sqlite+aiosqlite://")
     async with engine.begin() as conn:
         await conn.run_sync(lambda sync: SQLModel.metadata.create_all(sync, tables=[RelayState.__table__]))
     maker = async_sessionmaker(engine, expire_on_commit=False)
+    settings = CommonSettings()
     try:
-        for epoch, new in (("one", True), ("one", False), ("two", True), ("two", False)):
+        first = LogWatch(settings, ["t"])
+        first.cluster_id = "c1"
+        for offset in (3, 4):
+            first.acknowledged(TopicPartition("t", 2), offset)
             async with maker() as session:
-                assert await is_new_epoch(session, epoch) is new, epoch
+                await first.save(session)
                 await session.commit()
+        restarted = LogWatch(settings, ["t"])
         async with maker() as session:
-            assert await is_new_epoch(session, "three")
-            # Not committed: the caller's republication failed, so the next start republishes again.
+            await restarted.load(session)
+        assert restarted.marks == {TopicPartition("t", 2): 4}
         async with maker() as session:
-            assert (await session.get(RelayState, "broker_epoch")).value == "two"
+            await restarted.forget(session)
+            await session.commit()
+        assert restarted.marks == {}
+        again = LogWatch(settings, ["t"])
+        async with maker() as session:
+            await again.load(session)
+        assert again.marks == {} and again.acknowledged(TopicPartition("t", 2), 0)
     finally:
         await engine.dispose()
