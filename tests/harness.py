@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -139,12 +140,28 @@ class Broker:
         assert self.kind == "tansu"
         self.proc = start_tansu(self.port, self.workdir / "broker.log", cluster_id="vmc-test")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop the broker (SIGTERM; `kill`: SIGKILL, as a crash). On memory storage it loses its log."""
         if self.proc is not None:
-            stop(self.proc)
+            if kill:
+                self.proc.kill()
+                self.proc.wait()
+            else:
+                stop(self.proc)
             self.proc = None
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): it answers nothing, yet keeps its log for `resume`."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
+        if self.proc is not None:
+            self.resume()  # a frozen process would not stop on SIGTERM
         self.stop()
         if self.container is not None:
             self.container.stop()
