@@ -16,12 +16,12 @@ const STRINGS_ALL = {
 };
 
 // A scope is held unless its probe answers 403. Each probe is the cheapest request the scope guards;
-// activities:verify guards no GET, so its probe is a bulk verification with an empty body, which the
-// service refuses (422) after the scope check and before touching anything.
+// activities:verify guards no GET, so its probe is a bulk verification whose body names no decision
+// and an unknown field, which the service refuses (422) after the scope check, deciding nothing.
 const PROBES = {
   'analytics:read': { path: '/analytics/overview', query: { day: 'today' } },
   'activities:read': { path: '/activity-types' },
-  'activities:verify': { path: '/activities/verifications', method: 'POST', body: {} },
+  'activities:verify': { path: '/activities/verifications', method: 'POST', body: { scope_probe: true } },
   'registry:read': { path: '/organizations', query: { limit: 1 } },
 };
 

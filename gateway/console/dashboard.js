@@ -246,11 +246,17 @@ async function listAll(ctx, path, query = {}) {
 }
 
 /** Names of provinces, programmes, projects, organisations and activity types, in the chosen language,
- * from the registry and activities APIs where the key may read them (else codes and ids are shown). */
+ * from the registry and activities APIs where the key may read them (else their codes and ids). */
 async function loadNames(ctx, names) {
   const local = (item, english) => (ctx.lang === 'km' ? item.name_km || item[english] : item[english] || item.name_km);
   const lists = [];
-  if (ctx.scopes.has('registry:read')) {
+  if (!ctx.scopes.has('registry:read')) {
+    // Without the registry, the filters offer the codes and ids the figures themselves carry.
+    lists.push(...['program', 'project', 'organization', 'province'].map((dim) => ctx.api('/analytics/hours', {
+      query: { status: 'all', group_by: dim } }).then((answer) => answer.rows.forEach((row) => {
+      if (row[dim]) names[dim].set(row[dim], row[dim]);
+    }))));
+  } else {
     lists.push(
       listAll(ctx, '/locations', { level: 'province' }).then((items) => items.forEach((p) => names.province.set(p.code, local(p, 'name_en') || p.code))),
       listAll(ctx, '/programs').then((items) => items.forEach((p) => names.program.set(p.code, local(p, 'name') || p.code))),

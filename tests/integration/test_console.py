@@ -229,6 +229,16 @@ async def test_a_key_without_analytics_read_is_told_which_scope_is_missing(stack
     assert errors_of(browser) == []
 
 
+async def test_a_key_without_the_registry_filters_by_the_figures_own_ids(stack, browser, admin, world):
+    created = await _ok(await admin.post("/admin/api-keys", json={
+        "name": unique("console"), "organization_id": world.org["id"], "scopes": ["analytics:read"]}))
+    await sign_in(browser, created["key"])
+    project = browser.get_by_test_id("filter-project").locator(f'option[value="{world.project["id"]}"]')
+    await expect(project).to_have_text(world.project["id"])
+    await expect(browser.get_by_test_id("tab-inbox")).to_be_visible()
+    assert errors_of(browser) == []
+
+
 async def test_the_dashboard_fits_a_phone(stack, phone_browser, world):
     await open_dashboard(phone_browser, world)
     await expect(phone_browser.get_by_test_id("chart-province-canvas")).to_be_visible()
