@@ -9,7 +9,7 @@ once (listed through the API), and its event applied exactly once: the activitie
 view holds each volunteer once and recorded each volunteer event once, and analytics' figures equal
 the count and the sum of hours of the activities stored.
 
-Before that, what a graceful stop means for one part, on raw connections: the gateway (its own HTTP
+And what a graceful stop means for one part, on raw connections: the gateway (its own HTTP
 protocol, gateway/server.py) and a service (uvicorn's) answer every request they hold when SIGTERM
 comes (one being forwarded, requests pipelined behind it, a head or an upload half received), each
 connection's last answer saying `connection: close`, close their idle connections, accept no new
@@ -234,19 +234,21 @@ async def registry_view_knows(stack: Stack, volunteer_ids: list[str]) -> None:
 
 
 async def analytics_counts(partner: Partner) -> None:
-    """Analytics' figures for the project equal the activities stored: each event applied once."""
+    """Analytics' figures equal what is stored: the project's activities and their hours, and every
+    organisation of the stack (each activity and organisation event applied once)."""
     activities = await walk(partner.client, "/activities", project_id=partner.project["id"])
-    expected = (len(activities), sum(a["hours"] for a in activities))
+    expected = (len(activities), sum(a["hours"] for a in activities), len(await walk(partner.client, "/organizations")))
 
-    async def figures() -> tuple[int, float]:
+    async def figures() -> tuple[int, float, int]:
         answer = await partner.client.get("/analytics/overview", params={"project": partner.project["id"], "status": "all"})
         row = answer.json()["rows"][0] if answer.status_code == 200 else {}
-        return row.get("activities"), row.get("hours")
+        organizations = (await partner.client.get("/analytics/overview")).json().get("organizations")
+        return row.get("activities"), row.get("hours"), organizations
 
     async def equal() -> bool:
         return await figures() == expected
 
-    await eventually(equal, 60, 0.3, what=f"analytics counting {expected[0]} activities, {expected[1]} hours")
+    await eventually(equal, 60, 0.3, what=f"analytics counting (activities, hours, organisations) {expected}")
 
 
 # ---- the tests -----------------------------------------------------------------------------------
