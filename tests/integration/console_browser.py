@@ -42,6 +42,9 @@ ARGS = [
 # console reads (a 403 while probing scopes, a 422 shown to the person), not faults of the page.
 API_REFUSAL = re.compile(r"Failed to load resource: the server responded with a status of 4\d\d")
 
+REPORT_CSP_VIOLATIONS = """document.addEventListener('securitypolicyviolation', (event) =>
+  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI || 'inline code'}`));"""
+
 _errors: WeakKeyDictionary[Page, list[str]] = WeakKeyDictionary()
 
 
@@ -57,6 +60,9 @@ async def chromium() -> Browser:
 async def _page(chromium: Browser, stack, viewport: dict) -> Page:
     context = await chromium.new_context(base_url=stack.urls["gateway"], viewport=viewport, accept_downloads=True,
                                          locale="en-GB")
+    # Every CSP violation also reported as a console error naming the directive (Playwright's init
+    # scripts run whatever the page's CSP says).
+    await context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = await context.new_page()
     errors: list[str] = []
 
