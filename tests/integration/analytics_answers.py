@@ -9,10 +9,12 @@ whether every event written has reached the analytics store, following the path 
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
 import httpx
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -109,12 +111,23 @@ async def capture(client: httpx.AsyncClient, asked: list[Question]) -> dict[str,
 
 
 def differences(before: dict[str, Answer], after: dict[str, Answer], shown: int = 5) -> list[str]:
-    """The questions answered differently, each with both answers (the first `shown` of them in full)."""
+    """The questions answered differently, the first `shown` with a diff of their rows, then the others' names."""
     changed = [name for name in before if before[name] != after.get(name)]
     lines = [f"{len(changed)} of {len(before)} answers differ"]
     for name in changed[:shown]:
-        lines += [f"--- {name}", f"before: {before[name]}", f"after:  {after.get(name)}"]
+        old, new = before[name], after.get(name, Answer(0, "", b""))
+        lines.append(f"--- {name}: status {old.status} -> {new.status}, {old.media_type} -> {new.media_type}")
+        lines += list(difflib.unified_diff(_rows(old), _rows(new), "live", "rebuilt", n=0, lineterm=""))[2:]
     return lines + [f"also: {name}" for name in changed[shown:]]
+
+
+def _rows(answer: Answer) -> list[str]:
+    """An answer a row a line: JSON rows (and the other top-level keys) one by one, CSV as its lines."""
+    if not answer.media_type.startswith("application/json"):
+        return answer.body.decode(errors="replace").splitlines()
+    body = orjson.loads(answer.body)
+    rows = body.pop("rows", None) or body.pop("dataValues", None) or []
+    return [orjson.dumps(body).decode()] + [orjson.dumps(row).decode() for row in rows]
 
 
 # ---- settled: every event written has reached the analytics store ------------------------------------------
