@@ -17,7 +17,13 @@ taken just before it:
   while a separate process submits `POST /activities` at up to WRITE_RATE a second; p50/p99.
 - freshness: the same steady writes; meanwhile one probe at a time: a submission on a day of its own,
   then its verification, each timed from the 201/200 to the answer of `/analytics/hours` filtered to
-  that project and day counting it (polled every POLL_SECONDS). The analytics RSS at the end.
+  that project and day counting it (polled every POLL_SECONDS). The analytics RSS at the end. The
+  path broken down per probe event, from the activities service's outbox row (`created_at`, in the
+  request's transaction; `published_at`, set once the broker acknowledged it): 2xx → counted splits
+  into request tail (created → 2xx, negative: the 2xx comes after), relay (created → published, the
+  relay's wake, read, produce and acknowledgement), and published → counted (the broker's delivery to the
+  analytics consumer, its batch's store transaction, and the poll that saw it, whose own duration is
+  reported beside it).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from datetime import date, timedelta
 from urllib.parse import urlencode
 
 import aiohttp
+import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -268,6 +275,7 @@ def rebuild(stack: Stack) -> tuple[int, int, float]:
     out = subprocess.run([sys.executable, "-m", "services.analytics.rebuild"], env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"the rebuild failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    print(f"  rebuild's last line: {out.stdout.strip().splitlines()[-1][:600]}", flush=True)
     return rebuild_summary(out.stdout)
 
 
@@ -278,9 +286,17 @@ def caught_up(ready: dict, most: int = 50) -> bool:
     return any(name.startswith(ACTIVITIES_TOPIC) for name in lags) and all(lag <= most for lag in lags.values())
 
 
-def wait_caught_up(stack: Stack, timeout: float) -> float:
-    """Seconds until the analytics consumer has caught up (`caught_up`)."""
+def wait_caught_up(stack: Stack, setup: Setup, timeout: float) -> float:
+    """Seconds until the analytics consumer has caught up (`caught_up`). One activity is submitted first:
+    a consumer resuming at the end of the log (the rebuild handed its offsets over) fetches nothing and
+    so knows no lag until an event comes."""
     began = time.monotonic()
+    body = {"volunteer_id": setup.volunteer_ids[0], "project_id": setup.project_id, "activity_type": TYPES[0],
+            "date": (setup.today - timedelta(days=PROBE_DAY)).isoformat(), "hours": 0.25, "location_code": "12",
+            "beneficiaries": {"female": 1, "male": 0, "other": 0, "children": 0}}
+    answer = httpx.post(f"{stack.api}/activities", json=body, headers=gateway_headers(stack), timeout=60)
+    if answer.status_code != 201:
+        raise RuntimeError(f"catch-up probe: HTTP {answer.status_code}: {answer.text[:1000]}")
     with httpx.Client(base_url=stack.urls["analytics"], timeout=10) as client:
         while True:
             answer = client.get("/ready")
@@ -419,14 +435,62 @@ def _counted(client: httpx.Client, params: dict) -> int:
     return rows[0]["activities"] if rows else 0
 
 
-def _until_counted(client: httpx.Client, params: dict, expected: int, timeout: float = 60) -> float:
-    """Seconds from now until the figure counts `expected` activities (the caller's clock started at the 2xx)."""
+@dataclass
+class Probe:
+    """One probe event: when its 2xx came and when the figure first counted it (wall clock, seconds), and
+    how long the poll that saw it took."""
+
+    activity_id: str
+    event_type: str
+    answered: float
+    counted: float = 0.0
+    last_poll: float = 0.0
+
+
+def _until_counted(client: httpx.Client, params: dict, expected: int, probe: Probe, timeout: float = 60) -> float:
+    """Seconds from now until the figure counts `expected` activities (the caller's clock started at the
+    2xx); notes in `probe` when, and how long the poll that saw it took."""
     began = time.perf_counter()
-    while _counted(client, params) < expected:
+    while True:
+        polled = time.perf_counter()
+        if _counted(client, params) >= expected:
+            probe.counted, probe.last_poll = time.time(), time.perf_counter() - polled
+            return time.perf_counter() - began
         if time.perf_counter() - began > timeout:
             raise RuntimeError(f"freshness: {expected} activities not counted after {timeout:.0f} s ({params})")
         time.sleep(POLL_SECONDS)  # the poll's resolution, not a synchronisation
-    return time.perf_counter() - began
+
+
+def outbox_times(url: str, probes: list[Probe]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(activity id, event type) → (created_at, published_at) of the probes' events in the activities
+    service's outbox (epoch seconds)."""
+    async def read() -> list:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"), timeout=10)
+        try:
+            return await conn.fetch("SELECT key, value, created_at, published_at FROM outbox WHERE key = ANY($1::text[])",
+                                    list({p.activity_id for p in probes}))
+        finally:
+            await conn.close()
+
+    times = {}
+    for key, value, created, published in asyncio.run(read()):
+        if published is not None:
+            times[(key, orjson.loads(value)["type"])] = (created.timestamp(), published.timestamp())
+    return times
+
+
+def freshness_legs(probes: list[Probe], times: dict[tuple[str, str], tuple[float, float]]) -> dict[str, list[float]]:
+    """Per leg, the probes' milliseconds (probes whose outbox row was not found are left out)."""
+    legs: dict[str, list[float]] = {"request tail (outbox row → 2xx)": [], "relay (outbox row → broker ack)": [],
+                                    "broker ack → counted": [], "the poll that saw it": []}
+    for probe in probes:
+        if (probe.activity_id, probe.event_type) not in times:
+            continue
+        created, published = times[(probe.activity_id, probe.event_type)]
+        for leg, seconds in zip(legs, (probe.answered - created, published - created, probe.counted - published,
+                                       probe.last_poll)):
+            legs[leg].append(seconds * 1000)
+    return legs
 
 
 def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, object]:
@@ -434,6 +498,7 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
     mine = {"project": setup.project_id, "from": day, "to": day}
     submitted: list[float] = []
     verified: list[float] = []
+    probes: list[Probe] = []
     probe = cpu_speed()
     writes = SteadyWrites(stack, setup, WRITE_RATE, first=5_000_000)
     with httpx.Client(base_url=stack.api, headers=gateway_headers(stack), timeout=60) as client:
@@ -448,11 +513,14 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
             answer = client.post("/activities", json=body)
             if answer.status_code != 201:
                 raise RuntimeError(f"freshness probe: HTTP {answer.status_code}: {answer.text[:1000]}")
-            submitted.append(_until_counted(client, {**mine, "status": "all"}, all_before + n + 1))
-            answer = client.post(f"/activities/{answer.json()['id']}/verify", json={})
+            activity_id = answer.json()["id"]
+            probes.append(Probe(activity_id, ACTIVITY_SUBMITTED, time.time()))
+            submitted.append(_until_counted(client, {**mine, "status": "all"}, all_before + n + 1, probes[-1]))
+            answer = client.post(f"/activities/{activity_id}/verify", json={})
             if not answer.is_success:
                 raise RuntimeError(f"freshness probe's verification: HTTP {answer.status_code}: {answer.text[:1000]}")
-            verified.append(_until_counted(client, mine, verified_before + n + 1))
+            probes.append(Probe(activity_id, ACTIVITY_VERIFIED, time.time()))
+            verified.append(_until_counted(client, mine, verified_before + n + 1, probes[-1]))
     outcome = writes.result()
     rate = outcome["ok"] / outcome["seconds"]
     figures: dict[str, object] = {}
@@ -460,12 +528,17 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
         figures |= {figure(name, P50): percentile(values, 50) * 1000, figure(name, P99): percentile(values, 99) * 1000,
                     figure(name, TARGET): TARGETS_MS["freshness"], figure(name, COUNT): len(values), figure(name, WRITES): rate,
                     figure(name, PROBE): probe}
+    for leg, values in freshness_legs(probes, outbox_times(stack.db_urls["activities"], probes)).items():
+        if values:
+            name = f"freshness leg: {leg}"
+            figures |= {figure(name, P50): percentile(values, 50), figure(name, P99): percentile(values, 99),
+                        figure(name, COUNT): len(values), figure(name, PROBE): probe}
     figures[figure("failed writes during freshness", VALUE)] = outcome["failed"]
     print(f"  writes meanwhile: {rate:.0f}/s achieved of {WRITE_RATE}/s; failed {outcome['failed']} {outcome['first_failure']}", flush=True)
     return figures
 
 
-def load_history(stack: Stack, sizes: Sizes) -> tuple[str, dict[str, object]]:
+def load_history(stack: Stack, setup: Setup, sizes: Sizes) -> tuple[str, dict[str, object]]:
     """Produce the synthetic history with the service stopped, rebuild, start the service on the new
     store; the organisation queried alone and the figures of the load."""
     rng = random.Random(SEED)
@@ -487,8 +560,8 @@ def load_history(stack: Stack, sizes: Sizes) -> tuple[str, dict[str, object]]:
     print(f"  rebuild: {events:,} events in {seconds:.0f} s, {rate:,} events/s (cpu probe {probe:.0f} µs)", flush=True)
     stack.start_part("analytics")
     stack.wait_ready("analytics", "/ready", 120)
-    # The service skips what the rebuild recorded at some 5,000 events a second on a busy machine.
-    catch_up = wait_caught_up(stack, timeout=600 + sizes.activities / 2000)
+    # The service resumes at the offsets the rebuild handed over (were they not, it would re-read the log).
+    catch_up = wait_caught_up(stack, setup, timeout=600 + sizes.activities / 2000)
     memory = rss_mib(stack.procs["analytics"].pid)
     print(f"  service caught up {catch_up:.0f} s after it started; RSS {memory:.0f} MiB", flush=True)
     return busiest_organization(people), {
@@ -504,7 +577,7 @@ def run(quick: bool = False, size: str = DEFAULT_SIZE) -> dict[str, object]:
     print(f"sizes: {sizes}", flush=True)
     with running_stack("postgresql") as stack:
         setup = prepare(stack, sizes.setup_volunteers)
-        organization, loaded = load_history(stack, sizes)
+        organization, loaded = load_history(stack, setup, sizes)
         # Queries first: the table's first row then has every column but `value`, in order.
         figures = measure_queries(stack, setup, sizes, organization)
         figures |= measure_freshness(stack, setup, sizes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -204,17 +204,24 @@ async def _check_instrument(store: AnalyticsStore, question: Question) -> None:
     raise ProblemError(422, f"instrument: {error['msg']}", errors=[error])
 
 
+async def _figures(store: AnalyticsStore, question: Question, totals: bool = False) -> queries.Figures:
+    """The question's cells (or slice totals) from one snapshot of the store."""
+    if question.report.name == "skills":
+        statement = queries.skills_sql(question, totals)
+        rows = await store.read(statement.sql, statement.params)
+    else:
+        statement, rows = await store.read_keyed(lambda keys: queries.figures_sql(question, totals, keys))
+    return queries.figures_of(question, statement.columns, rows)
+
+
 async def answer(store: AnalyticsStore, question: Question, caller: CallerContext, k: int) -> dict[str, Any]:
     """`{"as_of", "group_by", "rows"}`: the figures, suppressed unless the caller holds
     `analytics:unsuppressed`; the overview adds `organizations`, how many analytics knows in the
     caller's view."""
     await _check_references(store, question)
-    build: Callable = queries.figures_sql
     if question.report.name == "skills":
         await _check_instrument(store, question)
-        build = queries.skills_sql
-    statement = build(question)
-    figures = queries.figures_of(question, statement.columns, await store.read(statement.sql, statement.params))
+    figures = await _figures(store, question)
     measures = list(question.report.measures)
     if caller.has("analytics:unsuppressed"):
         rows = [{**row, "suppressed": False} for row in figures.rows]
@@ -223,9 +230,7 @@ async def answer(store: AnalyticsStore, question: Question, caller: CallerContex
         # second snapshot: no weaker than the totals a reader asks for later (the README says what
         # suppression does not protect against, differencing answers over time among it).
         if question.group_by and any(row["volunteers"] < k for row in figures.rows):
-            statement = build(question, totals=True)
-            totals = queries.figures_of(question, statement.columns, await store.read(statement.sql, statement.params))
-            figures.slice_totals = totals.slice_totals
+            figures.slice_totals = (await _figures(store, question, totals=True)).slice_totals
         rows = suppress(figures.rows, list(question.group_by), k, measures, volunteers_key="volunteers",
                         slice_totals=figures.slice_totals, tie_key="hours" if "hours" in measures else None)
     as_of = figures.as_of.astimezone(timezone.utc) if figures.as_of else None

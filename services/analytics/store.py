@@ -195,6 +195,24 @@ class AnalyticsStore:
         finally:
             cursor.close()
 
+    def query_keyed(self, build: Callable[[int | None], Any]) -> tuple[Any, list[tuple]]:
+        """The statement `build(highest volunteer key)` makes (an object with `sql` and `params`) and its
+        rows, the key read in the same snapshot: a bitmap of volunteers sized by it holds every key the
+        statement can meet, whatever is written meanwhile."""
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute("BEGIN TRANSACTION")
+            statement = build(cursor.execute("SELECT max(key) FROM volunteer").fetchone()[0])
+            rows = cursor.execute(statement.sql, statement.params).fetchall()
+            cursor.execute("COMMIT")
+            return statement, rows
+        finally:
+            cursor.close()
+
+    async def read_keyed(self, build: Callable[[int | None], Any]) -> tuple[Any, list[tuple]]:
+        """`query_keyed` in a worker thread."""
+        return await asyncio.to_thread(self.query_keyed, build)
+
     async def read(self, sql: str, params: list | dict | None = None) -> list[tuple]:
         """`query` in a worker thread, so the event loop serves other requests meanwhile."""
         return await asyncio.to_thread(self.query, sql, params)

@@ -540,3 +540,19 @@ def test_skills_csv_flattens_items():
                             "#indicator+score+change+mean+teamwork"]
     assert rows[2] == ["female", "6", "1.0", "2.0", "1.0", "1.5", "2.5", "1.0", "false"]
     assert rows[3] == ["male", "", "", "", "", "", "", "", "true"]
+
+
+@pytest.mark.parametrize("group_by", ["province,sex", "age_band,month", "program,week", "district"])
+async def test_bitmaps_and_count_distinct_count_the_same_volunteers(world: World, group_by: str):
+    """Distinct volunteers counted with a bitmap per group (a few groups) or with count(DISTINCT) (too many
+    for bitmaps) give the same cells and slice totals, merges resolved (V5's activities count for V1)."""
+    question = figures.parse_question(REPORTS["hours"], [("group_by", group_by), ("status", "all")], national())
+    keys = world.store.query("SELECT max(key) FROM volunteer")[0][0]
+    answers = []
+    for totals in (False, True):
+        bitmap, plain = (queries.figures_sql(question, totals, volunteer_keys) for volunteer_keys in (keys, None))
+        assert "bitstring_agg" in bitmap.sql and "bitstring_agg" not in plain.sql
+        answers.append([queries.figures_of(question, s.columns, world.store.query(s.sql, s.params)) for s in (bitmap, plain)])
+    cells, totals = answers
+    assert cells[0].rows == cells[1].rows and cells[0].rows
+    assert totals[0].slice_totals == totals[1].slice_totals
