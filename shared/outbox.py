@@ -47,6 +47,12 @@ class OutboxRecord(SQLModel, table=True):
 TABLES = [OutboxRecord.__table__, RelayState.__table__]
 
 
+def mark_written(session: AsyncSession) -> None:
+    """Outbox rows were written in this transaction (by `add_event`, `add_events`, or the caller's own
+    SQL): the relay is woken once it commits."""
+    session.info["outbox_dirty"] = True
+
+
 def add_event(session: AsyncSession, event_: CloudEvent) -> None:
     """Stage an event in the caller's transaction; it is published only if that transaction commits."""
     session.add(
@@ -58,7 +64,7 @@ def add_event(session: AsyncSession, event_: CloudEvent) -> None:
             created_at=datetime.now(timezone.utc),
         )
     )
-    session.info["outbox_dirty"] = True
+    mark_written(session)
 
 
 # Below this many rows a COPY's own set-up costs more than the INSERT it replaces.
@@ -81,7 +87,7 @@ async def add_events(session: AsyncSession, events: Sequence[CloudEvent | Encode
         await driver.copy_records_to_table(OutboxRecord.__tablename__, records=records, columns=_COLUMNS)
     else:
         await session.execute(insert(OutboxRecord.__table__), [dict(zip(_COLUMNS, r)) for r in records])
-    session.info["outbox_dirty"] = True
+    mark_written(session)
 
 
 REPUBLISHING = "republishing outbox after broker lost its log"
