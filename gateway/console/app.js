@@ -66,6 +66,8 @@ async function api(path, { method = 'GET', body, accept = 'application/json', qu
   const type = response.headers.get('content-type') || '';
   if (!response.ok) {
     const problem = type.includes('json') ? await response.json().catch(() => null) : { detail: await response.text() };
+    // A key accepted at sign-in and refused now was revoked (or expired): back to the sign-in form.
+    if (response.status === 401 && sessionStorage.getItem(KEY_STORAGE)) signOut('signin.revoked');
     throw new ApiError(response.status, problem);
   }
   if (response.status === 204) return null;
@@ -164,11 +166,12 @@ async function signIn(key, status, t) {
   render();
 }
 
-function signOut() {
+/** Forgets the key; `messageKey` is said on the sign-in form (why the person was signed out). */
+function signOut(messageKey) {
   unmount();
   sessionStorage.removeItem(KEY_STORAGE);
   Object.assign(state, { key: null, scopes: new Set(), organizationId: null, organizationName: null });
-  render();
+  render(messageKey);
 }
 
 function renderTabs(root, t) {
@@ -204,13 +207,13 @@ function renderPanel(root, t) {
 
 /** Draws everything again (after sign-in, sign-out, a tab or a language change): modules are
  * destroyed and mounted anew, so they pick up the new language. */
-function render() {
+function render(messageKey) {
   unmount();
   const t = translator(STRINGS_ALL, state.lang);
   renderChrome(t);
   const root = clear(document.getElementById('app'));
   if (!state.key) {
-    renderSignIn(root, t);
+    renderSignIn(root, t, messageKey && t(messageKey));
     return;
   }
   renderTabs(root, t);
@@ -223,14 +226,15 @@ async function start() {
     localStorage.setItem(LANG_STORAGE, state.lang);
     render();
   });
-  document.getElementById('sign-out').addEventListener('click', signOut);
+  document.getElementById('sign-out').addEventListener('click', () => signOut());
   if (state.key) {
     try {
       state.scopes = await probeScopes();
       await findOrganization();
     } catch {
-      sessionStorage.removeItem(KEY_STORAGE);
-      state.key = null;
+      // A refused key has been signed out by api(), which says why; otherwise the server is away.
+      if (state.key) signOut('signin.unreachable');
+      return;
     }
   }
   render();

@@ -135,6 +135,17 @@ async def test_the_key_stays_in_the_tab_and_is_forgotten_on_sign_out(stack, brow
     assert errors_of(browser) == []
 
 
+async def test_a_revoked_key_is_signed_out(stack, browser, admin, world):
+    created = await _ok(await admin.post("/admin/api-keys", json={
+        "name": unique("console"), "organization_id": world.org["id"], "scopes": ["analytics:read"]}))
+    await sign_in(browser, created["key"])
+    await expect(browser.get_by_test_id("figure-volunteers")).to_be_visible(timeout=20_000)
+    assert (await admin.delete(f"/admin/api-keys/{created['id']}")).status_code in (200, 204)
+    # The next poll is refused: the key is forgotten and the sign-in form says why.
+    await expect(browser.get_by_test_id("signin-message")).to_contain_text("no longer accepted", timeout=30_000)
+    assert await browser.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") is None
+
+
 async def test_the_dashboard_reads_figures_written_through_the_api(stack, browser, world):
     await open_dashboard(browser, world)
     await expect(browser.get_by_test_id("figure-verified-hours")).to_have_text(str(VOLUNTEERS * HOURS))
