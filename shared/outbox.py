@@ -130,13 +130,13 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._watch_task: asyncio.Task | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._leader_conn = None
         self._watching = False  # the marks are loaded: this relay publishes and watches the log
         self._lost: str | None = None  # why the log is lost, until the loop starts re-publishing
         self._generation = 0  # re-publications so far
         self._backlog_counted_at = 0.0
-        self._pruned_at = 0.0
+        self._pruned_at: float | None = None  # monotonic time of the last pruning
         self.healthy = False
         self.problem: str | None = None  # why /ready says no (REPUBLISHING), None when fine
 
@@ -157,7 +157,7 @@ class OutboxRelay:
 
     async def stop(self) -> None:
         """Publish what is pending (for `flush_timeout` seconds at most), then close."""
-        self._stopping = True
+        self._stopping.set()
         self._wake.set()
         if self._watch_task:
             self._watch_task.cancel()
@@ -174,7 +174,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         failures = 0
-        while not self._stopping:
+        while not self._stopping.is_set():
             try:
                 if self._producer is None:
                     await self._start_producer()
@@ -200,17 +200,20 @@ class OutboxRelay:
 
     async def _idle(self) -> None:
         """Wait for a commit (or the poll interval), then linger for the commits right behind it."""
-        if self._stopping:
+        if self._stopping.is_set():
             return
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         except asyncio.TimeoutError:
             return
-        if self._linger and not self._stopping:
+        if self._linger:
             # Woken by a commit: wait a moment for the commits right behind it, so that one batch
-            # (one query, one produce request, one update) carries them all.
-            await asyncio.sleep(self._linger)
+            # (one query, one produce request, one update) carries them all (a stop cuts it short).
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._linger)
+            except asyncio.TimeoutError:
+                pass
 
     async def _flush(self) -> None:
         """On stop: publish until nothing is pending (bounded by `stop`'s deadline)."""
@@ -231,7 +234,7 @@ class OutboxRelay:
             self._watching = True
         if self._lost:
             await self._republish(self._lost)
-        if time.monotonic() - self._pruned_at > 600:
+        if self._pruned_at is None or time.monotonic() - self._pruned_at > 600:
             await self._prune()
 
     async def _watch_log(self) -> None:

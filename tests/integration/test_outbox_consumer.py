@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import SQLModel
@@ -422,6 +424,70 @@ async def partitions_of(settings: CommonSettings, topic: str) -> set[int]:
     try:
         await reader.topics()
         return reader.partitions_for_topic(topic) or set()
+    finally:
+        await reader.stop()
+
+
+async def test_a_stopping_relay_publishes_what_is_pending_before_it_closes(rig: Rig):
+    await rig.create_topic(1)
+    relay = rig.relay(poll_interval=30, linger=10)  # woken by the commits, it would wait 10 s for more
+    relay.start()
+    await eventually(lambda: relay.healthy, 15, what="relay waiting")
+    published_before = rig.published()
+    await rig.stage([program_event(f"f{i}") for i in range(5)])
+    started = time.monotonic()
+    await relay.stop()
+    assert time.monotonic() - started < 5, "the stop cut the linger short"
+    assert rig.published() - published_before == 5 and await relay.backlog() == 0
+
+
+async def test_rows_published_longer_ago_than_the_retention_are_deleted_and_no_others(rig: Rig):
+    await rig.create_topic(1)
+    kept, old = [program_event("kept")], [program_event(f"old{i}") for i in range(3)]
+    await rig.stage(old + kept)
+    ids = [e.id for e in old]
+    async with rig.maker() as session:
+        await session.execute(update(OutboxRecord).where(OutboxRecord.event_id.in_(ids))
+                              .values(published_at=datetime.now(timezone.utc) - timedelta(hours=3)))
+        await session.commit()
+    relay = OutboxRelay(rig.maker, lambda: make_producer(rig.settings, unique("relay")), rig.metrics,
+                        LogWatch(rig.settings, [rig.topic]), retention=timedelta(hours=2))
+    rig.running.append(relay)
+    relay.start()
+    await eventually(lambda: relay.healthy, 15, what="relay running")
+
+    async def left() -> set[str]:
+        async with rig.maker() as session:
+            rows = await session.execute(select(OutboxRecord.event_id).where(OutboxRecord.event_id.in_(ids + [kept[0].id])))
+            return set(rows.scalars())
+
+    assert await left() == {kept[0].id}, "the three past the retention deleted; the one just published kept"
+
+
+async def test_a_stopping_consumer_finishes_its_batch_and_commits_its_offset(rig: Rig):
+    await rig.create_topic(1)
+    events = [program_event(f"s{i:02}") for i in range(30)]
+    await rig.produce(keyed(events))
+    calls: Counter = Counter()
+    record = rig.effect("a")
+
+    async def slow(session: AsyncSession, event: CloudEvent, payload: ProgramCreated) -> None:
+        calls["n"] += 1
+        await asyncio.sleep(0.02)
+        await record(session, event, payload)
+
+    consumer = rig.consumer(handler=slow)
+    consumer.start()
+    await eventually(lambda: calls["n"] > 0, 30, 0.005, what="the batch started")
+    await consumer.stop()
+    rig.running.remove(consumer)
+    applied = len(await rig.effect_rows())
+    assert applied > 0, "the batch in hand was finished, not cut (its transaction would have rolled back)"
+    reader = AIOKafkaConsumer(bootstrap_servers=rig.settings.kafka_bootstrap, group_id=rig.group,
+                              enable_auto_commit=False)
+    await reader.start()
+    try:
+        assert await reader.committed(TopicPartition(rig.topic, 0)) == applied
     finally:
         await reader.stop()
 
