@@ -35,6 +35,7 @@ from bench import ceiling
 from bench.load import Load, run_load
 from bench.payloads import fill, volunteer_csv
 from bench.stack import DATABASES, gateway_headers, probed, running_stack
+from bench.stats import format_table
 from services.activities.activities.models import Activity
 from services.activities.activities.service import activity_event, local_today
 from services.activities.activity_types.models import TAXONOMY
@@ -252,6 +253,10 @@ def run(quick: bool = False) -> dict[str, object]:
         with running_stack(database) as stack:
             setup = prepare(stack, sizes.volunteers)
             ceiling_url = ceiling.fresh_database(stack, "ceiling", MIGRATIONS)
-            figures |= batch_ingestion(stack, database, setup, sizes, ceiling_url)
-            figures |= single_submissions(stack, database, setup, sizes, ceiling_url)
+            for turn in (batch_ingestion, single_submissions):
+                measured = turn(stack, database, setup, sizes, ceiling_url)
+                # Printed as soon as measured: a later turn that fails (the shared server out of
+                # connections, say) does not take these figures with it.
+                print(format_table("activities", measured), flush=True)
+                figures |= measured
     return figures

@@ -186,7 +186,7 @@ async def _singles(url: str, parts: list[Part], count: int, tasks: int, seconds:
                 for statement, (_, _, records) in zip(statements, parts):
                     await connection.execute(statement, *records[i])
 
-        connections = [await asyncpg.connect(_dsn(url)) for _ in range(tasks)]
+        connections = [await _connect(url) for _ in range(tasks)]
 
     async def task(connection, deadline: float) -> None:
         while (began := time.perf_counter()) < deadline and (i := next(next_row, None)) is not None:
@@ -205,17 +205,17 @@ async def _singles(url: str, parts: list[Part], count: int, tasks: int, seconds:
     return LoadResult(len(latencies), elapsed, 0, percentile(latencies, 50), percentile(latencies, 99))
 
 
-def rows_for(seconds: float) -> int:
-    """How many rows to build for a `singles` turn of `seconds`."""
-    return int(seconds * TX_PER_SECOND)
-
-
-# ---- figures -----------------------------------------------------------------------------------
-
-def batch_rate(rows: int, seconds: Sequence[float]) -> tuple[float, float, float]:
-    """(rows per second, p50 ms, p99 ms of a batch) of batches that took `seconds` each."""
-    ms = [s * 1000 for s in seconds]
-    return rows / sum(seconds), percentile(ms, 50), percentile(ms, 99)
+async def _connect(url: str, patience: float = 60.0) -> asyncpg.Connection:
+    """A connection of its own, waiting (bounded) while the server has no slot left: the server is
+    shared with other stacks, whose tests open and close connections all the time."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await asyncpg.connect(_dsn(url))
+        except asyncpg.TooManyConnectionsError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 def rows_for(seconds: float) -> int:
