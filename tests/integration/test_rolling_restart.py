@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -429,9 +432,24 @@ async def test_gateway_answers_what_it_holds_when_stopped(rolling_stack: Stack):
     assert {"/api/v1/organizations?second", "/api/v1/organizations?upload", "/api/v1/organizations?head"} <= set(upstream.received)
 
 
-async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: Stack):
-    """uvicorn's own protocol (the services'): a create whose body is half sent when SIGTERM comes is
-    still read, stored and answered, then the service exits."""
+def serve_with_vmc(stack: Stack, name: str) -> None:
+    """Run a part of the stack as the production image does (`vmc serve`, uvicorn in process)."""
+    stack.stop_part(name)
+    env = {**stack.env(), f"VMC_{name.upper()}_DATABASE_URL": stack.db_urls[name]}
+    with open(stack.workdir / f"{name}.log", "ab") as log:
+        stack.procs[name] = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", name, "--host", "127.0.0.1"],
+                                             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                             start_new_session=True)
+    stack.wait_ready(name, "/ready", 60)
+
+
+@pytest.mark.parametrize("entry", ["uvicorn", "vmc serve"])
+async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: Stack, entry: str):
+    """uvicorn's own protocol (the services'), started as `make run` does or as the image does: a
+    create whose body is half sent when SIGTERM comes is still read, stored and answered, then the
+    service exits."""
+    if entry == "vmc serve":
+        await asyncio.to_thread(serve_with_vmc, rolling_stack, "registry")
     port = rolling_stack.ports["registry"]
     caller = CallerContext("test-national", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
     name = unique("upload")
