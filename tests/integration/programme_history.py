@@ -5,7 +5,7 @@ three districts; 27 volunteers of every sex, aged 11 to 36 on their activity dat
 18 in the middle of the year), log activities of five types from February to November 2026. Entries are
 verified in full or in part, left submitted, rejected, voided after a verification or while submitted,
 corrected before a decision; one duplicate volunteer is merged into another and one is erased, both
-after logging. Soft-skills and digital-literacy assessments (baseline and endline, one replaced) give
+after logging, and two have their sex, residence, date of birth or organisation changed afterwards. Soft-skills and digital-literacy assessments (baseline and endline, one replaced) give
 the skills figures, with volunteers in every verified-hours band. Everything is drawn from a fixed
 seed, so two runs write the same figures (only ids and times differ).
 """
@@ -221,6 +221,15 @@ async def merge_and_erase(admin: httpx.AsyncClient, units: dict[str, Unit]) -> N
     await ok(lambda: admin.delete(f"/volunteers/{erased['id']}"))
 
 
+async def amend_people(admin: httpx.AsyncClient, units: dict[str, Unit]) -> None:
+    """After they logged: B's first volunteer moves to Kampot (07) and is recorded as male; A1's fifth is
+    transferred to B, with a corrected date of birth (31, no longer 23)."""
+    moved, transferred = units["B"].volunteers[0], units["A1"].volunteers[4]
+    await ok(lambda: admin.patch(f"/volunteers/{moved['id']}", json={"sex": "male", "residence_province": "07"}))
+    await ok(lambda: admin.patch(f"/volunteers/{transferred['id']}",
+                                 json={"organization_id": units["B"].org["id"], "date_of_birth": "1995-05-05"}))
+
+
 async def write_programme_history(admin: httpx.AsyncClient, seed: int = 17) -> History:
     rng = random.Random(seed)
     await import_districts(admin)
@@ -229,5 +238,6 @@ async def write_programme_history(admin: httpx.AsyncClient, seed: int = 17) -> H
     final = await bounded([carry_out(admin, entry) for entry in plan_entries(units, rng)])
     await assess(admin, units, rng)
     await merge_and_erase(admin, units)
+    await amend_people(admin, units)
     counted = [a for a in final if a["status"] in ("submitted", "verified")]
     return History(units, codes, activities=len(counted), verified=sum(a["status"] == "verified" for a in counted))
