@@ -16,15 +16,19 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy import text
 
 from deploy.processes import free_port, start_tansu, start_uvicorn, stop, wait_ready
 from shared import manifest
+from shared.db import make_engine
 
 PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Each service of the manifest: its name and app import string (the gateway starts beside them).
@@ -240,11 +244,36 @@ class Stack:
     def api(self) -> str:
         return self.urls["gateway"] + "/api/v1"
 
+    async def query(self, name: str, sql: str, **params) -> list[tuple]:
+        """Rows of a part's own database: what the part itself recorded (outbox, processed events)."""
+        engine = make_engine(self.db_urls[name])
+        try:
+            async with engine.connect() as conn:
+                return [tuple(row) for row in await conn.execute(text(sql), params)]
+        finally:
+            await engine.dispose()
+
     def close(self) -> None:
         # The gateway first, as `make run` stops: no request reaches a service that has stopped.
         for name in sorted(self.procs, key=lambda name: name != "gateway"):
             self.stop_part(name)
         self.databases.drop()
+
+
+@contextmanager
+def stack_of_its_own(**extra_env: str) -> Iterator[Stack]:
+    """A started stack with a broker, databases and a folder of its own, all removed after: for tests
+    that stop, restart or break its parts without disturbing the session's `stack`."""
+    workdir = new_workdir()
+    broker = Broker(workdir)
+    stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir), extra_env=dict(extra_env))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.close()
+        broker.close()
+        remove_workdir(workdir)
 
 
 def new_workdir() -> Path:

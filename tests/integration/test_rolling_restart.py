@@ -34,15 +34,13 @@ from datetime import date, timedelta
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
 
 from deploy.processes import free_port, start_uvicorn, stop, wait_ready
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_caller
-from shared.db import make_engine
 from tests.api import walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_org, create_project, organization_body, register, volunteer_body
-from tests.harness import Broker, Databases, Stack, needs_stoppable_broker, new_workdir, remove_workdir, unique
+from tests.harness import Stack, needs_stoppable_broker, stack_of_its_own, unique
 from tests.integration.test_embedded import Output, launch, shut_down
 
 # What a partner retries with the same Idempotency-Key: the gateway could not reach the service, or the
@@ -58,18 +56,9 @@ WRITES_BETWEEN = 6
 
 @pytest.fixture(scope="module")
 def rolling_stack():
-    workdir = new_workdir()
-    broker = Broker(workdir)
-    stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
     # Consumers rejoin their group quickly after a part restarts (on Tansu a join waits ~half of it).
-    stack.extra_env["VMC_KAFKA_SESSION_TIMEOUT_MS"] = "4000"
-    try:
-        stack.start()
+    with stack_of_its_own(VMC_KAFKA_SESSION_TIMEOUT_MS="4000") as stack:
         yield stack
-    finally:
-        stack.close()
-        broker.close()
-        remove_workdir(workdir)
 
 
 @pytest.fixture
@@ -150,16 +139,6 @@ async def acknowledged_more(partner: Partner, more: int, timeout: float = 60.0) 
     await eventually(lambda: partner.acked >= target, timeout, 0.1, what=f"{more} more acknowledged writes")
 
 
-async def query(url: str, sql: str, **params) -> list[tuple]:
-    """Read a service's database directly (what the service itself recorded)."""
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(row) for row in await conn.execute(text(sql), params)]
-    finally:
-        await engine.dispose()
-
-
 async def consumed(stack: Stack, service: str, consumer: str, outcome: str) -> float:
     """Events a consumer of a service counted with this outcome since the service's process started."""
     async with httpx.AsyncClient(base_url=stack.urls[service], timeout=30) as client:
@@ -212,14 +191,14 @@ async def check_events_applied_once(stack: Stack, partner: Partner) -> None:
 async def registry_view_knows(stack: Stack, volunteer_ids: list[str]) -> None:
     """The activities service's view of the registry holds each volunteer once, and recorded each of
     their registry events once (as applied)."""
-    outbox = await query(stack.db_urls["registry"], "SELECT event_id, key FROM outbox")
+    outbox = await stack.query("registry", "SELECT event_id, key FROM outbox")
     wanted = set(volunteer_ids)
     event_ids = {event_id for event_id, key in outbox if key in wanted}
     assert len(event_ids) >= len(wanted)
 
     async def recorded() -> dict[str, list[str]]:
-        rows = await query(stack.db_urls["activities"],
-                           "SELECT event_id, outcome FROM processed_events WHERE consumer = 'activities-registry'")
+        rows = await stack.query("activities",
+                                 "SELECT event_id, outcome FROM processed_events WHERE consumer = 'activities-registry'")
         seen: dict[str, list[str]] = collections.defaultdict(list)
         for event_id, outcome in rows:
             if event_id in event_ids:
@@ -231,7 +210,7 @@ async def registry_view_knows(stack: Stack, volunteer_ids: list[str]) -> None:
 
     await eventually(all_recorded, 60, 0.3, what=f"{len(event_ids)} volunteer events recorded by activities")
     assert sorted(map(tuple, (await recorded()).values())) == [("applied",)] * len(event_ids)
-    rows = await query(stack.db_urls["activities"], "SELECT id FROM registry_volunteers")
+    rows = await stack.query("activities", "SELECT id FROM registry_volunteers")
     known = collections.Counter(str(uuid.UUID(str(volunteer_id))) for (volunteer_id,) in rows)
     assert all(known[v] == 1 for v in volunteer_ids), {v: known[v] for v in volunteer_ids if known[v] != 1}
 
