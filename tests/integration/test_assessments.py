@@ -259,6 +259,28 @@ async def test_a_merge_gives_the_duplicates_assessments_to_the_survivor_and_keep
                    ["body", "volunteer_id"], says="merged")
 
 
+async def test_a_volunteer_moving_to_another_organisation_takes_their_assessments_into_its_view(admin: httpx.AsyncClient, stack):
+    old_home, new_home = await create_org(admin), await create_org(admin)
+    volunteer = await register(admin, organization_id=old_home["id"])
+    first = await record(admin, volunteer["id"])
+    moved = await admin.patch(f"/volunteers/{volunteer['id']}", json={"organization_id": new_home["id"]})
+    assert moved.status_code == 200, moved.text
+    async with org_key(stack, admin, new_home["id"], KEY_SCOPES) as as_new, \
+            org_key(stack, admin, old_home["id"], KEY_SCOPES) as as_old:
+        async def visible() -> bool:
+            return (await as_new.get(f"/assessments/{first['id']}")).status_code == 200
+
+        await eventually(visible, what="the assessment visible to the volunteer's new organisation")
+        # The new organisation is told of the one it can now see, and replaces it.
+        problem = assert_problem(await as_new.post("/assessments", json=assessment_body(volunteer["id"])), 409)
+        assert problem["existing_id"] == first["id"]
+        second = await record(as_new, volunteer["id"], replaces=first["id"])
+        assert {a["id"] for a in await walk(as_new, "/assessments", volunteer_id=volunteer["id"])} == {first["id"], second["id"]}
+        for assessment in (first, second):
+            assert_problem(await as_old.get(f"/assessments/{assessment['id']}"), 404)
+        assert await walk(as_old, "/assessments", volunteer_id=volunteer["id"]) == []
+
+
 # ---- rules on a rolled-back session (tests/db.py) ----------------------------------------------------
 async def test_with_the_registry_unreachable_a_known_volunteer_is_assessed_and_an_unknown_one_says_retry(
         activities_session: AsyncSession):

@@ -40,8 +40,8 @@ class Assessment(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     volunteer_id: uuid.UUID = Field(index=True)
-    # The volunteer's managing organisation when recorded: carried by the events so analytics can
-    # place the figure without asking.
+    # The volunteer's managing organisation: who may read and replace the assessment. It follows the
+    # volunteer to another organisation and to a merge's survivor.
     organization_id: uuid.UUID = Field(index=True)
     instrument: str = Field(max_length=40)
     phase: str = Field(max_length=10)

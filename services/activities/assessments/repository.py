@@ -87,6 +87,15 @@ async def reassign(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: 
     return clashes
 
 
+async def set_organization(session: AsyncSession, volunteer_id: uuid.UUID, organization_id: uuid.UUID,
+                           now: datetime) -> None:
+    """Only rows that change get a new updated_at (incremental sync sends them again)."""
+    await session.execute(
+        update(Assessment).where(Assessment.volunteer_id == volunteer_id, Assessment.organization_id != organization_id)
+        .values(organization_id=organization_id, updated_at=now).execution_options(synchronize_session=False)
+    )
+
+
 async def _current_of(session: AsyncSession, volunteer_id: uuid.UUID) -> list[Assessment]:
     query = select(Assessment).where(Assessment.volunteer_id == volunteer_id, Assessment.replaced_by.is_(None))
     return list((await session.execute(query)).scalars())

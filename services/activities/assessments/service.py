@@ -13,11 +13,13 @@ from services.activities.assessments import repository
 from services.activities.assessments.instruments import INSTRUMENTS, Instrument
 from services.activities.assessments.models import Assessment, AssessmentCreate
 from services.activities.registry_view import lookup
+from services.activities.registry_view import repository as registry_view
 from services.activities.registry_view.client import RegistryClient
 from services.activities.registry_view.lookup import Needs
 from services.activities.registry_view.models import VolunteerView
 from services.activities.scope import Visibility
 from shared.caller import CallerContext
+from shared.db import utcnow
 from shared.errors import NotFound, ProblemError
 from shared.events import ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, AssessmentChanged, new_event
 from shared.logs import request_id_var
@@ -159,11 +161,20 @@ async def get_assessment(session: AsyncSession, scope: Visibility, assessment_id
 
 
 async def follow_merge(session: AsyncSession, duplicate_id: uuid.UUID, survivor_id: uuid.UUID) -> None:
-    """A registry merge: the duplicate's assessments become the survivor's (called by the merge handler,
-    inside its unit of work). Applying it twice changes nothing the first did not."""
+    """A registry merge: the duplicate's assessments become the survivor's, or those of whoever the
+    survivor was merged into since (merge events are keyed by the duplicate, so a chain's merges arrive
+    in any order). Called by the merge handler, inside its unit of work; applying it twice changes
+    nothing the first did not."""
+    survivor_id = await registry_view.survivor_of(session, survivor_id)
     survivor = await session.get(VolunteerView, survivor_id)
     organization_id = survivor.organization_id if survivor is not None else None
     clashes = await repository.reassign(session, duplicate_id, survivor_id, organization_id)
     if clashes:
         log.info("merge kept both assessments of a phase; the survivor's stays current",
                  extra={"survivor_id": str(survivor_id), "replaced": [str(d) for d, _ in clashes]})
+
+
+async def follow_transfer(session: AsyncSession, volunteer_id: uuid.UUID, organization_id: uuid.UUID) -> None:
+    """The volunteer is managed by `organization_id` now: their assessments move into its view, so it
+    can read and replace them (the old organisation no longer sees them, as for activities)."""
+    await repository.set_organization(session, volunteer_id, organization_id, utcnow())

@@ -50,6 +50,7 @@ async def volunteer_changed(session: AsyncSession, event: CloudEvent, p: Volunte
     row = await session.get(VolunteerView, p.id)
     if row.organization_id == p.organization_id:  # this event is the newest: their entries follow a transfer
         await activities.follow_transfer(session, p.id, p.organization_id)
+        await assessments.follow_transfer(session, p.id, p.organization_id)
 
 
 async def _volunteer_row(session: AsyncSession, volunteer_id) -> VolunteerView:
