@@ -83,11 +83,13 @@ class Changes:
                     "merged_into = excluded.merged_into")
             _flatten_merge_chains(conn)
         touched = list({*self.volunteers, *self.merges, *self.merges.values()})
-        add_stubs(conn, [*touched, *(row[2] for row in self.activities.values())])
+        add_stubs(conn, [*touched, *(row[VOLUNTEER] for row in self.activities.values())])
+        # Only verified hours are summarised: the keys whose summary may change are those of the rows
+        # verified before or after the batch, and of the volunteers it touched (before and after a merge).
         affected: set[int] = set()
         if summarise:
-            affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE id IN (SELECT unnest($1::UUID[]))",
-                              list(self.activities))
+            affected |= _keys(conn, """SELECT volunteer_key FROM activity WHERE status = 'verified'
+                                       AND id IN (SELECT unnest($1::UUID[]))""", list(self.activities))
             affected |= _keys(conn, """SELECT key FROM volunteer WHERE id IN (SELECT unnest($1::UUID[])) UNION
                                        SELECT s.key FROM volunteer v JOIN volunteer s ON s.id = v.merged_into
                                        WHERE v.id IN (SELECT unnest($1::UUID[]))""", touched)
@@ -99,9 +101,12 @@ class Changes:
             conn.execute("UPDATE activity SET program = p.code FROM program p "
                          "WHERE p.id = activity.program_id AND p.id IN (SELECT unnest($1::UUID[]))", [list(self.programs)])
         if summarise:
-            affected |= _keys(conn, """SELECT volunteer_key FROM activity WHERE id IN (SELECT unnest($1::UUID[]))
-                                       OR program_id IN (SELECT unnest($2::UUID[]))""",
-                              list(self.activities), list(self.programs))
+            verified = [row[VOLUNTEER] for row in self.activities.values() if row[STATUS] == "verified"]
+            affected |= _keys(conn, """SELECT s.key FROM volunteer named JOIN volunteer s
+                                       ON s.id = coalesce(named.merged_into, named.id)
+                                       WHERE named.id IN (SELECT unnest($1::UUID[]))""", verified)
+            affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE program_id IN (SELECT unnest($1::UUID[]))",
+                              list(self.programs))
             if affected:
                 refresh_summary(conn, sorted(affected))
         if self.assessments:
@@ -130,6 +135,7 @@ ACTIVITY_TYPES = [
     "UUID", "INTEGER", "UUID", "UUID", "UUID", "UUID", "VARCHAR", "VARCHAR", "DATE", "DOUBLE", "DOUBLE", "VARCHAR",
     "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "INTEGER",
 ]
+VOLUNTEER, STATUS = ACTIVITY_COLUMNS.index("volunteer_id"), ACTIVITY_COLUMNS.index("status")
 ASSESSMENT_COLUMNS = ["id", "volunteer_id", "instrument", "phase", "taken_on", "scores", "total", "replaces"]
 ASSESSMENT_TYPES = ["UUID", "UUID", "VARCHAR", "VARCHAR", "DATE", "JSON", "INTEGER", "UUID"]
 

@@ -308,19 +308,27 @@ async def finish(store: AnalyticsStore) -> None:
     await asyncio.to_thread(store.write, lambda conn: refresh_summary(conn, None))
 
 
-async def hand_over_offsets(settings: AnalyticsSettings, offsets: dict[TopicPartition, int]) -> str | None:
+async def hand_over_offsets(settings: AnalyticsSettings, offsets: dict[TopicPartition, int],
+                            timeout: float = 60) -> str | None:
     """Commit the rebuilt store's offsets to the service's consumer group (the service is stopped), so
     that it resumes there: without this it would re-read the whole log and apply each event again (157 s
-    at 1 M events). Committed as a consumer with no group membership (generation -1), which Kafka
-    refuses while the group has members (another process consuming under the same group): then the
-    service re-reads the log, slower but right (re-applying is harmless). Returns why, if not handed over."""
+    at 1 M events). Committed as a member of the group, once it holds every partition: Tansu refuses a
+    commit from outside the group (generation -1) once the group has had members. If another member
+    holds some (a service still running under the group), nothing is committed: the service re-reads
+    the log, slower but right (re-applying is harmless). Returns why, if not handed over."""
     if not offsets:
         return None
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.consumer_group,
-                                enable_auto_commit=False, request_timeout_ms=30_000)
+    consumer = AIOKafkaConsumer(*sorted({tp.topic for tp in offsets}), bootstrap_servers=settings.kafka_bootstrap,
+                                group_id=settings.consumer_group, enable_auto_commit=False,
+                                session_timeout_ms=settings.kafka_session_timeout_ms, request_timeout_ms=30_000)
     await consumer.start()
     try:
-        consumer.assign(list(offsets))
+        deadline = time.monotonic() + timeout
+        while set(offsets) - consumer.assignment():
+            if time.monotonic() > deadline:
+                return (f"offsets not handed over: group {settings.consumer_group} gave this rebuild "
+                        f"{len(consumer.assignment())} of {len(offsets)} partitions; the service will re-read the log")
+            await asyncio.sleep(0.1)  # the group's join runs in the consumer's background task
         await consumer.commit(offsets)
         return None
     except KafkaError as exc:

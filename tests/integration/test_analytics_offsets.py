@@ -7,11 +7,12 @@ import random
 import uuid
 
 from services.analytics.rebuild import rebuild_offline
-from services.analytics.store import AnalyticsStore
+from services.analytics.store import MEMORY, AnalyticsStore
 from shared.events import ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED
 from tests.conftest import eventually
 from tests.integration.analytics_events import (
-    OwnTopics, apply_in_order, figures, make_topics, programme_history, publish, records_of, settings_for, store_consumer,
+    OwnTopics, apply_in_order, figures, make_topics, processed, programme_history, publish, records_of, settings_for,
+    store_consumer,
 )
 
 
@@ -23,6 +24,18 @@ async def test_the_service_resumes_where_the_rebuild_stopped(broker, tmp_path):
     history = programme_history()
     keys = random.Random(5)
     await publish(settings, topics, records_of(topics, history.events, keys))
+
+    # The service consumed under its group before it was stopped (a group with a history: Tansu then
+    # refuses a commit from outside it).
+    before = AnalyticsStore(MEMORY)
+    earlier, _ = store_consumer(settings, topics, before, group_id=settings.consumer_group)
+    earlier.start()
+    try:
+        await eventually(lambda: processed(before, topics.consumer).get("applied") == len(history.events), 30,
+                         what="the service's consumer applying the log before the rebuild")
+    finally:
+        await earlier.stop()
+        before.close()
 
     progress = await rebuild_offline(settings, lambda p: None, topics=topics.both)
     assert progress.state == "done" and progress.note is None
