@@ -258,3 +258,14 @@ async def test_a_registry_that_hangs_gives_a_503_within_the_timeout(hanging_regi
         # Back: the volunteer nobody registered is now a plain "not found".
         assert_problem(await log(admin, activity_body(s, volunteer_id=unknown, date="2026-03-12")), 422,
                        ["body", "volunteer_id"], says="not found")
+
+
+async def test_phnom_penhs_today_is_accepted_and_its_tomorrow_is_not(admin: httpx.AsyncClient):
+    """Between 17:00 and 24:00 UTC this tells Phnom Penh's date from UTC's; tests/unit/test_activity_rules
+    pins the instant."""
+    s = await setting(admin, end_date=None)
+    today = service.local_today()
+    assert_problem(await log(admin, activity_body(s, date=(today + timedelta(days=1)).isoformat())), 422, ["body", "date"],
+                   says="Asia/Phnom_Penh")
+    answer = await log(admin, activity_body(s, date=today.isoformat()))
+    assert answer.status_code == 201, answer.text
