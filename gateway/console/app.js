@@ -15,11 +15,12 @@ const STRINGS_ALL = {
   km: { ...STRINGS.km, ...dashboardStrings.km, ...inboxStrings.km },
 };
 
-// A scope is held unless its probe answers 403. Each probe is the cheapest request the scope guards;
-// activities:verify guards no GET, so its probe is a bulk verification whose body names no decision
-// and an unknown field, which the service refuses (422) after the scope check, deciding nothing.
+// A scope is held unless its probe answers 403. Each probe is the cheapest request the scope guards.
+// The analytics probe names a dimension that does not exist: refused (422) after the scope check,
+// before the store is read. activities:verify guards no GET, so its probe is a bulk verification whose
+// body names no decision and an unknown field: refused (422) after the scope check, deciding nothing.
 const PROBES = {
-  'analytics:read': { path: '/analytics/overview', query: { day: 'today' } },
+  'analytics:read': { path: '/analytics/overview', query: { group_by: 'scope_probe' } },
   'activities:read': { path: '/activity-types' },
   'activities:verify': { path: '/activities/verifications', method: 'POST', body: { scope_probe: true } },
   'registry:read': { path: '/organizations', query: { limit: 1 } },
