@@ -40,6 +40,8 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="module")
 def own_stack():
+    # Not harness.stack_of_its_own: the topics must be made by `vmc topics` between the broker's start and
+    # the services' (which would otherwise make them with the broker's default retention).
     workdir = new_workdir()
     broker = Broker(workdir)
     stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
