@@ -265,7 +265,8 @@ def _volunteers_sql(dims: Sequence[str], volunteer_keys: int | None) -> str:
     for d in dims:
         groups *= DIMENSION_VALUES[d]
     if volunteer_keys and groups * (volunteer_keys / 8) <= BITMAP_BUDGET:
-        return f"bit_count(bitstring_agg(_volunteer, 1, {int(volunteer_keys)}))"
+        # No row in the group (an answer with no dimension over no activity): 0, as count(DISTINCT) gives.
+        return f"coalesce(bit_count(bitstring_agg(_volunteer, 1, {int(volunteer_keys)})), 0)"
     return MEASURE_SQL["volunteers"]
 
 

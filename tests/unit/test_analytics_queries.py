@@ -341,6 +341,14 @@ async def test_an_empty_answer_still_says_as_of(world: World):
     assert answer["as_of"].isoformat() == "2026-03-21T01:00:00+00:00"
 
 
+async def test_an_overview_of_no_activity_counts_zero_volunteers_and_is_suppressed_not_an_error(world: World):
+    # One row (no dimension) over no activity: 0 volunteers, whichever way they are counted.
+    everything = await ask(world, "overview", program="NOPE")
+    assert [(row["volunteers"], row["activities"]) for row in everything["rows"]] == [(0, 0)]
+    plain = await ask(world, "overview", national(frozenset({"analytics:read"})), program="NOPE")
+    assert [row["suppressed"] for row in plain["rows"]] == [True]
+
+
 # ---- skills ------------------------------------------------------------------------------------------
 @pytest.fixture
 def skills() -> World:
