@@ -175,13 +175,28 @@ function signOut(messageKey) {
   render(messageKey);
 }
 
+/** Shows tab `id` (moving the focus to it when `focus`, as the arrow keys do). */
+function selectTab(id, focus) {
+  state.tab = id;
+  render();
+  if (focus) document.getElementById(`tab-${id}`).focus();
+}
+
 function renderTabs(root, t) {
-  const bar = el('div', { class: 'tabs', role: 'tablist' });
+  // The WAI-ARIA tabs pattern: one tab in the Tab order, the arrow keys move between tabs.
+  const step = (event) => {
+    const moves = { ArrowRight: 1, ArrowLeft: -1 };
+    if (!(event.key in moves)) return;
+    const index = TABS.findIndex((tab) => tab.id === state.tab);
+    selectTab(TABS[(index + moves[event.key] + TABS.length) % TABS.length].id, true);
+  };
+  const bar = el('div', { class: 'tabs', role: 'tablist', on: { keydown: step } });
   for (const tab of TABS) {
+    const selected = tab.id === state.tab;
     bar.appendChild(el('button', {
       type: 'button', role: 'tab', id: `tab-${tab.id}`, testid: `tab-${tab.id}`, 'aria-controls': 'panel',
-      'aria-selected': String(tab.id === state.tab), text: t(`tab.${tab.id}`),
-      on: { click: () => { state.tab = tab.id; render(); } },
+      'aria-selected': String(selected), tabindex: selected ? '0' : '-1', text: t(`tab.${tab.id}`),
+      on: { click: () => selectTab(tab.id, false) },
     }));
   }
   root.appendChild(bar);

@@ -235,7 +235,9 @@ async def test_a_key_without_analytics_read_is_told_which_scope_is_missing(stack
     await expect(browser.get_by_test_id("figures")).to_have_count(0)
     await expect(browser.get_by_test_id("organization")).to_contain_text(world.org["name"])
     await screenshot(browser, "console-missing-scope")
-    await browser.get_by_test_id("tab-inbox").click()
+    await browser.get_by_test_id("tab-dashboard").focus()
+    await browser.keyboard.press("ArrowRight")   # tabs follow the arrow keys
+    await expect(browser.get_by_test_id("tab-inbox")).to_be_focused()
     await expect(message).to_contain_text("activities:read, activities:verify")
     assert errors_of(browser) == []
 
