@@ -1,6 +1,8 @@
 """HTTP surface of analytics: the figures endpoints, their query parameters documented from the reports."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from email.utils import format_datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -68,11 +70,20 @@ _RESPONSES = {200: {"model": Answer, "content": {formats.CSV_MEDIA_TYPE: {"schem
                     "description": "JSON, or CSV with `Accept: text/csv` or `?hxl=true`"}}
 
 
+def _with_as_of(response: Response, as_of: datetime | None) -> Response:
+    """`as_of` also as `Last-Modified` (an HTTP date, to the second), so that a CSV answer, which has no
+    place for it that tools would read, still says how fresh it is."""
+    if as_of is not None:
+        response.headers["Last-Modified"] = format_datetime(as_of.astimezone(timezone.utc), usegmt=True)
+    return response
+
+
 def _add_figures_route(report: Report) -> None:
     async def figures_endpoint(request: Request, store: StoreDep, caller: Caller, hxl: Hxl = False) -> Response:
         question = figures.parse_question(report, request.query_params.multi_items(), caller)
         answer = await figures.answer(store, question, caller, request.app.state.settings.suppression_k)
-        return formats.render(report.name, answer, list(report.measures), accept=request.headers.get("accept"), hxl=hxl)
+        response = formats.render(report.name, answer, list(report.measures), accept=request.headers.get("accept"), hxl=hxl)
+        return _with_as_of(response, answer["as_of"])
 
     router.add_api_route(
         f"/{report.name}", figures_endpoint, methods=["GET"], name=f"analytics_{report.name}",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import date
+from datetime import date, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 import orjson
@@ -296,3 +297,11 @@ async def test_through_the_gateway_volunteers_are_counted_distinct_not_per_activ
     await eventually(all_counted, 30, what="the three activities counted")
     assert await cells("day,activity_type") == [(3, 2, 7.0)]
     assert await cells("province,district,focus_area,organization,project,program,sex,age_band") == [(3, 2, 7.0)]
+    # CSV has no place for as_of: it comes as Last-Modified (to the second), as with JSON.
+    params = {"organization": place.org["id"], "group_by": "project"}
+    as_json = await admin.get("/analytics/hours", params=params)
+    as_csv = await admin.get("/analytics/hours", params=params, headers={"Accept": "text/csv"})
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    as_of = datetime.fromisoformat(as_json.json()["as_of"]).replace(microsecond=0)
+    assert parsedate_to_datetime(as_csv.headers["last-modified"]) == parsedate_to_datetime(
+        as_json.headers["last-modified"]) == as_of
