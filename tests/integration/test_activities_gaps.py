@@ -4,6 +4,7 @@ never sends), and through the gateway the enrolment's own dates, client referenc
 organisations, the 24-hour rule across projects, voiding a submitted entry, and a registry that hangs."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -11,22 +12,26 @@ from datetime import date, timedelta
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import service
 from services.activities.activities.models import Activity
 from services.activities.assessments import service as assessments
 from services.activities.assessments.models import Assessment, AssessmentCreate
+from services.activities.migrations import MIGRATIONS as ACTIVITIES_MIGRATIONS
 from services.activities.registry_view.client import RegistryClient
+from services.activities.registry_view.models import OrganizationView, VolunteerView
 from services.activities.scope import visibility
 from shared import events as ev
 from shared.caller import SCOPES, CallerContext
+from shared.db import make_sessionmaker
+from shared.errors import ProblemError
 from shared.outbox import OutboxRecord
 from tests.api import assert_problem, walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_project, national_scope, org_key, register
-from tests.harness import Broker, Databases, Stack, new_workdir, remove_workdir, unique
+from tests.harness import Broker, Databases, Stack, database_mode, new_workdir, remove_workdir, unique
 from tests.integration.activity_factories import LOGGER, activity_body, log, setting
 from tests.integration.test_activities_rules_db import NATIONAL, T0, apply, entry, known_setting, volunteer
 
@@ -98,6 +103,58 @@ async def test_a_merge_chain_in_order_ends_on_the_last_survivor_too(activities_s
     current = (await session.execute(select(Assessment).where(Assessment.volunteer_id == a))).scalars().all()
     assert current == []
 
+
+
+async def _lock_waits(engine) -> int:
+    async with engine.connect() as connection:
+        return (await connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ))).scalar_one()
+
+
+@pytest.mark.skipif(database_mode() != "postgresql", reason="SQLite has one writer: a write cannot be in flight beside a handler")
+async def test_an_assessment_in_flight_when_a_merge_commits_does_not_stay_on_the_duplicate(migrated_databases):
+    """Two real transactions (committed, then deleted): the merge handler has updated the duplicate's row
+    and not committed yet while an assessment of the duplicate is being written. Whichever goes first,
+    nothing may be left on the duplicate (here: the write waits, then is told of the merge)."""
+    engine = await migrated_databases.engine("activities", ACTIVITIES_MIGRATIONS)
+    maker = make_sessionmaker(engine)
+    org, duplicate, survivor = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    down = RegistryClient("http://127.0.0.1:1", "secret", 0.5)
+    try:
+        async with maker() as setup, setup.begin():
+            await apply(setup, ev.ORGANIZATION_CREATED, ev.OrganizationChanged(id=org, kind="ngo"), T0)
+            for v in (duplicate, survivor):
+                await apply(setup, ev.VOLUNTEER_REGISTERED, volunteer(v, org), T0)
+
+        async def assess() -> int:
+            async with maker() as writing, writing.begin():
+                try:
+                    await assessments.record_assessment(writing, down, national_scope(), AssessmentCreate(
+                        volunteer_id=duplicate, instrument="soft-skills-v1", phase="endline", taken_on=date(2026, 3, 2),
+                        scores=SOFT))
+                    return 201
+                except ProblemError as problem:
+                    assert "merged" in problem.detail, problem.detail
+                    return problem.status
+
+        async with maker() as merging, merging.begin():
+            await apply(merging, ev.VOLUNTEER_MERGED, ev.VolunteerMerged(survivor_id=survivor, duplicate_id=duplicate),
+                        T0 + timedelta(seconds=1))
+            writer = asyncio.create_task(assess())
+            await eventually(lambda: writer.done() or _lock_waits(engine), what="the write done or waiting")
+            waited = not writer.done()
+        status = await writer
+        assert (waited, status) == (True, 422)
+        async with maker() as reading:
+            left = (await reading.execute(select(Assessment).where(Assessment.volunteer_id == duplicate))).scalars().all()
+        assert left == []
+    finally:
+        await down.close()
+        async with maker() as cleanup, cleanup.begin():
+            await cleanup.execute(delete(Assessment).where(Assessment.volunteer_id.in_([duplicate, survivor])))
+            await cleanup.execute(delete(VolunteerView).where(VolunteerView.id.in_([duplicate, survivor])))
+            await cleanup.execute(delete(OrganizationView).where(OrganizationView.id == org))
 
 # ---- through the gateway ------------------------------------------------------------------------
 
