@@ -3,11 +3,12 @@
 Three organisations (one below another) run three projects of two programmes in four provinces and
 three districts; 27 volunteers of every sex, aged 11 to 36 on their activity dates (a 17-year-old turns
 18 in the middle of the year), log activities of five types from February to November 2026. Entries are
-verified in full or in part, left submitted, rejected, voided after a verification or while submitted,
-corrected before a decision; one duplicate volunteer is merged into another and one is erased, both
-after logging, and two have their sex, residence, date of birth or organisation changed afterwards. Soft-skills and digital-literacy assessments (baseline and endline, one replaced) give
-the skills figures, with volunteers in every verified-hours band. Everything is drawn from a fixed
-seed, so two runs write the same figures (only ids and times differ).
+verified in full or in part and rejected (logged and decided in bulk), left submitted, voided after a
+verification or while submitted, corrected before a decision (one by one); one duplicate volunteer is
+merged into another and one is erased, both after logging, and two have their sex, residence, date of
+birth or organisation changed afterwards. Soft-skills and digital-literacy assessments (baseline and
+endline, one replaced) give the skills figures, with volunteers in every verified-hours band. Everything
+is drawn from a fixed seed, so two runs write the same figures (only ids and times differ).
 """
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ class Entry:
     beneficiaries: dict
 
 
+# Verified in full or in part and rejected entries are logged and decided in bulk; the others one by one.
+BULK_FATES = ("verify", "partial", "reject")
 FATES = ("verify", "verify", "partial", "submitted", "reject", "void_verified", "verify", "correct_then_verify",
          "void_submitted", "verify")
 
@@ -168,21 +171,40 @@ def people_reached(rng: random.Random) -> dict:
     return {**reached, "children": rng.randint(0, min(4, sum(reached.values())))}
 
 
-async def carry_out(admin: httpx.AsyncClient, entry: Entry) -> dict:
-    """Log the entry, then decide it as its fate says; the activity as it finally stands."""
-    body = activity_body(Setting(entry.unit.org, entry.unit.project, entry.volunteer), date=entry.day,
+def entry_body(entry: Entry) -> dict:
+    return activity_body(Setting(entry.unit.org, entry.unit.project, entry.volunteer), date=entry.day,
                          hours=entry.hours, activity_type=entry.activity_type, location_code=entry.place,
                          beneficiaries=entry.beneficiaries)
+
+
+def bulk_decision(entry: Entry, activity_id: str) -> dict:
+    if entry.fate == "reject":
+        return {"id": activity_id, "decision": "reject", "reason": "not volunteering"}
+    approved = {"approved_hours": entry.hours / 2} if entry.fate == "partial" else {}
+    return {"id": activity_id, "decision": "verify", **approved}
+
+
+async def log_and_decide_in_bulk(admin: httpx.AsyncClient, entries: list[Entry]) -> list[str]:
+    """Entries decided at once: logged in one batch, then decided in one bulk verification (the paths
+    that publish many events a transaction); their statuses."""
+    logged = await ok(lambda: admin.post("/activities/batch", json={"items": [entry_body(e) for e in entries]}))
+    assert logged["created"] == len(entries), logged
+    ids = {item["index"]: item["id"] for item in logged["items"]}
+    decisions = [bulk_decision(entry, ids[index]) for index, entry in enumerate(entries)]
+    decided = await ok(lambda: admin.post("/activities/verifications", json={"items": decisions}))
+    assert decided["updated"] == len(entries), decided
+    return ["rejected" if entry.fate == "reject" else "verified" for entry in entries]
+
+
+async def carry_out(admin: httpx.AsyncClient, entry: Entry) -> dict:
+    """Log the entry alone, then correct, decide or void it as its fate says; the activity as it finally stands."""
+    body = entry_body(entry)
     activity = await ok(lambda: log(admin, body))
     path = f"/activities/{activity['id']}"
     if entry.fate == "correct_then_verify":
         await ok(lambda: admin.patch(path, json={"hours": entry.hours + 0.5, "location_code": entry.unit.places[0]}))
-    if entry.fate in ("verify", "correct_then_verify", "void_verified"):
+    if entry.fate in ("correct_then_verify", "void_verified"):
         activity = await ok(lambda: admin.post(f"{path}/verify", json={}))
-    elif entry.fate == "partial":
-        activity = await ok(lambda: admin.post(f"{path}/verify", json={"approved_hours": entry.hours / 2}))
-    elif entry.fate == "reject":
-        activity = await ok(lambda: admin.post(f"{path}/reject", json={"reason": "not volunteering"}))
     if entry.fate in ("void_verified", "void_submitted"):
         activity = await ok(lambda: admin.post(f"{path}/void", json={"reason": "logged twice"}))
     return activity
@@ -235,9 +257,12 @@ async def write_programme_history(admin: httpx.AsyncClient, seed: int = 17) -> H
     await import_districts(admin)
     units, codes = await make_units(admin)
     await enrol_everyone(admin, units)
-    final = await bounded([carry_out(admin, entry) for entry in plan_entries(units, rng)])
+    entries = plan_entries(units, rng)
+    statuses = await log_and_decide_in_bulk(admin, [e for e in entries if e.fate in BULK_FATES])
+    alone = await bounded([carry_out(admin, e) for e in entries if e.fate not in BULK_FATES])
+    statuses += [activity["status"] for activity in alone]
     await assess(admin, units, rng)
     await merge_and_erase(admin, units)
     await amend_people(admin, units)
-    counted = [a for a in final if a["status"] in ("submitted", "verified")]
-    return History(units, codes, activities=len(counted), verified=sum(a["status"] == "verified" for a in counted))
+    return History(units, codes, activities=sum(s in ("submitted", "verified") for s in statuses),
+                   verified=statuses.count("verified"))
