@@ -31,8 +31,9 @@ from shared.outbox import OutboxRecord
 from tests.api import assert_problem, walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_project, national_scope, org_key, register
-from tests.harness import Broker, Databases, Stack, database_mode, new_workdir, remove_workdir, unique
+from tests.harness import database_mode, stack_of_its_own, unique
 from tests.integration.activity_factories import LOGGER, activity_body, log, setting
+from tests.integration.test_activities import probe
 from tests.integration.test_activities_rules_db import NATIONAL, T0, apply, entry, known_setting, volunteer
 
 SOFT = {"communication": 4, "teamwork": 5, "leadership": 3, "problem_solving": 2, "critical_thinking": 1,
@@ -158,13 +159,6 @@ async def test_an_assessment_in_flight_when_a_merge_commits_does_not_stay_on_the
 
 # ---- through the gateway ------------------------------------------------------------------------
 
-async def probe(client: httpx.AsyncClient, body: dict) -> dict:
-    """What a dry run says of one entry (changes nothing, so it can be asked again and again)."""
-    answer = await client.post("/activities/batch", params={"dry_run": "true"}, json={"items": [body]})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["items"][0]
-
-
 async def test_only_days_the_enrolment_covers_take_entries(admin: httpx.AsyncClient):
     s = await setting(admin)  # the project runs from 2026-01-15, the enrolment from 2026-02-01
     assert_problem(await log(admin, activity_body(s, date="2026-01-20")), 422, ["body", "project_id"], says="not enrolled")
@@ -268,21 +262,14 @@ REGISTRY_TIMEOUT_S = 1.0
 @pytest.fixture
 def hanging_registry_stack():
     """A stack of its own (its registry is frozen; the session's stack must not be), with a 1 s timeout."""
-    workdir = new_workdir()
-    broker = Broker(workdir)
-    stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
-    stack.extra_env["VMC_ACTIVITIES_REGISTRY_TIMEOUT_S"] = str(REGISTRY_TIMEOUT_S)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        # Killed, not stopped: a graceful stop of each part in turn took 20 s here, and nothing of this
-        # stack is needed afterwards (close() then drops its databases).
-        for name in list(stack.procs):
-            stack.stop_part(name, kill=True)
-        stack.close()
-        broker.close()
-        remove_workdir(workdir)
+    with stack_of_its_own(VMC_ACTIVITIES_REGISTRY_TIMEOUT_S=str(REGISTRY_TIMEOUT_S)) as stack:
+        try:
+            yield stack
+        finally:
+            # Killed, not stopped (a frozen registry would not stop; a graceful stop of each part in turn
+            # took 20 s here): nothing of this stack is needed afterwards.
+            for name in list(stack.procs):
+                stack.stop_part(name, kill=True)
 
 
 async def _timed(request) -> tuple[httpx.Response, float]:
