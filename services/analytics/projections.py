@@ -73,8 +73,9 @@ class Changes:
         _upsert_latest(conn, "organization", ["id", "parent_id", "kind", "national"], ["UUID", "UUID", "VARCHAR", "BOOLEAN"],
                        self.organizations)
         _upsert_latest(conn, "project", ["id", "program_id", "organization_id"], ["UUID", "UUID", "UUID"], self.projects)
-        _upsert_latest(conn, "volunteer", ["id", "organization_id", "sex", "date_of_birth", "residence_province"],
-                       ["UUID", "UUID", "VARCHAR", "DATE", "VARCHAR"], self.volunteers)
+        _upsert_latest(conn, "volunteer", ["id", "organization_id", "sex", "date_of_birth", "residence_province",
+                                           "residence_district"],
+                       ["UUID", "UUID", "VARCHAR", "DATE", "VARCHAR", "VARCHAR"], self.volunteers)
         if self.erased:
             _upsert(conn, "volunteer", ["id", "erased"], ["UUID", "BOOLEAN"], [(v, True) for v in self.erased],
                     "erased = true")
@@ -181,7 +182,7 @@ def _flatten_merge_chains(conn: duckdb.DuckDBPyConnection) -> None:
 # The denormalised columns of an activity `a` (a `date`) counted for survivor `s`, of programme `pg`.
 DENORMALISED = {
     "survivor_id": "s.id", "volunteer_key": "s.key", "sex": "s.sex", "date_of_birth": "s.date_of_birth",
-    "residence_province": "s.residence_province", "age_band": age_band_sql(age_sql("a.date", "s.date_of_birth")),
+    "residence_province": "s.residence_province", "residence_district": "s.residence_district", "age_band": age_band_sql(age_sql("a.date", "s.date_of_birth")),
     "program": "pg.code",
 }
 
@@ -274,7 +275,8 @@ def project_changed(changes: Changes, event: CloudEvent, p: ProjectChanged) -> N
 
 def volunteer_changed(changes: Changes, event: CloudEvent, p: VolunteerChanged) -> None:
     if _later(changes.volunteers.get(p.id), event):
-        changes.volunteers[p.id] = (p.id, p.organization_id, p.sex, p.date_of_birth, p.residence_province,
+        district = p.residence_commune[:4] if p.residence_commune and len(p.residence_commune) >= 4 else None
+        changes.volunteers[p.id] = (p.id, p.organization_id, p.sex, p.date_of_birth, p.residence_province, district,
                                     event.time, event.id)
 
 

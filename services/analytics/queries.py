@@ -7,8 +7,8 @@ second statement, run only when a cell is hidden: one scan computing every total
 
 Placement (product §4): hours, activities and beneficiaries are placed where the activity happened
 (`province`/`district` of its location code); `/analytics/volunteers` places volunteers by residence
-(`province` is their residence province there, and `district` is not offered: residence is known to
-the province only). Sex and age band of a volunteer the store has not heard of yet are "unknown"; so
+(`province` and `district` are those of their residence there: the district is the first four digits of
+the residence commune, None when the volunteer gave a province only). Sex and age band of a volunteer the store has not heard of yet are "unknown"; so
 is an age under 10 (no volunteer can be that young: a wrong date of birth). A missing district (an
 activity recorded at province level) or residence is `None`.
 """
@@ -74,8 +74,7 @@ LABELS = {
     "year": "CAST({0} AS VARCHAR)",
 }
 # `/analytics/volunteers` counts volunteers where they live.
-RESIDENCE_EXPRESSIONS = {**ACTIVITY_EXPRESSIONS, "province": "f.residence_province"}
-del RESIDENCE_EXPRESSIONS["district"]
+RESIDENCE_EXPRESSIONS = {**ACTIVITY_EXPRESSIONS, "province": "f.residence_province", "district": "f.residence_district"}
 
 # Over `people p` (one row per volunteer with a baseline and an endline, `p._age` at the endline).
 SKILLS_PERSON_EXPRESSIONS = {

@@ -8,7 +8,7 @@ write, a write never waits for a query, and neither blocks the event loop.
 Denormalised at write time, so a dashboard scans one table and joins nothing: each `activity` row
 carries its volunteer's merge survivor (`survivor_id`, and `volunteer_key`, the survivor's integer
 key: distinct volunteers are counted on integers, about twice as fast as on UUIDs), the survivor's
-sex, date of birth and residence, the age band on the activity date, and the programme's code. Every
+sex, date of birth and residence (province, and district: the first four digits of the commune), the age band on the activity date, and the programme's code. Every
 volunteer the store hears of gets a row in `volunteer` and a key from the `volunteer_keys` sequence
 (a stub with no attributes when an activity or a merge names a volunteer before their registration
 arrives). A batch that changes a volunteer (update, merge; chains A into B into C flattened in any
@@ -64,12 +64,12 @@ CREATE TABLE IF NOT EXISTS activity (
     approved_hours DOUBLE, status VARCHAR, location_code VARCHAR, province VARCHAR, district VARCHAR,
     ben_female INTEGER, ben_male INTEGER, ben_other INTEGER, ben_children INTEGER,
     survivor_id UUID, volunteer_key INTEGER, sex VARCHAR, date_of_birth DATE, residence_province VARCHAR,
-    age_band VARCHAR, program VARCHAR);
+    residence_district VARCHAR, age_band VARCHAR, program VARCHAR);
 -- event_time and event_id order the full-state events of an entity (time first, ties by id);
 -- erased and merged_into are kept whatever order their events come in (neither is ever undone).
 CREATE TABLE IF NOT EXISTS volunteer (
     id UUID PRIMARY KEY, organization_id UUID, sex VARCHAR, date_of_birth DATE, residence_province VARCHAR,
-    merged_into UUID, erased BOOLEAN NOT NULL DEFAULT false, event_time TIMESTAMPTZ, event_id VARCHAR,
+    residence_district VARCHAR, merged_into UUID, erased BOOLEAN NOT NULL DEFAULT false, event_time TIMESTAMPTZ, event_id VARCHAR,
     key INTEGER NOT NULL DEFAULT nextval('volunteer_keys'));
 CREATE TABLE IF NOT EXISTS organization (
     id UUID PRIMARY KEY, parent_id UUID, kind VARCHAR, national BOOLEAN, event_time TIMESTAMPTZ, event_id VARCHAR);
@@ -149,7 +149,7 @@ class AnalyticsStore:
         attributes would have to come from events already consumed): the store must be rebuilt."""
         columns = {row[0] for row in self._conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'activity'").fetchall()}
-        if columns and "volunteer_key" not in columns:
+        if columns and "residence_district" not in columns:
             self._conn.close()
             raise StoreOutdated(f"{self.path} predates the denormalised activity rows: run "
                                 "`python -m services.analytics.rebuild` with the service stopped")

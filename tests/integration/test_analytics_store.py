@@ -221,7 +221,8 @@ def denormalisation_history() -> tuple[Programme, dict[str, uuid.UUID]]:
     p.add(VOLUNTEER_MERGED, VolunteerMerged(survivor_id=v["S"], duplicate_id=v["B"]))
     # The survivor's date of birth corrected: 15 on the activity date (1 March 2026, her birthday), not 13.
     p.add(VOLUNTEER_UPDATED, VolunteerChanged(id=v["S"], organization_id=p.org, sex="female",
-                                              date_of_birth=date(2011, 3, 1), residence_province="17"))
+                                              date_of_birth=date(2011, 3, 1), residence_province="17",
+                                              residence_commune="170205"))
     p.add(VOLUNTEER_ERASED, VolunteerErased(id=v["erased"]))
     p.add(PROGRAM_CREATED, ProgramCreated(id=p.program, code="LATE-1"))
     return p, v
@@ -240,8 +241,8 @@ async def apply_in_batches(events: list, rng: random.Random) -> AnalyticsStore:
 
 
 def denormalised(store: AnalyticsStore) -> list[tuple]:
-    return store.query("""SELECT sex, age_band, residence_province, program, approved_hours, survivor_id
-                          FROM activity ORDER BY approved_hours""")
+    return store.query("""SELECT sex, age_band, residence_province, residence_district, program, approved_hours,
+                                 survivor_id FROM activity ORDER BY approved_hours""")
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -253,9 +254,10 @@ async def test_denormalised_rows_converge_whatever_the_order(seed):
     stores = [in_order, await apply_in_batches(shuffled, random.Random(seed + 100))]
     try:
         # Everything A, B and S did counts for S, with S's corrected attributes: a girl of 15 (15-17) living
-        # in 17; the others keep their own; the programme's code reached the rows that came before it.
-        expected = [("female", "15-17", "17", "LATE-1", 1.0 + i, v["S"]) for i in range(4)] + [
-            ("male", "31+", "12", "LATE-1", 5.0, v["late"]), ("female", "25-30", "12", "LATE-1", 6.0, v["erased"])]
+        # in district 1702 of 17; the others keep their own; the programme's code reached the rows before it.
+        expected = [("female", "15-17", "17", "1702", "LATE-1", 1.0 + i, v["S"]) for i in range(4)] + [
+            ("male", "31+", "12", None, "LATE-1", 5.0, v["late"]),
+            ("female", "25-30", "12", None, "LATE-1", 6.0, v["erased"])]
         for store in stores:
             assert denormalised(store) == expected
             # Keys follow the survivor; the summary holds S's 10 verified hours and the others'.

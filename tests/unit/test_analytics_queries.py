@@ -57,10 +57,12 @@ class World:
 
     def volunteer(self, name: str, org: str, sex: str, born: str, residence: str | None,
                   merged_into: str | None = None) -> None:
+        """`residence`: a province code, or a commune code (its first four digits are the district)."""
         self.vol[name] = uuid.uuid4()
-        self.run("INSERT INTO volunteer (id, organization_id, sex, date_of_birth, residence_province, merged_into) "
-                 "VALUES (?, ?, ?, ?, ?, ?)",
-                 [self.vol[name], self.org[org], sex, date.fromisoformat(born), residence,
+        self.run("INSERT INTO volunteer (id, organization_id, sex, date_of_birth, residence_province, "
+                 "residence_district, merged_into) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 [self.vol[name], self.org[org], sex, date.fromisoformat(born), residence and residence[:2],
+                  residence[:4] if residence and len(residence) >= 4 else None,
                   self.vol[merged_into] if merged_into else None])
 
     def activity(self, volunteer: str, on: str, status: str, hours: float, approved: float | None, location: str,
@@ -125,11 +127,11 @@ def organisations_and_projects() -> World:
 # ---- the activities world ------------------------------------------------------------------------------
 @pytest.fixture
 def world() -> World:
-    """`organisations_and_projects`, and volunteers V1 (female, 15 Mar 2008, lives in 12), V2 (male,
+    """`organisations_and_projects`, and volunteers V1 (female, 15 Mar 2008, lives in commune 120304 of 12), V2 (male,
     1 Jan 2000, 17), V3 (female, 30 Jun 1990, 12), V5 (a duplicate merged into V1) and V4, whom the store
     has not heard of."""
     w = organisations_and_projects()
-    w.volunteer("V1", "A", "female", "2008-03-15", "12")
+    w.volunteer("V1", "A", "female", "2008-03-15", "120304")
     w.volunteer("V2", "A", "male", "2000-01-01", "17")
     w.volunteer("V3", "B", "female", "1990-06-30", "12")
     w.volunteer("V5", "A", "female", "2008-03-15", "12", merged_into="V1")
@@ -256,6 +258,9 @@ async def test_volunteers_are_placed_by_residence(world: World):
     assert table(answer, "volunteers") == {("12",): (2,), ("17",): (1,), (None,): (1,)}
     assert set(answer["rows"][0]) == {"province", "volunteers", "suppressed"}
     assert table(await ask(world, "volunteers", province="12"), "volunteers") == {(): (2,)}
+    # Residence district: V1's commune 120304 is in district 1203; V2 and V3 gave a province only.
+    assert table(await ask(world, "volunteers", group_by="district"), "volunteers") == {("1203",): (1,), (None,): (3,)}
+    assert table(await ask(world, "volunteers", district="1203"), "volunteers") == {(): (1,)}
     # By sex and age band on the activity date: V1 was 17 (a1) and 18 (a2, a6), so she is in both bands.
     by_age = table(await ask(world, "volunteers", group_by="age_band"), "volunteers")
     assert by_age == {("15-17",): (1,), ("18-24",): (1,), ("25-30",): (1,), ("31+",): (1,), ("unknown",): (1,)}
@@ -464,7 +469,7 @@ async def test_suppressed_skills_rows_hide_items(skills: World):
 @pytest.mark.parametrize(("report", "params", "loc", "allowed"), [
     ("hours", [("group_by", "province,colour")], "group_by", "province"),
     ("hours", [("colour", "red")], "colour", "group_by"),
-    ("volunteers", [("group_by", "district")], "group_by", "province"),
+    ("volunteers", [("group_by", "commune")], "group_by", "district"),
     ("hours", [("status", "approved")], "status", "all"),
     ("hours", [("sex", "f")], "sex", "female"),
     ("hours", [("age_band", "18-25")], "age_band", "18-24"),
