@@ -119,10 +119,15 @@ def _gateway(stack: Stack, key: str) -> httpx.AsyncClient:
 
 
 async def _wait_settled(stack: Stack) -> None:
-    clients = {name: httpx.AsyncClient(base_url=stack.urls[name], timeout=30) for name in ("registry", "activities")}
+    """Every event applied by analytics; its /ready then says so too (no lag, an as_of)."""
+    clients = {name: httpx.AsyncClient(base_url=stack.urls[name], timeout=30)
+               for name in ("registry", "activities", "analytics")}
     try:
         await eventually(lambda: settled(stack.broker.bootstrap, clients), 60, interval=0.3,
                          what="every event of the history applied by analytics")
+        ready = (await clients["analytics"].get("/ready")).json()
+        lag = ready["consumers"]["analytics"]["lag"]
+        assert lag and set(lag.values()) == {0} and ready["store"]["as_of"], ready
     finally:
         for client in clients.values():
             await client.aclose()
