@@ -30,6 +30,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,7 +41,7 @@ from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_cal
 from tests.api import walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_org, create_project, organization_body, register, volunteer_body
-from tests.harness import Stack, needs_stoppable_broker, stack_of_its_own, unique
+from tests.harness import SERVICES, Stack, needs_stoppable_broker, stack_of_its_own, unique
 from tests.integration.test_embedded import Output, launch, shut_down
 
 # What a partner retries with the same Idempotency-Key: the gateway could not reach the service, or the
@@ -411,15 +412,15 @@ async def test_gateway_answers_what_it_holds_when_stopped(rolling_stack: Stack):
     assert {"/api/v1/organizations?second", "/api/v1/organizations?upload", "/api/v1/organizations?head"} <= set(upstream.received)
 
 
-def serve_with_vmc(stack: Stack, name: str) -> None:
-    """Run a part of the stack as the production image does (`vmc serve`, uvicorn in process)."""
-    stack.stop_part(name)
-    env = {**stack.env(), f"VMC_{name.upper()}_DATABASE_URL": stack.db_urls[name]}
-    with open(stack.workdir / f"{name}.log", "ab") as log:
-        stack.procs[name] = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", name, "--host", "127.0.0.1"],
-                                             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
-    stack.wait_ready(name, "/ready", 60)
+def start_registry_replica(stack: Stack, entry: str, port: int, log_path: Path) -> subprocess.Popen:
+    """Another registry replica, on its own port and the stack's registry database, started as `make
+    run` starts a part (uvicorn's command) or as the production image does (`vmc serve`)."""
+    env = {**stack.env(), "VMC_REGISTRY_PORT": str(port), "VMC_REGISTRY_DATABASE_URL": stack.db_urls["registry"]}
+    if entry == "uvicorn":
+        return start_uvicorn(SERVICES["registry"], port, env, log_path)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "registry", "--host", "127.0.0.1"],
+                                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.parametrize("entry", ["uvicorn", "vmc serve"])
@@ -427,27 +428,25 @@ async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: 
     """uvicorn's own protocol (the services'), started as `make run` does or as the image does: a
     create whose body is half sent when SIGTERM comes is still read, stored and answered, then the
     service exits."""
-    if entry == "vmc serve":
-        await asyncio.to_thread(serve_with_vmc, rolling_stack, "registry")
-    port = rolling_stack.ports["registry"]
-    caller = CallerContext("test-national", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
-    name = unique("upload")
-    body = padded(organization_body(name=name))
-    whole = request_bytes("/api/v1/organizations", encode_caller(caller, rolling_stack.secret), "POST", body)
-    reader, writer = await connect(port)
-    writer.write(whole[:len(whole) // 2])
-    proc = rolling_stack.procs.pop("registry")
+    port = free_port()
+    log_path = rolling_stack.workdir / f"registry-{port}.log"
+    replica = start_registry_replica(rolling_stack, entry, port, log_path)
     try:
-        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/ready", 60, replica)
+        caller = CallerContext("test-national", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
+        name = unique("upload")
+        whole = request_bytes("/api/v1/organizations", encode_caller(caller, rolling_stack.secret), "POST",
+                              padded(organization_body(name=name)))
+        reader, writer = await connect(port)
+        writer.write(whole[:len(whole) // 2])
+        replica.send_signal(signal.SIGTERM)
         await eventually(lambda: refused(port), 10, what="the registry refusing new connections")
         writer.write(whole[len(whole) // 2:])
         [(status, _, answer)] = await answers_then_closes(reader, 1)
         assert status == 201, answer
-        await asyncio.to_thread(stopped_gracefully, proc, rolling_stack.workdir / "registry.log")
+        await asyncio.to_thread(stopped_gracefully, replica, log_path)
     finally:
-        stop(proc)
-        rolling_stack.start_part("registry")
-        await asyncio.to_thread(rolling_stack.wait_ready, "registry", "/ready", 60)
+        stop(replica)
     async with httpx.AsyncClient(base_url=rolling_stack.api, timeout=30,
                                  headers={"Authorization": f"Bearer {rolling_stack.admin_key}"}) as admin:
         assert [o["name"] for o in await walk(admin, "/organizations") if o["name"] == name] == [name]
