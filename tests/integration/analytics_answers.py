@@ -2,9 +2,10 @@
 
 `questions()` lists the figures endpoints cut by every `group_by` dimension alone and in a few
 combinations, with `status=all` and a few filters, as JSON (the combinations also as CSV and
-`?hxl=true`), the skills of both instruments and the DHIS2 export of a month, a quarter and a year. `capture()` asks them all
-with one key and keeps, per question, the status, the media type and the body with `as_of` blanked
-(the time of the newest event in the store: what a rebuild may legitimately move). `settled()` says
+`?hxl=true`), the skills of both instruments and the DHIS2 export of a month, a quarter and a year.
+`capture()` asks them all with one key and keeps, per question, the status, the media type and the
+body with `as_of` blanked (the time of the newest event in the store: what a rebuild may legitimately
+move). `settled()` says
 whether every event written has reached the analytics store, following the path events take.
 """
 from __future__ import annotations
@@ -85,7 +86,8 @@ def questions(history: History) -> list[Question]:
 def _question(report: str, params: dict, form: str) -> Question:
     extra, headers = FORMATS[form]
     query = tuple(sorted({**params, **extra}.items()))
-    return Question(f"{form} /analytics/{report}?{_query(query)}", f"/analytics/{report}", query, tuple(headers.items()))
+    return Question(f"{form} /analytics/{report}?{_query(query)}", f"/analytics/{report}", query,
+                    tuple(headers.items()))
 
 
 def _query(params: tuple[tuple[str, str], ...]) -> str:
@@ -165,7 +167,8 @@ async def _caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
 
 async def _outbox_empty(client: httpx.AsyncClient) -> bool:
     text = (await client.get("/metrics")).text
-    backlog = [s.value for f in text_string_to_metric_families(text) if f.name == "vmc_outbox_backlog" for s in f.samples]
+    backlog = [s.value for f in text_string_to_metric_families(text) if f.name == "vmc_outbox_backlog"
+               for s in f.samples]
     return backlog == [0.0]
 
 
