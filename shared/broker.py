@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import aiokafka.client
@@ -191,12 +192,18 @@ class LogWatch:
     log is not the one we published to. The marks live in the service's database (`RelayState`), so a
     loss that happened while the service was stopped is noticed at its start too."""
 
-    def __init__(self, settings: CommonSettings, topics: list[str]):
+    def __init__(self, settings: CommonSettings, topics: list[str], save_interval: float = 1.0):
         self.settings = settings
-        self.topics = topics  # the topics this service publishes to
+        self.topics = topics  # the service's topics: created here when missing
         self.marks: dict[TopicPartition, int] = {}
         self.cluster_id: str | None = None
         self._changed: dict[str, str] = {}
+        self._save_interval = save_interval
+        self._saved_at = 0.0
+        # The marks as the previous look at the cluster found them: those are compared with the high
+        # watermarks, never the marks of this instant (an acknowledgement may come a moment before the
+        # broker's high watermark moves, and the relay raises the marks while the cluster is read).
+        self._settled: dict[TopicPartition, int] = {}
 
     async def load(self, session: AsyncSession) -> None:
         self.marks, self.cluster_id, self._changed = {}, None, {}
@@ -206,6 +213,7 @@ class LogWatch:
             elif state.name.startswith(OFFSET):
                 topic, partition = state.name[len(OFFSET):].rsplit(":", 1)
                 self.marks[TopicPartition(topic, int(partition))] = int(state.value)
+        self._settled = dict(self.marks)
 
     def acknowledged(self, tp: TopicPartition, offset: int) -> bool:
         """Record an acknowledged offset; False when it is not above the partition's mark (lost log)."""
@@ -215,15 +223,20 @@ class LogWatch:
         self._changed[_offset_name(tp)] = str(offset)
         return True
 
-    async def save(self, session: AsyncSession) -> None:
-        """Write what moved since the last save (in the caller's transaction)."""
+    async def save(self, session: AsyncSession, force: bool = False) -> None:
+        """Write what moved (in the caller's transaction), at most once every `save_interval` seconds
+        unless `force`d: a statement per published batch is a cost at one write a batch, and a mark
+        saved a moment late is only lower than the true one (a lost log starts again below it)."""
+        if not self._changed or (not force and time.monotonic() - self._saved_at < self._save_interval):
+            return
         changed, self._changed = self._changed, {}
         await _upsert(session, changed)
+        self._saved_at = time.monotonic()
 
     async def forget(self, session: AsyncSession) -> None:
         """Start again on the cluster as it is now (in the caller's transaction: the re-publication's)."""
         await session.execute(delete(RelayState).where(RelayState.name.startswith(OFFSET)))
-        self.marks, self._changed = {}, {}
+        self.marks, self._changed, self._settled = {}, {}, {}
         if self.cluster_id:
             await _upsert(session, {CLUSTER_ID: self.cluster_id})
 
@@ -232,6 +245,7 @@ class LogWatch:
         also reads the marked partitions' high watermarks (a fetch). Also creates this service's missing
         topics, so that nothing is published to a topic that does not exist (Tansu acknowledges such a
         record, and drops it)."""
+        marks, self._settled = self._settled, dict(self.marks)
         view = await cluster_view(self.settings)
         missing = [t for t in self.topics if t not in view.partitions]
         if missing:
@@ -241,20 +255,19 @@ class LogWatch:
             self._changed[CLUSTER_ID] = view.cluster_id
             if known:
                 return f"the cluster id changed from {known} to {view.cluster_id}"
-        gone = sorted({f"{tp.topic}/{tp.partition}" for tp in self.marks
-                       if tp.partition >= view.partitions.get(tp.topic, 0)})
+        gone = sorted({f"{tp.topic}/{tp.partition}" for tp in marks if tp.partition >= view.partitions.get(tp.topic, 0)})
         if gone:
             return f"partition(s) {', '.join(gone)} no longer exist"
-        behind = await self._behind_marks() if deep else []
+        behind = await self._behind(marks) if deep else []
         if behind:
             return f"partition(s) {', '.join(behind)} end below the offsets the broker acknowledged before"
         return None
 
-    async def _behind_marks(self) -> list[str]:
-        if not self.marks:
+    async def _behind(self, marks: dict[TopicPartition, int]) -> list[str]:
+        if not marks:
             return []
-        highs = await high_watermarks(self.settings, self.marks)
-        return [f"{tp.topic}/{tp.partition}" for tp, high in sorted(highs.items()) if high <= self.marks[tp]]
+        highs = await high_watermarks(self.settings, marks)
+        return [f"{tp.topic}/{tp.partition}" for tp, high in sorted(highs.items()) if high <= marks[tp]]
 
 
 async def _upsert(session: AsyncSession, values: dict[str, str]) -> None:

@@ -197,7 +197,8 @@ class EventConsumer:
         for client in (self._consumer, self._producer):
             if client is not None:
                 try:
-                    await client.stop()
+                    # Bounded: a broker that does not answer must not hold the service's stop.
+                    await asyncio.wait_for(client.stop(), 5)
                 except Exception:  # noqa: BLE001 - closing a client that lost its broker
                     log.debug("client stop failed", exc_info=True)
         self._consumer = self._producer = None

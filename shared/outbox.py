@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -113,6 +113,7 @@ class OutboxRelay:
         linger: float = 0.0,
         retention: timedelta = timedelta(days=7),
         watch_interval: float = 2.0,
+        deep_watch_interval: float = 15.0,
         flush_timeout: float = 5.0,
     ):
         self._maker = maker
@@ -126,6 +127,7 @@ class OutboxRelay:
         self._linger = linger
         self._retention = retention
         self._watch_interval = watch_interval
+        self._deep_watch_interval = deep_watch_interval
         self._flush_timeout = flush_timeout
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -161,7 +163,6 @@ class OutboxRelay:
         self._wake.set()
         if self._watch_task:
             self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
         if self._task:
             try:
                 await asyncio.wait_for(self._task, self._flush_timeout)
@@ -169,8 +170,11 @@ class OutboxRelay:
                 log.warning("outbox relay stopped before its backlog was published (the next start publishes it)")
             except Exception:  # noqa: BLE001 - its failure is logged; stopping goes on
                 log.warning("outbox relay failed while stopping", exc_info=True)
-        await self._close_producer()
+        # Each step bounded: a client closing on a broker that does not answer must not hold the stop.
+        await _within(self._close_producer(), 5, "closing the producer")
         await self._drop_leadership()
+        if self._watch_task:
+            await _within(asyncio.gather(self._watch_task, return_exceptions=True), 5, "closing the log watch")
 
     async def _run(self) -> None:
         failures = 0
@@ -222,6 +226,9 @@ class OutboxRelay:
         try:
             while await self.publish_batch() == self._batch_size:
                 pass
+            async with self._maker() as session:
+                await self._watch.save(session, force=True)
+                await session.commit()
         except Exception as exc:  # noqa: BLE001 - the broker is away: the rows wait for the next start
             log.warning("outbox relay could not flush on stop", extra={"error": repr(exc)})
 
@@ -239,12 +246,12 @@ class OutboxRelay:
 
     async def _watch_log(self) -> None:
         """Look at the cluster every `watch_interval` s; the high watermarks also after the broker was
-        unreachable and every 15 s (a fetch costs more than the metadata)."""
+        unreachable and every `deep_watch_interval` s (a fetch costs more than the metadata)."""
         deep_at, was_away = 0.0, False
         while True:
             await asyncio.sleep(self._watch_interval)
             try:
-                deep = self._watching and (was_away or time.monotonic() - deep_at > 15)
+                deep = self._watching and (was_away or time.monotonic() - deep_at > self._deep_watch_interval)
                 generation = self._generation
                 lost = await self._watch.lost(deep=deep)
                 was_away = False
@@ -401,3 +408,10 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
         await producer.stop()
     except Exception:  # noqa: BLE001 - it never started, or lost its broker: nothing to release
         log.debug("producer stop failed", exc_info=True)
+
+
+async def _within(step: Awaitable, seconds: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except asyncio.TimeoutError:
+        log.warning("outbox relay stop: step abandoned after its deadline", extra={"step": what, "after_s": seconds})
