@@ -1,7 +1,9 @@
 """Activities rules an audit found untested (issue 16): merge chains arriving out of order and merges
 delivered twice (on a rolled-back session: only the handlers can see events in an order the registry
-never sends), and through the gateway the enrolment's own dates, client references of two
-organisations, the 24-hour rule across projects, voiding a submitted entry, and a registry that hangs."""
+never sends), an assessment written while a merge commits (two real transactions), and through the
+gateway the enrolment's own dates, client references of two organisations, the 24-hour rule across
+projects, voiding a submitted entry, one registry call per request, a registry that hangs, and Phnom
+Penh's today."""
 from __future__ import annotations
 
 import asyncio
@@ -105,6 +107,7 @@ async def test_a_merge_chain_in_order_ends_on_the_last_survivor_too(activities_s
     assert current == []
 
 
+# ---- a write in flight beside a handler: two committed transactions ----------------------------
 
 async def _lock_waits(engine) -> int:
     async with engine.connect() as connection:
