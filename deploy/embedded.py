@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from deploy.processes import port_in_use, start_tansu, start_uvicorn, wait_ready
@@ -132,10 +131,7 @@ def main() -> int:
             port = ports["broker"]
             procs["broker"] = start_tansu(port, logs / "broker.log")
             env["VMC_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
-            # The broker starts empty (memory storage): a new epoch makes every service publish its
-            # retained outbox again, and consumers skip what they already applied.
-            env["VMC_BROKER_EPOCH"] = str(uuid.uuid4())
-            print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes)")
+            print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes when they find its log lost)")
         for s in SERVICES:
             port = ports[s.name]
             env[s.url_setting] = f"http://127.0.0.1:{port}"

@@ -181,7 +181,7 @@ async def test_a_key_sees_its_tree_suppressed_and_nothing_of_others(admin: httpx
 @pytest.mark.parametrize(("path", "params", "loc", "allowed"), [
     ("hours", {"group_by": "province,colour"}, "group_by", "age_band"),
     ("hours", {"colour": "red"}, "colour", "status"),
-    ("volunteers", {"group_by": "district"}, "group_by", "province"),
+    ("volunteers", {"group_by": "commune"}, "group_by", "district"),
     ("hours", {"status": "approved"}, "status", "all"),
     ("hours", {"from": "2026-03-02", "to": "2026-03-01"}, "from", None),
     ("hours", {"from": "2026-02-30"}, "from", None),
