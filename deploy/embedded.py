@@ -131,7 +131,8 @@ def main() -> int:
             port = ports["broker"]
             procs["broker"] = start_tansu(port, logs / "broker.log")
             env["VMC_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
-            print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes when they find its log lost)")
+            print(f"broker: Tansu on 127.0.0.1:{port} (memory storage; services re-publish their outboxes"
+                  " when they find its log lost)")
         for s in SERVICES:
             port = ports[s.name]
             env[s.url_setting] = f"http://127.0.0.1:{port}"
