@@ -234,16 +234,18 @@ def retry_delay(method: str, error: BaseException, attempt: int) -> float | None
     """The gateway's one retry policy: whether a forward that failed on try `attempt` (0 is the
     first) is sent once more, and after how many seconds (None: the failure is the answer).
 
-    Two tries at most, for idempotent methods only, and only when the service cannot have acted on
-    the request: the connection was refused or not made in time (tried again a moment later), or it
-    closed before any byte of the answer (at once, on a fresh connection: a kept-alive one was most
-    likely closed by the service while idle). Never after a timeout or a cut-off answer: the work
-    may be under way. Callers: `Proxy._send` and the callback path's `_Flight.on_upstream`."""
-    if attempt >= 1 or method not in IDEMPOTENT:
+    Two tries at most, and only when the service cannot have acted on the request: the connection was
+    refused or not made in time (tried again a moment later, whatever the method: no byte of the
+    request was sent, so a POST to a replica that is restarting is safe to send again), or, for
+    idempotent methods only, it closed before any byte of the answer (at once, on a fresh connection:
+    a kept-alive one was most likely closed by the service while idle, but a POST may have been read
+    and acted on). Never after a timeout or a cut-off answer: the work may be under way. Callers:
+    `Proxy._send` and the callback path's `_Flight.on_upstream`."""
+    if attempt >= 1:
         return None
     if isinstance(error, ConnectFailed):
         return CONNECT_RETRY_DELAY
-    if isinstance(error, Dropped):
+    if isinstance(error, Dropped) and method in IDEMPOTENT:
         return 0.0
     return None
 

@@ -127,8 +127,9 @@ async def test_the_client_tries_once_and_says_a_dropped_connection_dropped():
     ("GET", Dropped("x"), 0, 0.0),                   # a kept-alive connection closed: at once, fresh
     ("PUT", ConnectFailed("x"), 0, CONNECT_RETRY_DELAY),  # refused: a moment later
     ("GET", Dropped("x"), 1, None),                  # two tries at most
-    ("POST", Dropped("x"), 0, None),                 # never a method that is not idempotent
-    ("POST", ConnectFailed("x"), 0, None),
+    ("POST", Dropped("x"), 0, None),                 # the service may have acted on a POST it read
+    ("POST", ConnectFailed("x"), 0, CONNECT_RETRY_DELAY),  # never sent: safe whatever the method
+    ("POST", ConnectFailed("x"), 1, None),
     ("GET", ReadTimeout("x"), 0, None),              # the work may be under way
     ("GET", Incomplete("x"), 0, None),
     ("GET", OSError("x"), 0, None),
