@@ -4,7 +4,9 @@ reference; the same rules for one entry and for a batch. Also: following a merge
 
 Every entry is decided first, then all accepted ones are written at once (rows and outbox events)
 inside a savepoint: a concurrent twin with the same client reference undoes the writes, and the
-decisions are taken again against what the twin stored (bounded: twice).
+decisions are taken again against what the twin stored (bounded: twice). One entry on PostgreSQL
+whose references the projection knows takes two statements instead (`_record_one`): the same rules
+on one read, then an insert that a twin or a full day turns into nothing, without a savepoint.
 """
 from __future__ import annotations
 
