@@ -7,7 +7,7 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.activities import service
@@ -18,7 +18,8 @@ from services.activities.registry_view.models import EnrollmentView, VolunteerVi
 from shared import events as ev
 from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext
 from shared.errors import ProblemError
-from shared.events import CloudEvent, new_event
+from shared.events import CloudEvent, new_event, parse_event
+from shared.outbox import OutboxRecord
 from tests.harness import database_mode
 
 NATIONAL = CallerContext("test", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
@@ -166,6 +167,7 @@ async def test_one_entry_on_postgresql_takes_two_statements(activities_session: 
     def count(conn, cursor, statement, parameters, context, executemany):
         statements.append(statement)
 
+    assert not activities_session.info.get("outbox_dirty")
     engine = activities_session.bind.engine.sync_engine
     event.listen(engine, "before_cursor_execute", count)
     try:
@@ -174,3 +176,9 @@ async def test_one_entry_on_postgresql_takes_two_statements(activities_session: 
         event.remove(engine, "before_cursor_execute", count)
     assert created and public.client_reference == "two"
     assert len(statements) == 2, statements
+    # The outbox row went in with the activity, in its wire form, and the relay is woken at the commit.
+    [outbox] = (await activities_session.execute(select(OutboxRecord).where(OutboxRecord.key == str(public.id)))).scalars()
+    staged = parse_event(outbox.value)
+    assert (outbox.topic, staged.type, staged.id) == (ev.ACTIVITIES_TOPIC, ev.ACTIVITY_SUBMITTED, outbox.event_id)
+    assert staged.payload().id == public.id and staged.payload().hours == public.hours
+    assert activities_session.info.get("outbox_dirty") is True
