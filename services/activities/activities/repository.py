@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.activities.activities.models import COUNTING, Activity
 from services.activities.activity_types.models import ActivityType
 from shared.events import CATALOGUE, EncodedEvent
-from shared.outbox import OutboxRecord
+from shared.outbox import OutboxRecord, mark_written
 
 DayKey = tuple[uuid.UUID, date]
 
@@ -251,13 +251,6 @@ SELECT (SELECT hours FROM day) AS day_hours, (SELECT id FROM inserted) AS id
 """)
 
 
-def _outbox_written(session: AsyncSession) -> None:
-    """Wake the outbox relay when this transaction commits, as `shared.outbox.add_events` does for the
-    rows it writes (its flag, set here because this statement writes the outbox row itself; a helper
-    for it in shared/outbox.py is asked for in /tmp/briefs/requests.md)."""
-    session.info["outbox_dirty"] = True
-
-
 async def insert_within_day(session: AsyncSession, row: dict, event: EncodedEvent, most_hours: float) -> tuple[float, bool]:
     """Insert the row and its event's outbox row unless the volunteer's day would then total more than
     `most_hours` or the organisation already has an entry with its client reference; the day's hours
@@ -266,5 +259,5 @@ async def insert_within_day(session: AsyncSession, row: dict, event: EncodedEven
     answer = (await session.execute(_INSERT_WITHIN_DAY, {
         **values, "counting": list(COUNTING), "most": most_hours + 1e-9, "event_id": event.id,
         "topic": CATALOGUE[event.type].topic, "key": event.subject, "value": event.value})).one()
-    _outbox_written(session)
+    mark_written(session)
     return float(answer.day_hours), answer.id is not None
