@@ -148,8 +148,7 @@ async def high_watermarks(settings: CommonSettings, offsets: dict[TopicPartition
     right; Tansu's ListOffsets(LATEST) does not). A partition the broker did not answer for is left out."""
     _forbid_topic_auto_creation()
     reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-                              auto_offset_reset="earliest", max_partition_fetch_bytes=1024,
-                              request_timeout_ms=timeout_ms * 2)
+                              auto_offset_reset="earliest", request_timeout_ms=timeout_ms * 2)
     await reader.start()
     try:
         reader.assign(list(offsets))

@@ -268,7 +268,9 @@ class OutboxRelay:
                 log.debug("cluster not readable", extra={"error": repr(exc)})
 
     async def _republish(self, reason: str) -> None:
-        """The broker lost its log: publish every retained row again, in order, and start the marks over."""
+        """The broker lost its log: publish every retained row again, in order, and start the marks over.
+        The topics first: Tansu acknowledges a record sent to a topic it does not have, and drops it."""
+        await ensure_topics(self._watch.settings, self._watch.topics)
         async with self._maker() as session:
             result = await session.execute(update(OutboxRecord).values(published_at=None))
             await self._watch.forget(session)
