@@ -32,9 +32,6 @@ class CommonSettings(BaseSettings):
     # leaves its group on close (aiokafka sends no LeaveGroup then): a restarted consumer resumes
     # only after the old member's session expired. Tests shorten it; 10 s suits production.
     kafka_session_timeout_ms: int = _common("kafka_session_timeout_ms", 10_000)
-    # No longer read (the relay notices a lost log by itself: shared/broker.py LogWatch); kept only
-    # while the embedded launcher still sets it, then removed with its README row.
-    broker_epoch: str = _common("broker_epoch", "")
     # Partitions of a topic a service creates (at start, and again after the broker lost its log):
     # the most consumer replicas of a group that get work. `vmc topics --partitions` in production.
     kafka_partitions: int = _common("kafka_partitions", 3, ge=1)
