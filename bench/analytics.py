@@ -435,6 +435,27 @@ def _counted(client: httpx.Client, params: dict) -> int:
     return rows[0]["activities"] if rows else 0
 
 
+class FreshnessTimeout(RuntimeError):
+    """A probe not counted in time: the run stops probing and reports where events were waiting."""
+
+
+def _stalled(stack: Stack, exc: FreshnessTimeout) -> dict[str, object]:
+    """Where the events were when a probe timed out: the activities outbox's unpublished rows (the relay
+    behind) and the analytics consumer's lag (the consumer behind)."""
+    async def unpublished() -> int:
+        conn = await asyncpg.connect(stack.db_urls["activities"].replace("postgresql+asyncpg://", "postgresql://"), timeout=10)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        finally:
+            await conn.close()
+
+    lag = httpx.get(f"{stack.urls['analytics']}/ready", timeout=10).json().get("consumers", {}).get("analytics", {}).get("lag", {})
+    backlog = asyncio.run(unpublished())
+    print(f"  {exc}; activities outbox unpublished: {backlog}; analytics lag: {lag}", flush=True)
+    return {figure("freshness: a probe not counted within 60 s; outbox rows unpublished then", VALUE): backlog,
+            figure("freshness: a probe not counted within 60 s; analytics consumer lag then", VALUE): sum(lag.values())}
+
+
 @dataclass
 class Probe:
     """One probe event: when its 2xx came and when the figure first counted it (wall clock, seconds), and
@@ -457,7 +478,7 @@ def _until_counted(client: httpx.Client, params: dict, expected: int, probe: Pro
             probe.counted, probe.last_poll = time.time(), time.perf_counter() - polled
             return time.perf_counter() - began
         if time.perf_counter() - began > timeout:
-            raise RuntimeError(f"freshness: {expected} activities not counted after {timeout:.0f} s ({params})")
+            raise FreshnessTimeout(f"freshness: {expected} activities not counted after {timeout:.0f} s ({params})")
         time.sleep(POLL_SECONDS)  # the poll's resolution, not a synchronisation
 
 
@@ -484,7 +505,7 @@ def freshness_legs(probes: list[Probe], times: dict[tuple[str, str], tuple[float
     legs: dict[str, list[float]] = {"request tail (outbox row → 2xx)": [], "relay (outbox row → broker ack)": [],
                                     "broker ack → counted": [], "the poll that saw it": []}
     for probe in probes:
-        if (probe.activity_id, probe.event_type) not in times:
+        if not probe.counted or (probe.activity_id, probe.event_type) not in times:
             continue
         created, published = times[(probe.activity_id, probe.event_type)]
         for leg, seconds in zip(legs, (probe.answered - created, published - created, probe.counted - published,
@@ -499,6 +520,7 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
     submitted: list[float] = []
     verified: list[float] = []
     probes: list[Probe] = []
+    stalled: dict[str, object] = {}
     probe = cpu_speed()
     writes = SteadyWrites(stack, setup, WRITE_RATE, first=5_000_000)
     with httpx.Client(base_url=stack.api, headers=gateway_headers(stack), timeout=60) as client:
@@ -515,16 +537,26 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
                 raise RuntimeError(f"freshness probe: HTTP {answer.status_code}: {answer.text[:1000]}")
             activity_id = answer.json()["id"]
             probes.append(Probe(activity_id, ACTIVITY_SUBMITTED, time.time()))
-            submitted.append(_until_counted(client, {**mine, "status": "all"}, all_before + n + 1, probes[-1]))
+            try:
+                submitted.append(_until_counted(client, {**mine, "status": "all"}, all_before + n + 1, probes[-1]))
+            except FreshnessTimeout as exc:
+                stalled = _stalled(stack, exc)
+                break
             answer = client.post(f"/activities/{activity_id}/verify", json={})
             if not answer.is_success:
                 raise RuntimeError(f"freshness probe's verification: HTTP {answer.status_code}: {answer.text[:1000]}")
             probes.append(Probe(activity_id, ACTIVITY_VERIFIED, time.time()))
-            verified.append(_until_counted(client, mine, verified_before + n + 1, probes[-1]))
+            try:
+                verified.append(_until_counted(client, mine, verified_before + n + 1, probes[-1]))
+            except FreshnessTimeout as exc:
+                stalled = _stalled(stack, exc)
+                break
     outcome = writes.result()
     rate = outcome["ok"] / outcome["seconds"]
     figures: dict[str, object] = {}
     for name, values in (("freshness: submission", submitted), ("freshness: verification", verified)):
+        if not values:
+            continue
         figures |= {figure(name, P50): percentile(values, 50) * 1000, figure(name, P99): percentile(values, 99) * 1000,
                     figure(name, TARGET): TARGETS_MS["freshness"], figure(name, COUNT): len(values), figure(name, WRITES): rate,
                     figure(name, PROBE): probe}
@@ -534,6 +566,7 @@ def measure_freshness(stack: Stack, setup: Setup, sizes: Sizes) -> dict[str, obj
             figures |= {figure(name, P50): percentile(values, 50), figure(name, P99): percentile(values, 99),
                         figure(name, COUNT): len(values), figure(name, PROBE): probe}
     figures[figure("failed writes during freshness", VALUE)] = outcome["failed"]
+    figures |= stalled
     print(f"  writes meanwhile: {rate:.0f}/s achieved of {WRITE_RATE}/s; failed {outcome['failed']} {outcome['first_failure']}", flush=True)
     return figures
 
