@@ -80,9 +80,14 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str]) ->
     )
 
 
+KEPT_FOR_EVER = {"retention.ms": "-1", "cleanup.policy": "delete"}
+
+
 async def ensure_topics(settings: CommonSettings, topics: list[str], partitions: int | None = None) -> list[str]:
     """Create the topics that do not exist yet (consumers must not wait on a topic nobody wrote to),
-    with `partitions` each (default: VMC_KAFKA_PARTITIONS); returns those it created."""
+    with `partitions` each (default: VMC_KAFKA_PARTITIONS) and kept for ever, as `vmc topics` makes
+    them (analytics rebuilds by replaying from the start; a broker's default retention, 7 days on
+    Apache Kafka, would silently cut the replay short); returns those it created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     await admin.start()
     try:
@@ -91,7 +96,10 @@ async def ensure_topics(settings: CommonSettings, topics: list[str], partitions:
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t, num_partitions=count, replication_factor=1) for t in missing])
+                await admin.create_topics([
+                    NewTopic(t, num_partitions=count, replication_factor=1, topic_configs=KEPT_FOR_EVER)
+                    for t in missing
+                ])
             except TopicAlreadyExistsError:
                 pass
         return missing
