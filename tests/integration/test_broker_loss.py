@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.events import REGISTRY_TOPIC
 from tests.conftest import eventually
-from tests.harness import Broker, Databases, Stack, needs_stoppable_broker, new_workdir, remove_workdir, unique
+from tests.harness import Stack, needs_stoppable_broker, stack_of_its_own, unique
 from tests.integration.test_platform_faults import (
     REGISTRY_VIEW, analytics_count, consumed, processed_by_registry_view, query, readiness, registry_count,
 )
@@ -32,18 +32,9 @@ LOST = "the broker lost its log: republishing retained outbox"
 
 @pytest.fixture(scope="module")
 def loss_stack():
-    workdir = new_workdir()
-    broker = Broker(workdir)
-    stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
     # Consumers rejoin quickly after the broker comes back (on Tansu a join waits ~half of it).
-    stack.extra_env["VMC_KAFKA_SESSION_TIMEOUT_MS"] = "4000"
-    try:
-        stack.start()
+    with stack_of_its_own(VMC_KAFKA_SESSION_TIMEOUT_MS="4000") as stack:
         yield stack
-    finally:
-        stack.close()
-        broker.close()
-        remove_workdir(workdir)
 
 
 @pytest.fixture

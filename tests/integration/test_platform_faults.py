@@ -19,7 +19,7 @@ from shared.db import make_engine
 from tests.api import walk
 from tests.conftest import eventually
 from tests.harness import (
-    Broker, Databases, Stack, database_mode, needs_stoppable_broker, new_workdir, pg_server_url, remove_workdir, unique,
+    Stack, database_mode, needs_stoppable_broker, pg_server_url, stack_of_its_own, unique,
 )
 
 pytestmark = needs_stoppable_broker
@@ -32,18 +32,9 @@ WRITES = 20
 
 @pytest.fixture(scope="module")
 def fault_stack():
-    workdir = new_workdir()
-    broker = Broker(workdir)
-    stack = Stack(broker=broker, workdir=workdir, databases=Databases(workdir))
     # Consumers rejoin quickly after the broker comes back (on Tansu a join waits ~half of it).
-    stack.extra_env["VMC_KAFKA_SESSION_TIMEOUT_MS"] = "4000"
-    try:
-        stack.start()
+    with stack_of_its_own(VMC_KAFKA_SESSION_TIMEOUT_MS="4000") as stack:
         yield stack
-    finally:
-        stack.close()
-        broker.close()
-        remove_workdir(workdir)
 
 
 @pytest.fixture
