@@ -5,7 +5,8 @@ CSV: one line per row, columns the dimensions in `group_by` order, then the repo
 `suppressed` (`true`/`false`); a suppressed measure is an empty field, a dimension value that is not
 known (a district of an activity recorded at province level) too. `/analytics/skills` flattens its
 per-item means into `<item>_baseline_mean`, `<item>_endline_mean`, `<item>_mean_change` columns, items in
-code order. `as_of` is in the JSON answer only (CSV has no place for it that tools would read).
+code order. `as_of` is in the JSON answer, and in every answer's `Last-Modified` header (CSV has no place for it
+that tools would read).
 
 HXL 1.1 hashtags (https://hxlstandard.org/standard/1-1final/dictionary/):
 
