@@ -149,9 +149,9 @@ async def test_long_routes_timing_out_do_not_open_the_circuit_of_the_others(stac
             assert (await client.get("/ready")).json()["circuits"]["registry"] == "closed"
 
 
-async def test_a_refused_connection_is_tried_once_more_for_a_read_only(stack: Stack):
-    """The one retry policy: a service refusing connections gets a GET twice (a moment apart) and a
-    POST once; both answer 503 at once."""
+async def test_a_refused_connection_is_tried_once_more_whatever_the_method(stack: Stack):
+    """The one retry policy: a service refusing connections gets a GET twice (a moment apart), and a
+    POST too (no byte of it was sent); both answer 503 at once after the second refusal."""
     port = free_port()  # nothing listens
     settings = settings_for(stack, activities_url=f"http://127.0.0.1:{port}", circuit_failure_threshold=100)
     async with running_gateway(settings, stack.admin_key) as (app, client):
@@ -167,4 +167,4 @@ async def test_a_refused_connection_is_tried_once_more_for_a_read_only(stack: St
         read = await client.get("/api/v1/activity-types")
         assert read.status_code == 503 and len(tries) == 2
         write = await client.post("/api/v1/activity-types", json={})
-        assert write.status_code == 503 and len(tries) == 3
+        assert write.status_code == 503 and len(tries) == 4
