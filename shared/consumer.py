@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -51,6 +52,9 @@ class ProcessedEvent(SQLModel, table=True):
 TABLES = [ProcessedEvent.__table__]
 
 
+# A commit this many seconds old makes the next batch of its partition ask whether the group still
+# holds it (`EventConsumer._group_offset_lost`).
+GROUP_CHECK_AFTER = 1.0
 # Failures of the infrastructure, not of a message: never a reason to dead-letter.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, OSError, asyncio.TimeoutError)
 
@@ -169,6 +173,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._membership = Membership()  # offsets read before a rebalance are not committed after it
+        self._committed_at: dict[TopicPartition, float] = {}  # this client's last commit, monotonic time
         self.last_event_time: datetime | None = None
         self.healthy = False
         # What /ready reports beside the metrics: messages behind per "topic/partition", dead letters.
@@ -210,6 +215,7 @@ class EventConsumer:
                 self._producer = self._producer_factory()
                 await self._producer.start()
                 self._consumer = self._consumer_factory(self.group_id, self.topics)
+                self._committed_at = {}
                 self._consumer.subscribe(self.topics, listener=self._membership)
                 await self._consumer.start()
                 failures = 0
@@ -232,6 +238,8 @@ class EventConsumer:
             generation = self._membership.generation
             self.healthy = True
             for tp, messages in batches.items():
+                if await self._group_offset_lost(consumer, tp):
+                    continue
                 await self._process(messages)
                 await self._commit(consumer, tp, messages[-1].offset + 1, generation)
                 highwater = consumer.highwater(tp)
@@ -241,6 +249,24 @@ class EventConsumer:
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(lag)
             partitions.check(consumer)
             await self._reread_lost_logs(consumer)
+
+    async def _group_offset_lost(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        """Whether the group's committed offset of `tp` vanished since this client committed one (the
+        broker lost its log, and with it the group's offsets): then the batch in hand is dropped and the
+        partition read again from its start. Needed beside `_reread_lost_logs`: by the time this client
+        fetches again the new log may already reach past its position, and reading on from there would
+        skip as many new events. Asked only after a pause of `GROUP_CHECK_AFTER` seconds since the last
+        commit (a broker's restart is such a pause): a steady stream pays nothing."""
+        last = self._committed_at.get(tp)
+        if last is None or time.monotonic() - last < GROUP_CHECK_AFTER:
+            return False
+        if await consumer.committed(tp) is not None:
+            return False
+        log.warning("the group's committed offset is gone: the broker lost its log; reading the partition again",
+                    extra={"consumer": self.name, "partition": str(tp)})
+        del self._committed_at[tp]
+        consumer.seek(tp, 0)
+        return True
 
     async def _reread_lost_logs(self, consumer: AIOKafkaConsumer) -> None:
         """A partition whose log ends below our position lost its log (offsets only grow otherwise):
@@ -266,6 +292,7 @@ class EventConsumer:
         self._membership.pending = commit
         try:
             await commit
+            self._committed_at[tp] = time.monotonic()
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
