@@ -127,6 +127,13 @@ async def test_broker_killed_and_back_empty_under_writes_every_event_is_on_the_t
     loss_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
 ):
     await eventually(lambda: all_ready(direct), 30, what="every service ready")
+
+    async def analytics_settled() -> bool:  # its consumer has joined its group and read the registry's log
+        return await analytics_count(admin) == await registry_count(admin)
+
+    # A broker killed while a consumer is still joining its group is a case of its own, not covered
+    # here (issue 18's closing note: aiokafka's coordinator then stays silent).
+    await eventually(analytics_settled, 30, what="analytics counting the registry's organisations")
     analytics_before = await analytics_count(admin)
     lost_before = lost_log_lines(loss_stack, "registry")
     writer, stop = Writer(admin), asyncio.Event()
