@@ -81,6 +81,13 @@ def start_tansu(port: int, log_path: Path | None = None, cluster_id: str = "vmc"
 # stop: deploy/embedded.py STOP_GRACE_SECONDS covers the whole).
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
+# How long a service keeps an idle kept-alive connection open. Longer than any client of ours keeps one
+# idle (the gateway's upstream pool 4 s, httpx's default 5 s): a server closing an idle connection at
+# the moment the client sends on it makes that request fail ("server disconnected without sending a
+# response"), which uvicorn's default of 5 s, equal to httpx's, allowed. The gateway, the public entry,
+# keeps uvicorn's default.
+SERVICE_KEEP_ALIVE_SECONDS = 75
+
 # The gateway runs on its own protocol (uvicorn's, with a fast path for proxied requests: gateway/server.py).
 GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
 
@@ -90,10 +97,13 @@ def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | Non
     """`http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise);
     `wrap`: a command the server runs under (a profiler, valgrind)."""
     out = open(log_path, "ab") if log_path else None
-    http = http or (GATEWAY_PROTOCOL if app.startswith("gateway.") else "httptools")
+    gateway = app.startswith("gateway.")
+    http = http or (GATEWAY_PROTOCOL if gateway else "httptools")
+    keep_alive = [] if gateway else ["--timeout-keep-alive", str(SERVICE_KEEP_ALIVE_SECONDS)]
     return subprocess.Popen(
         [*wrap, sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS)],
+         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS),
+         *keep_alive],
         env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
 

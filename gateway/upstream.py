@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import httptools
 
-IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive, so the server never closes a connection we are about to use
+IDLE_SECONDS = 4.0  # below the services' keep-alive (deploy/processes.py SERVICE_KEEP_ALIVE_SECONDS, and uvicorn's default 5 s), so a service never closes a connection we are about to use
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 CONNECT_RETRY_DELAY = 0.05  # a service restarting: its port refuses for a moment
 

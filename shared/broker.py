@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import BrokerResponseError, TopicAlreadyExistsError
 from aiokafka.protocol.metadata import MetadataRequest
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -78,6 +79,31 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str]) ->
         request_timeout_ms=15_000,
         metadata_max_age_ms=5_000,
     )
+
+
+# A consumer without an assignment for this many session timeouts is taken for stuck: it starts over
+# as a new member and /ready says so (shared.consumer). A join may take up to about two: on Tansu the
+# join of a member waits about half of one, after a restarted member's predecessor expired (a member of
+# generation 0 never leaves); on Apache Kafka a rebalance waits up to one for the members to rejoin.
+JOIN_SESSIONS = 3
+
+
+def join_deadline(settings: CommonSettings) -> float:
+    """Seconds a consumer may be without a partition assignment before it is taken for stuck."""
+    return JOIN_SESSIONS * settings.kafka_session_timeout_ms / 1000
+
+
+def refusal(exc: BaseException, what: str, starting: bool = False) -> str | None:
+    """Why the broker refused `what`'s request, or None when `exc` is not a refusal: a broker that answers
+    with a non-retriable error (unsupported, not authorised, invalid) gets the same answer every time,
+    so /ready says so instead of calling the part ready while it retries for ever. An unreachable
+    broker, a timeout or a leader moving are not refusals."""
+    if not isinstance(exc, BrokerResponseError) or exc.retriable:
+        return None
+    reason = f"the broker refused {what}: {type(exc).__name__}"
+    if starting:  # InitProducerId: an idempotent producer on a broker without it (Tansu)
+        reason += " (when starting: is VMC_KAFKA_IDEMPOTENCE right for this broker?)"
+    return reason
 
 
 KEPT_FOR_EVER = {"retention.ms": "-1", "cleanup.policy": "delete"}
@@ -287,41 +313,69 @@ async def _upsert(session: AsyncSession, values: dict[str, str]) -> None:
 
 
 class Membership(ConsumerRebalanceListener):
-    """Counts rebalances so that an offset read before one is never committed after it.
+    """Counts rebalances so that an offset read before one is never committed after it, and knows
+    since when the consumer has been without an assignment (joining, or rejoining after a rebalance
+    began).
 
     After a rebalance the partition may belong to another member, or (Tansu on memory storage
     restarted empty) the offset may belong to a log that no longer exists: aiokafka retries a
     commit with the member id it has *now*, and committing such an offset would skip as many new
-    messages. Not committing only means a redelivery, which the processed-events record absorbs."""
+    messages. Not committing only means a redelivery, which the processed-events record absorbs.
 
-    def __init__(self) -> None:
+    `joining_since` spans the consumer's clients: a client started over because its join took too
+    long does not restart the count (/ready reports the whole wait). `on_assigned` is called with each
+    assignment (the consumer's `PartitionCounts` notes the partition counts it was made from)."""
+
+    def __init__(self, on_assigned: Callable[[set], None] | None = None) -> None:
         self.generation = 0
         self.pending: asyncio.Future | None = None
+        self.joining_since: float | None = time.monotonic()  # monotonic time; None once assigned
+        self._on_assigned = on_assigned
+
+    def joining(self) -> None:
+        """The consumer (a new client of it) is joining its group: unassigned from now, unless it was already."""
+        if self.joining_since is None:
+            self.joining_since = time.monotonic()
+
+    def unassigned_for(self) -> float:
+        """Seconds without an assignment so far (0 when assigned)."""
+        return 0.0 if self.joining_since is None else time.monotonic() - self.joining_since
 
     async def on_partitions_revoked(self, revoked) -> None:
         self.generation += 1
+        self.joining()
         if self.pending is not None:
             self.pending.cancel()
 
     async def on_partitions_assigned(self, assigned) -> None:
-        return None
+        # An empty assignment counts: more members than partitions leave some with none, by design.
+        self.joining_since = None
+        if self._on_assigned is not None:
+            self._on_assigned(set(assigned))
 
 
 class PartitionCounts:
-    """Notices when a topic's partition count changed (an empty broker re-created the topic).
+    """Notices when a subscribed topic's partition count changed since the consumer's assignment was
+    made: an empty broker re-created the topic, or created it only after the assignment (a consumer
+    that joined a broker back empty before the outbox relay re-created the topics got no partition of
+    them).
 
     Tansu hands a member that rejoins in the same generation its previous assignment, so the new
-    partitions would never be read; `check` raises, and the consumer restarts as a new member, which
-    gets a fresh assignment."""
+    partitions would never be read (the consumer reported ready and read nothing); `check` raises, and
+    the consumer restarts as a new member, which gets a fresh assignment. `assigned` notes the counts
+    at each assignment (a topic absent then counts 0); a topic that disappears is not a change (it is
+    being re-created)."""
 
     def __init__(self, topics: list[str]) -> None:
         self.topics = topics
         self.known: dict[str, int] = {}
 
+    def assigned(self, consumer: AIOKafkaConsumer) -> None:
+        self.known = {topic: len(consumer.partitions_for_topic(topic) or ()) for topic in self.topics}
+
     def check(self, consumer: AIOKafkaConsumer) -> None:
         for topic in self.topics:
             count = len(consumer.partitions_for_topic(topic) or ())
-            if count and self.known.get(topic, count) != count:
-                raise RuntimeError(f"{topic} now has {count} partitions, not {self.known[topic]}: rejoining as a new member")
-            if count:
-                self.known[topic] = count
+            if count and topic in self.known and self.known[topic] != count:
+                raise RuntimeError(f"{topic} now has {count} partitions, not {self.known[topic]} as when this "
+                                   "consumer's partitions were assigned: rejoining as a new member")

@@ -1,13 +1,16 @@
 """Idempotent Kafka consumer runtime.
 
-Each batch of a partition is applied in one transaction together with a record of the event ids it
-processed (a SQL database through `SessionBatches`, or any other store through its own
-`BatchUnits`); offsets are committed only after that transaction commits. A redelivered event
+Each fetched batch (every partition's messages) is applied in one transaction together with a
+record of the event ids it processed (a SQL database through `SessionBatches`, or any other store
+through its own `BatchUnits`); offsets are committed only after that transaction commits. A redelivered event
 (consumer killed before its offset commit, rebalance, outbox re-publish) finds its id recorded and
 is skipped. A message that cannot be processed after bounded retries goes to the consumer's
-dead-letter topic with the error, and the consumer moves on. A partition whose log ends below the
-consumer's position (the broker lost its log) is read again from its start. `stop` finishes the
-batch in hand, commits its offsets and leaves the group.
+dead-letter topic with the error (a malformed one, one of a type no catalogue lists, or one whose payload
+its model refuses, at once), and the consumer moves on. A partition whose log ends below the
+consumer's position (the broker lost its log) is read again from its start. A consumer left without
+a partition assignment for longer than `join_timeout` (aiokafka's start waits for one with no deadline)
+starts over with a new client, and says so in `problem` (/ready). `stop` finishes the batch in hand,
+commits its offsets and leaves the group.
 """
 from __future__ import annotations
 
@@ -27,9 +30,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import Field, SQLModel
 
-from shared.broker import Membership, PartitionCounts
+from shared.broker import Membership, PartitionCounts, refusal
 from shared.db import timestamp_field
-from shared.events import CloudEvent, MalformedEvent, Payload, UnknownEventType, dead_letter_topic, parse_event
+from shared.events import CATALOGUE, CloudEvent, MalformedEvent, Payload, UnknownEventType, dead_letter_topic, parse_event
 from shared.metrics import Metrics
 from shared.unit_of_work import unit_of_work
 
@@ -153,6 +156,8 @@ class EventConsumer:
         retry_delay: float = 0.2,
         group_id: str | None = None,
         stop_timeout: float = 10.0,
+        join_timeout: float = 30.0,
+        every_partition: bool = False,
     ):
         self.name = name
         # The Kafka group; `name` by default. Replicas that each keep a whole read model of their own
@@ -170,9 +175,20 @@ class EventConsumer:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._stop_timeout = stop_timeout
+        # Without an assignment for this long, a client is taken for stuck (shared.broker.join_deadline).
+        self._join_timeout = join_timeout
+        self._refused: str | None = None  # the broker's refusal of this consumer's last request, if it was one
+        # A group of its own (a replica keeping a whole read model): it must hold every partition of its
+        # topics. Since when it has not (a stale assignment, or another member in its group), and why.
+        self._every_partition = every_partition
+        self._partial_since: float | None = None
+        self._partial: str | None = None
+        self._client_started = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._membership = Membership()  # offsets read before a rebalance are not committed after it
+        # Offsets read before a rebalance are not committed after it; each assignment noted (Tansu).
+        self._membership = Membership(on_assigned=self._assigned)
+        self._partitions = PartitionCounts(topics)  # Tansu: a topic re-created or created since needs a new member
         self._committed_at: dict[TopicPartition, float] = {}  # this client's last commit, monotonic time
         self.last_event_time: datetime | None = None
         self.healthy = False
@@ -216,14 +232,21 @@ class EventConsumer:
                 await self._producer.start()
                 self._consumer = self._consumer_factory(self.group_id, self.topics)
                 self._committed_at = {}
+                self._partitions = PartitionCounts(self.topics)
+                self._client_started = time.monotonic()
+                self._membership.joining()
                 self._consumer.subscribe(self.topics, listener=self._membership)
-                await self._consumer.start()
+                await self._start_client(self._consumer)
                 failures = 0
                 await self._consume(self._consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.healthy = False
+                refused = refusal(exc, f"consumer {self.name}", starting=self._consumer is None)
+                if refused and refused != self._refused:
+                    log.error(refused)
+                self._refused = refused
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 10))
                 log.warning("consumer failed, restarting", extra={"consumer": self.name, "error": repr(exc), "retry_in_s": delay})
@@ -231,24 +254,95 @@ class EventConsumer:
                 if not self._stopping:
                     await asyncio.sleep(delay)
 
+    @property
+    def unassigned_for(self) -> float:
+        """Seconds this consumer has been without a partition assignment (0 once it has one)."""
+        return self._membership.unassigned_for()
+
+    @property
+    def problem(self) -> str | None:
+        """Why this consumer is not doing its work (for /ready), None when it is: the broker refused its
+        last request, or it has been without partitions for longer than a join may take."""
+        if self._refused:
+            return self._refused
+        if self._partial:
+            return self._partial
+        waited = self.unassigned_for
+        if waited > self._join_timeout:
+            return f"consumer {self.name} has had no partitions assigned for {waited:.0f} s"
+        return None
+
+    async def _start_client(self, consumer: AIOKafkaConsumer) -> None:
+        """Start the client, which joins the group: aiokafka's `start` waits for the assignment with no
+        deadline of its own, so a join that never completed would hold the consumer for good (none was
+        seen in our runs of a broker killed mid-join: aiokafka re-joined within seconds; nothing in it
+        bounds the wait though); after `join_timeout` the consumer starts over as a new member."""
+        try:
+            await asyncio.wait_for(consumer.start(), self._join_timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"no partitions assigned within {self._join_timeout:g} s of joining: "
+                               "starting over as a new member") from None
+
+    def _assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._consumer is not None:
+            self._partitions.assigned(self._consumer)
+        log.info("partitions assigned", extra={"consumer": self.name,
+                                               "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned),
+                                               "topic_partitions": self._partitions.known})
+
+    def _check_assignment(self) -> None:
+        """The same deadline for a rejoin (a rebalance begun, no assignment since), counted from this
+        client's start at the earliest."""
+        since = self._membership.joining_since
+        if since is not None and time.monotonic() - max(since, self._client_started) > self._join_timeout:
+            raise RuntimeError(f"no partitions assigned within {self._join_timeout:g} s of a rebalance: "
+                               "starting over as a new member")
+
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        partitions = PartitionCounts(self.topics)  # Tansu: a re-created topic needs a new member
         while not self._stopping:
             batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            self._check_assignment()
             generation = self._membership.generation
             self.healthy = True
-            for tp, messages in batches.items():
-                if await self._group_offset_lost(consumer, tp):
-                    continue
-                await self._process(messages)
-                await self._commit(consumer, tp, messages[-1].offset + 1, generation)
+            self._refused = None
+            kept = {tp: messages for tp, messages in batches.items() if not await self._group_offset_lost(consumer, tp)}
+            if kept:
+                # Every partition's messages in one transaction (order kept within each partition, the
+                # only order there is): a store transaction per partition made each event wait for the
+                # other partitions' transactions of its fetch (analytics' freshness).
+                await self._process([message for messages in kept.values() for message in messages])
+                await self._commit(consumer, {tp: messages[-1].offset + 1 for tp, messages in kept.items()}, generation)
+            for tp, messages in kept.items():
                 highwater = consumer.highwater(tp)
                 if highwater is not None:
                     lag = max(0, highwater - (messages[-1].offset + 1))
                     self.lag[f"{tp.topic}/{tp.partition}"] = lag
                     self._metrics.consumer_lag.labels(self.name, tp.topic, tp.partition).set(lag)
-            partitions.check(consumer)
+            self._partitions.check(consumer)
+            self._check_every_partition(consumer)
             await self._reread_lost_logs(consumer)
+
+    def _check_every_partition(self, consumer: AIOKafkaConsumer) -> None:
+        """A consumer whose group is its own holds every partition of its topics; one that has held fewer
+        for longer than a join may take starts over as a new member (and /ready says so until it holds
+        them all): whatever left it short, a stale assignment or a second member in its group (two
+        analytics replicas given one group), it would otherwise report ready and miss events."""
+        if not self._every_partition:
+            return
+        wanted = {TopicPartition(topic, p) for topic in self.topics for p in consumer.partitions_for_topic(topic) or ()}
+        held = consumer.assignment()
+        if wanted <= held:
+            self._partial_since = self._partial = None
+            return
+        now = time.monotonic()
+        if self._partial_since is None:
+            self._partial_since = now
+        elif now - self._partial_since > self._join_timeout:
+            self._partial_since = None
+            self._partial = (f"consumer {self.name} holds {len(wanted & held)} of the {len(wanted)} partitions of its "
+                             f"topics, yet its group {self.group_id} should be its own: rejoining as a new member")
+            log.error(self._partial)
+            raise RuntimeError(self._partial)
 
     async def _group_offset_lost(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
         """Whether the group's committed offset of `tp` vanished since this client committed one (the
@@ -284,28 +378,29 @@ class EventConsumer:
                                    "highwater": highwater})
                 consumer.seek(tp, 0)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int, generation: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], generation: int) -> None:
         if generation != self._membership.generation:
             log.info("offset not committed: the group rebalanced since it was read", extra={"consumer": self.name})
             return
-        commit = asyncio.ensure_future(consumer.commit({tp: offset}))
+        commit = asyncio.ensure_future(consumer.commit(offsets))
         self._membership.pending = commit
         try:
             await commit
-            self._committed_at[tp] = time.monotonic()
+            now = time.monotonic()
+            self._committed_at.update(dict.fromkeys(offsets, now))
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
                 raise
-            log.info("offset commit abandoned: the group rebalanced", extra={"consumer": self.name, "partition": str(tp)})
+            log.info("offset commit abandoned: the group rebalanced", extra={"consumer": self.name, "partitions": str(list(offsets))})
         except CommitFailedError:
             # The partition moved to another member; it resumes from the last committed offset and
             # the processed-events record makes the overlap harmless.
-            log.info("offset commit lost to a rebalance", extra={"consumer": self.name, "partition": str(tp)})
+            log.info("offset commit lost to a rebalance", extra={"consumer": self.name, "partitions": str(list(offsets))})
         finally:
             self._membership.pending = None
 
     async def _process(self, messages: list[ConsumerRecord]) -> None:
-        """All of a partition's batch in one transaction; on any failure, one message at a time."""
+        """The fetched batch in one transaction; on any failure, one message at a time."""
         try:
             await self._apply(messages, raise_on_error=True)
         except Exception:  # noqa: BLE001 - isolate the culprit below
@@ -339,6 +434,8 @@ class EventConsumer:
         for message in messages:
             try:
                 event = parse_event(message.value)
+                if event.type not in CATALOGUE:  # not ours to skip: a bad producer, or a consumer too old for it
+                    raise UnknownEventType(event.type)
                 payload = event.payload() if event.type in self.handlers else None
             except (MalformedEvent, ValidationError, UnknownEventType) as exc:
                 raise _Poison(str(exc)) from exc

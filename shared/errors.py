@@ -32,6 +32,20 @@ _SLUGS = {
 }
 
 
+# PostgreSQL's deadlock detected and serialization failure: the transaction was undone because of a
+# concurrent one, not because anything in it was wrong.
+_LOST_RACE = frozenset({"40P01", "40001"})
+# Marks the 503 of a lost race for `shared.http.LostRaceRetry`, which runs the request again (and never
+# lets the header out).
+LOST_RACE_HEADER = "x-vmc-lost-race"
+
+
+def lost_a_race(exc: DBAPIError) -> bool:
+    """Whether the database undid the statement because of a concurrent transaction (doing the same
+    work again succeeds)."""
+    return getattr(exc.orig, "sqlstate", None) in _LOST_RACE
+
+
 # Driver errors (by class name, to stay driver-agnostic) that mean "the database is away", not "bug".
 _UNAVAILABLE = {
     "TooManyConnectionsError", "CannotConnectNowError", "ConnectionDoesNotExistError", "InvalidCatalogNameError",
@@ -155,6 +169,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: DBAPIError):
         if exc.connection_invalidated or type(exc.orig).__name__ in _UNAVAILABLE:
             return await _database_away(request, exc)
+        if lost_a_race(exc):
+            # Undone because of a concurrent transaction: the same request succeeds when sent again.
+            log.warning("transaction lost a race", extra={"error": repr(exc.orig)[:500]})
+            return problem_response(503, "a concurrent change got in the way of this request; retry it",
+                                    headers={"Retry-After": "1", LOST_RACE_HEADER: "1"})
         raise exc
 
     @app.exception_handler(Exception)

@@ -1,7 +1,9 @@
 """Pure ASGI request context of the services and the gateway: request ids, body checks, metrics, gateway proof."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -10,7 +12,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.caller import CALLER_HEADER, SIGNATURE_HEADER, decode_caller
-from shared.errors import ProblemError, problem_body, PROBLEM_JSON
+from shared.errors import LOST_RACE_HEADER, ProblemError, problem_body, PROBLEM_JSON
 from shared.logs import request_id_var
 from shared.manifest import upload_route
 from shared.metrics import Metrics
@@ -110,6 +112,71 @@ def content_type_allowed(path: str, content_type: str | None) -> bool:
         return True
     upload = upload_route(path)
     return upload is not None and ct in upload.media_types
+
+
+class LostRaceRetry:
+    """A write that lost a race in the database (deadlock detected, serialization failure: its whole
+    transaction undone, nothing of it stored, its idempotency record included) is run again, up to
+    `attempts` times in all, after a short random pause, before its 503 goes out: the client sees the
+    answer of the run that got through. The request body is kept for the runs (uploads, which stream,
+    are not run again, nor reads, which take no locks). The marking header
+    (`shared.errors.LOST_RACE_HEADER`) never leaves the service."""
+
+    def __init__(self, app: ASGIApp, attempts: int = 3):
+        self.app = app
+        self.attempts = attempts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        marker = LOST_RACE_HEADER.encode()
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE") or upload_route(scope["path"]):
+            async def send_unmarked(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [(n, v) for n, v in message.get("headers", []) if n.lower() != marker]
+                await send(message)
+
+            await self.app(scope, receive, send_unmarked)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        for attempt in range(1, self.attempts + 1):
+            delivered = False
+
+            async def replay() -> Message:
+                nonlocal delivered
+                if not delivered:
+                    delivered = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            lost: list[bool] = []
+
+            async def send_unless_lost(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    headers = list(message.get("headers", []))
+                    if any(name.lower() == marker for name, _ in headers):
+                        if attempt < self.attempts:
+                            lost.append(True)
+                            return
+                        message["headers"] = [(n, v) for n, v in headers if n.lower() != marker]
+                elif lost:
+                    return
+                await send(message)
+
+            await self.app(scope, replay, send_unless_lost)
+            if not lost:
+                return
+            log.info("request run again after losing a race in the database", extra={"attempt": attempt})
+            await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
 
 
 class RequestContextMiddleware:

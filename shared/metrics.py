@@ -20,6 +20,11 @@ class Metrics:
         r.register(self.requests)
         self.outbox_backlog = Gauge("vmc_outbox_backlog", "Outbox events not yet published", ["service"], registry=r)
         self.outbox_published = Counter("vmc_outbox_published_total", "Outbox events published", ["service"], registry=r)
+        self.outbox_republished = Counter(
+            "vmc_outbox_republished_total", "Retained outbox events queued to be published again (the broker lost its log)",
+            ["service"], registry=r,
+        )
+        self.outbox_republished.labels(service)  # exported as 0 from the start, so alerts see the series
         self.consumer_lag = Gauge(
             "vmc_consumer_lag", "Messages behind the partition high watermark", ["consumer", "topic", "partition"], registry=r
         )

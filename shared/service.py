@@ -18,13 +18,13 @@ from starlette.responses import Response
 from shared import consumer as consumer_mod
 from shared import idempotency as idempotency_mod
 from shared import outbox as outbox_mod
-from shared.broker import LogWatch, broker_reachable, ensure_topics_forever, make_consumer, make_producer
+from shared.broker import LogWatch, broker_reachable, ensure_topics_forever, join_deadline, make_consumer, make_producer
 from shared.caller import annotate_scopes
 from shared.consumer import BatchUnits, EventConsumer, Handler
-from shared.db import Migration, make_engine, make_sessionmaker, migrate, pending_migrations
+from shared.db import Migration, is_sqlite, make_engine, make_sessionmaker, migrate, pending_migrations
 from shared.errors import install_error_handlers, problem_response
 from shared.events import dead_letter_topic
-from shared.http import RequestContextMiddleware
+from shared.http import LostRaceRetry, RequestContextMiddleware
 from shared.logs import configure_logging
 from shared.metrics import CONTENT_TYPE_LATEST, Metrics
 from shared.outbox import OutboxRelay
@@ -40,13 +40,16 @@ class ConsumerSpec:
     `units`, given the started app, says where its batches are applied when that is not the service's
     SQL database (the handlers then take what those units hand them instead of a session).
     `group_id`, when set, is the Kafka group instead of the name (the name still names its metrics
-    and dead-letter topic): for replicas that must each read every partition."""
+    and dead-letter topic): for replicas that must each read every partition. `every_partition`: the
+    group is this replica's own, so its consumer must hold every partition of its topics (checked:
+    `EventConsumer`)."""
 
     name: str
     topics: list[str]
     handlers: dict[str, Handler]
     units: Callable[[FastAPI], BatchUnits] | None = None
     group_id: str | None = None
+    every_partition: bool = False
 
 
 @dataclass
@@ -137,9 +140,12 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
         def producer_factory():
             return make_producer(settings, f"{spec.name}-{id(app)}")
 
+        url = settings.resolved_database_url()
         relay = OutboxRelay(maker, producer_factory, metrics, LogWatch(settings, topics),
                             linger=settings.outbox_linger_ms / 1000,
-                            retention=timedelta(hours=settings.outbox_retention_hours))
+                            retention=timedelta(hours=settings.outbox_retention_hours),
+                            # PostgreSQL: in a thread of its own, out of the requests' loop and pool.
+                            own_engine=None if is_sqlite(url) else lambda: make_engine(url, pool_size=2, max_overflow=1))
         app.state.relay = relay
         consumers = [
             EventConsumer(
@@ -152,6 +158,8 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
                 metrics,
                 max_retries=settings.consumer_max_retries,
                 group_id=c.group_id,
+                join_timeout=join_deadline(settings),
+                every_partition=c.every_partition,
             )
             for c in spec.consumers
         ]
@@ -190,6 +198,8 @@ def create_service_app(spec: ServiceSpec) -> FastAPI:
     for key, value in spec.extra_state.items():
         setattr(app.state, key, value)
     install_error_handlers(app)
+    # Inside the request context (one request id, one metric for all its runs).
+    app.add_middleware(LostRaceRetry)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, secret=settings.internal_secret)
     app.include_router(operations_router())
     for router in spec.routers:
@@ -273,6 +283,7 @@ def _consumer_details(app: FastAPI) -> dict:
             "lag": dict(c.lag),
             "dead_lettered": c.dead_lettered,
             "last_event_age_s": round(now - c.last_event_time.timestamp(), 3) if c.last_event_time else None,
+            "unassigned_s": round(c.unassigned_for, 1),  # 0 once the group assigned it its partitions
         }
         for c in consumers
     }}
@@ -285,9 +296,9 @@ def operations_router() -> APIRouter:
     async def health() -> dict:
         return {"status": "ok"}
 
-    @router.get("/ready", summary="Readiness: database and broker reachable, no lost log being re-published")
+    @router.get("/ready", summary="Readiness: database and broker reachable, the broker taking the requests, no lost log being re-published")
     async def ready(request: Request):
-        checks = {"database": False, "broker": False, "outbox": True}
+        checks = {"database": False, "broker": False, "outbox": True, "consumers": True}
         try:
             async with request.app.state.maker() as session:
                 await session.execute(text("SELECT 1"))
@@ -296,8 +307,12 @@ def operations_router() -> APIRouter:
             log.warning("database not reachable", exc_info=True)
         checks["broker"] = await request.app.state.ready.broker_ok()
         relay = getattr(request.app.state, "relay", None)
-        problem = relay.problem if relay is not None else None
+        problem = (relay.problem or relay.refused) if relay is not None else None  # re-publishing, or refused
         checks["outbox"] = problem is None
+        # A consumer without partitions for longer than a join takes (while the broker answers: when it
+        # does not, that is the reason).
+        stuck = [c.problem for c in getattr(request.app.state, "consumers", []) if c.problem] if checks["broker"] else []
+        checks["consumers"] = not stuck
         schema = request.app.state.schema
         if checks["database"] and not schema.started:  # waiting for `vmc migrate` (or starting): say which
             checks["schema"] = False
@@ -307,7 +322,7 @@ def operations_router() -> APIRouter:
             details.update(await request.app.state.ready_details(request.app))
         if all(checks.values()):
             return {"status": "ready", "checks": checks, **details}
-        reasons = [f"{k} unreachable" for k in ("database", "broker") if not checks[k]] + ([problem] if problem else [])
+        reasons = [f"{k} unreachable" for k in ("database", "broker") if not checks[k]] + ([problem] if problem else []) + stuck
         return problem_response(503, "not ready: " + ", ".join(reasons), extra={"checks": checks, **details})
 
     @router.get("/metrics", summary="Prometheus metrics")

@@ -41,6 +41,14 @@ async def running_gateway(settings: GatewaySettings, key: str | None = None) -> 
             yield app, client
 
 
+async def answer_ok(writer: asyncio.StreamWriter) -> None:
+    """A fake service's whole answer: 200 with a small JSON body."""
+    body = b'{"ok": true}'
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+    await writer.drain()
+
+
 class SilentUpstream:
     """A TCP server that accepts connections and never answers: a service that hangs."""
 
@@ -99,10 +107,7 @@ class TinyUpstream:
                     if self.drop > 0:
                         self.drop -= 1
                         return
-                    body = b'{"ok": true}'
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
-                    await writer.drain()
+                    await answer_ok(writer)
             except (asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:

@@ -281,6 +281,11 @@ def new_workdir() -> Path:
 
 
 def remove_workdir(path: Path) -> None:
+    """Remove a stack's folder (its logs and SQLite files), unless VMC_TEST_KEEP_WORKDIR is set: then
+    it is left for reading the parts' logs after a failure."""
+    if os.environ.get("VMC_TEST_KEEP_WORKDIR"):
+        print(f"kept {path}")
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -17,6 +17,9 @@ PARSER = PROJECT / "node_modules" / "@asyncapi" / "parser" / "package.json"
 INSTALL = "run `make test` (its asyncapi-parser step installs the parser with npm ci into tests/asyncapi/node_modules)"
 BLOCKING = {"error", "warning"}
 
+# The same on any database: run in the PostgreSQL pass only (pyproject.toml, Makefile).
+pytestmark = pytest.mark.dialect_free
+
 
 async def parsed(document: dict, directory: Path) -> tuple[int, list[dict]]:
     """The script's exit status and the parser's diagnostics for `document`."""

@@ -139,6 +139,39 @@ def test_a_part_that_does_not_migrate_waits_unready_for_vmc_migrate_then_starts(
         stop(registry)
 
 
+def test_a_broker_refusing_the_parts_requests_is_named_by_ready_and_the_log(databases, broker, tmp_path):
+    """Issue 18, bad input: a broker that answers but refuses (here an idempotent producer on Tansu) is not
+    'ready': /ready is a 503 naming the refusal for the outbox relay and the consumer, and the log says it."""
+    if broker.idempotence:
+        pytest.skip("this broker takes idempotent producers: it has nothing to refuse here")
+    env = step_env(databases, tmp_path)
+    port = free_port()
+    log_file = tmp_path / "activities.log"
+    activities = start_uvicorn(PARTS["activities"].app, port, {
+        **env, "VMC_ACTIVITIES_PORT": str(port), "VMC_KAFKA_BOOTSTRAP": broker.bootstrap, "VMC_KAFKA_IDEMPOTENCE": "true",
+    }, log_file)
+    try:
+        def refused():
+            try:
+                status, body = get_ready(f"http://127.0.0.1:{port}/ready")
+            except (urllib.error.URLError, ConnectionError):
+                return None
+            detail = body.get("detail", "")
+            return (status, body) if "relay" in detail and "consumer" in detail else None
+
+        status, body = wait_for(refused, 60, "/ready naming the refusals of the relay and the consumer")
+        assert status == 503 and body["checks"]["broker"] is True  # reachable: it answers, and refuses
+        assert body["checks"]["outbox"] is False and body["checks"]["consumers"] is False
+        assert "the broker refused the outbox relay's producer" in body["detail"]
+        assert "VMC_KAFKA_IDEMPOTENCE" in body["detail"]
+        assert "the broker refused consumer" in body["detail"]
+        wait_for(lambda: "the broker refused the outbox relay's producer" in log_file.read_text(), 10,
+                 "the refusal in the log")
+    finally:
+        stop(activities)
+
+
+@pytest.mark.dialect_free
 def test_make_run_names_the_part_that_failed_to_start_and_why(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMC_")}
     env.update({f"VMC_{name.upper()}_PORT": str(free_port()) for name in [*PARTS, "broker"]})
@@ -151,6 +184,7 @@ def test_make_run_names_the_part_that_failed_to_start_and_why(tmp_path):
     assert "registry_timeout_s" in launcher.stderr and "Input should be a valid number" in launcher.stderr
 
 
+@pytest.mark.dialect_free
 def test_vmc_topics_creates_the_event_and_dead_letter_topics_once(broker, tmp_path):
     from aiokafka.admin import AIOKafkaAdminClient
 

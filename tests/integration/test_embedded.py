@@ -19,6 +19,9 @@ from deploy.processes import free_port
 from tests.conftest import wait_until
 from tests.harness import remove_workdir, new_workdir
 
+# The same on any database: run in the PostgreSQL pass only (pyproject.toml, Makefile).
+pytestmark = pytest.mark.dialect_free
+
 
 def launch(data_dir: Path, ports: dict[str, int], admin_key: str | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMC_")}

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from deploy.processes import free_port
 from services.registry.settings import GDY_ORGANIZATION_ID
@@ -132,6 +133,7 @@ async def test_headers_named_in_connection_are_not_forwarded(stack: Stack):
     assert created[0] != created[1]
 
 
+@pytest.mark.dialect_free
 async def test_long_routes_timing_out_do_not_open_the_circuit_of_the_others(stack: Stack):
     """Imports (and batches, exports) that time out open their own circuit, not the one of the service's other routes."""
     port = free_port()
@@ -149,6 +151,7 @@ async def test_long_routes_timing_out_do_not_open_the_circuit_of_the_others(stac
             assert (await client.get("/ready")).json()["circuits"]["registry"] == "closed"
 
 
+@pytest.mark.dialect_free
 async def test_a_refused_connection_is_tried_once_more_whatever_the_method(stack: Stack):
     """The one retry policy: a service refusing connections gets a GET twice (a moment apart), and a
     POST too (no byte of it was sent); both answer 503 at once after the second refusal."""

@@ -170,3 +170,18 @@ async def test_a_trusted_proxys_forwarded_address_is_throttled_on_its_own(stack:
     writer.write(get("/organizations", stack.admin_key, f"X-Forwarded-For: {bystander}"))
     assert (await read_response(reader))[0] == 200
     writer.close()
+
+
+async def test_a_service_keeps_an_idle_connection_longer_than_its_clients_do(stack: Stack):
+    """Each service holds an idle kept-alive connection well past httpx's 5 s and the gateway pool's
+    4 s: with uvicorn's default 5 s a request sent as the service closed the connection was lost
+    ("server disconnected without sending a response"), as CI saw on a readiness probe."""
+    url = urlsplit(stack.urls["registry"])
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    request = b"GET /health HTTP/1.1\r\nHost: registry\r\n\r\n"
+    writer.write(request)
+    assert (await read_response(reader))[0] == 200
+    await asyncio.sleep(6)  # the idle time itself is what is tested
+    writer.write(request)
+    assert (await read_response(reader))[0] == 200
+    writer.close()

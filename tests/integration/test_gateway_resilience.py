@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from deploy.processes import free_port
 from tests.conftest import eventually
 from tests.gateway_inprocess import SilentUpstream, TinyUpstream, running_gateway, settings_for
@@ -58,6 +60,7 @@ async def test_dead_service_is_a_fast_503_then_the_circuit_opens_and_closes(stac
     assert ready["circuits"]["activities"] == "closed"
 
 
+@pytest.mark.dialect_free
 async def test_only_idempotent_requests_are_retried_and_only_once(stack):
     port = free_port()
     async with TinyUpstream(port, drop=1) as flaky:  # closes the first connection without answering
@@ -73,6 +76,7 @@ async def test_only_idempotent_requests_are_retried_and_only_once(stack):
             assert bounded.status_code == 503 and flaky.requests == 5  # two attempts, no more
 
 
+@pytest.mark.dialect_free
 async def test_body_too_large_is_413_and_a_trickling_body_is_cut_off(stack):
     settings = settings_for(stack, body_read_timeout_seconds=0.3)
     async with running_gateway(settings, stack.admin_key) as (_, client):

@@ -2,12 +2,11 @@
 
 Asserted as what the consumers applied, exactly once: analytics (its DuckDB store) through its figures
 and /metrics, the activities service's registry consumer also through the processed events of its SQL
-database. The module runs a stack of its own (broker, databases, services, gateway), so stopping its
-broker disturbs no other test.
+database. The tests run on the fault stack (tests/conftest.py: a broker, databases, services and gateway
+of its own, shared with test_broker_loss and test_rolling_restart only), so stopping its broker disturbs
+no other test; each must leave it whole.
 """
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
@@ -19,41 +18,14 @@ from shared.db import make_engine
 from tests.api import walk
 from tests.conftest import eventually
 from tests.harness import (
-    Stack, database_mode, needs_stoppable_broker, pg_server_url, stack_of_its_own, unique,
+    Stack, database_mode, needs_stoppable_broker, pg_server_url, unique,
 )
 
 pytestmark = needs_stoppable_broker
 
-SERVICE_NAMES = ("registry", "activities", "analytics")
 # The consumer that applies registry events to a SQL database (analytics applies them to its store).
 REGISTRY_VIEW = "activities-registry"
 WRITES = 20
-
-
-@pytest.fixture(scope="module")
-def fault_stack():
-    # Consumers rejoin quickly after the broker comes back (on Tansu a join waits ~half of it).
-    with stack_of_its_own(VMC_KAFKA_SESSION_TIMEOUT_MS="4000") as stack:
-        yield stack
-
-
-@pytest.fixture
-async def admin(fault_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=fault_stack.api, headers={"Authorization": f"Bearer {fault_stack.admin_key}"}, timeout=30
-    ) as client:
-        yield client
-
-
-@pytest.fixture
-async def direct(fault_stack: Stack) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """Clients straight to each service, for its operations endpoints (/ready, /metrics)."""
-    clients = {name: httpx.AsyncClient(base_url=fault_stack.urls[name], timeout=30) for name in SERVICE_NAMES}
-    try:
-        yield clients
-    finally:
-        for client in clients.values():
-            await client.aclose()
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -156,25 +128,25 @@ async def all_ready(direct: dict[str, httpx.AsyncClient]) -> bool:
 
 # ---- the broker stops while writes go on --------------------------------------------------------
 async def test_writes_succeed_while_broker_is_down_and_every_event_reaches_analytics_exactly_once(
-    fault_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
+    fault_stack: Stack, fault_admin: httpx.AsyncClient, fault_direct: dict[str, httpx.AsyncClient]
 ):
-    before = await caught_up(admin)
+    before = await caught_up(fault_admin)
     await registry_view_has(fault_stack)
-    applied_before = await consumed(direct["analytics"], "applied")
-    view_applied_before = await consumed(direct["activities"], "applied", REGISTRY_VIEW)
+    applied_before = await consumed(fault_direct["analytics"], "applied")
+    view_applied_before = await consumed(fault_direct["activities"], "applied", REGISTRY_VIEW)
 
     fault_stack.broker.stop()
     try:
         async def all_report_broker_down() -> bool:
-            states = [await readiness(c) for c in direct.values()]
-            return all(status == 503 and body["checks"] == {"database": True, "broker": False, "outbox": True}
+            states = [await readiness(c) for c in fault_direct.values()]
+            return all(status == 503 and body["checks"] == {"database": True, "broker": False, "outbox": True, "consumers": True}
                        for status, body in states)
 
         await eventually(all_report_broker_down, 15, what="every service's /ready answering 503 for the broker")
-        status, body = await readiness(direct["registry"])
+        status, body = await readiness(fault_direct["registry"])
         assert body["detail"] == "not ready: broker unreachable"
 
-        created = [await admin.post("/organizations", json=organization_body()) for _ in range(WRITES)]
+        created = [await fault_admin.post("/organizations", json=organization_body()) for _ in range(WRITES)]
         assert [r.status_code for r in created] == [201] * WRITES, [r.text for r in created if r.status_code != 201]
         ids = [r.json()["id"] for r in created]
         held = await outbox_rows(fault_stack, ids)
@@ -182,27 +154,27 @@ async def test_writes_succeed_while_broker_is_down_and_every_event_reaches_analy
     finally:
         fault_stack.broker.start()  # memory storage: it comes back empty, without topics or offsets
 
-    await caught_up(admin, before + WRITES, timeout=60)
-    assert await registry_count(admin) == before + WRITES
-    assert await consumed(direct["analytics"], "applied") - applied_before == WRITES
+    await caught_up(fault_admin, before + WRITES, timeout=60)
+    assert await registry_count(fault_admin) == before + WRITES
+    assert await consumed(fault_direct["analytics"], "applied") - applied_before == WRITES
 
     # Each event recorded as applied by the activities service's registry consumer, and applied once.
     event_ids = [event_id for event_id, _ in await outbox_rows(fault_stack, ids)]
     await registry_view_has(fault_stack, event_ids, timeout=60)
     processed = await processed_by_registry_view(fault_stack)
     assert [processed.get(e) for e in event_ids] == [["applied"]] * WRITES
-    assert await applied_since(direct["activities"], REGISTRY_VIEW, view_applied_before, WRITES) == WRITES
-    await eventually(lambda: all_ready(direct), 15, what="every /ready back to 200")
+    assert await applied_since(fault_direct["activities"], REGISTRY_VIEW, view_applied_before, WRITES) == WRITES
+    await eventually(lambda: all_ready(fault_direct), 15, what="every /ready back to 200")
 
 
 async def test_broker_restarted_empty_and_idle_is_noticed_and_the_outbox_republished_with_nothing_applied_twice(
-    fault_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
+    fault_stack: Stack, fault_admin: httpx.AsyncClient, fault_direct: dict[str, httpx.AsyncClient]
 ):
     """No write after the restart and no signal: the registry finds its partitions' logs end below
     the offsets the broker acknowledged before (their high watermarks), and re-publishes."""
-    count = await caught_up(admin)
-    applied_before = await consumed(direct["analytics"], "applied")
-    duplicates_before = await consumed(direct["analytics"], "duplicate")
+    count = await caught_up(fault_admin)
+    applied_before = await consumed(fault_direct["analytics"], "applied")
+    duplicates_before = await consumed(fault_direct["analytics"], "duplicate")
     registry_db = fault_stack.db_urls["registry"]
     retained = (await query(registry_db, "SELECT count(*) FROM outbox"))[0][0]
     assert retained >= count
@@ -212,20 +184,20 @@ async def test_broker_restarted_empty_and_idle_is_noticed_and_the_outbox_republi
 
     async def republished() -> bool:
         backlog = (await query(registry_db, "SELECT count(*) FROM outbox WHERE published_at IS NULL"))[0][0]
-        seen = await consumed(direct["analytics"], "duplicate") - duplicates_before
+        seen = await consumed(fault_direct["analytics"], "duplicate") - duplicates_before
         # Redeliveries after a rebalance may count some twice: at least every retained row.
         return backlog == 0 and seen >= retained
 
     await eventually(republished, 60, 0.2, what=f"{retained} republished events seen by analytics")
-    assert await consumed(direct["analytics"], "applied") == applied_before
-    assert await analytics_count(admin) == count
+    assert await consumed(fault_direct["analytics"], "applied") == applied_before
+    assert await analytics_count(fault_admin) == count
 
     # The pipeline still runs on the new broker.
-    new = await admin.post("/organizations", json=organization_body())
+    new = await fault_admin.post("/organizations", json=organization_body())
     assert new.status_code == 201
-    await caught_up(admin, count + 1)
-    assert await consumed(direct["analytics"], "applied") == applied_before + 1
-    await eventually(lambda: all_ready(direct), 15, what="every /ready back to 200")
+    await caught_up(fault_admin, count + 1)
+    assert await consumed(fault_direct["analytics"], "applied") == applied_before + 1
+    await eventually(lambda: all_ready(fault_direct), 15, what="every /ready back to 200")
 
 
 # ---- a service's database goes away -------------------------------------------------------------
@@ -248,11 +220,11 @@ def consumer_restarts(stack: Stack) -> int:
 
 @pytest.mark.skipif(database_mode() != "postgresql", reason="refusing connections to one database needs PostgreSQL")
 async def test_a_consumers_database_outage_reports_not_ready_then_catches_up_without_dead_letters(
-    fault_stack: Stack, admin: httpx.AsyncClient, direct: dict[str, httpx.AsyncClient]
+    fault_stack: Stack, fault_admin: httpx.AsyncClient, fault_direct: dict[str, httpx.AsyncClient]
 ):
     """The activities service's registry consumer loses its SQL database while registry events arrive."""
-    activities = direct["activities"]
-    before = await caught_up(admin)
+    activities = fault_direct["activities"]
+    before = await caught_up(fault_admin)
     await registry_view_has(fault_stack)
     applied_before = await consumed(activities, "applied", REGISTRY_VIEW)
     dead_before = await metric(activities, "vmc_dead_letters_total", {"consumer": REGISTRY_VIEW})
@@ -263,24 +235,24 @@ async def test_a_consumers_database_outage_reports_not_ready_then_catches_up_wit
     try:
         async def database_down() -> bool:
             status, body = await readiness(activities)
-            return status == 503 and body["checks"] == {"database": False, "broker": True, "outbox": True}
+            return status == 503 and body["checks"] == {"database": False, "broker": True, "outbox": True, "consumers": True}
 
         await eventually(database_down, 15, what="activities /ready answering 503 for its database")
-        created = [await admin.post("/organizations", json=organization_body()) for _ in range(5)]
+        created = [await fault_admin.post("/organizations", json=organization_body()) for _ in range(5)]
         assert [r.status_code for r in created] == [201] * 5
         # The registry's own database is fine: it stays ready.
-        assert (await readiness(direct["registry"]))[0] == 200
+        assert (await readiness(fault_direct["registry"]))[0] == 200
         # Keep the database away until the consumer has met the outage on these events.
         async def consumer_hit_outage() -> bool:
             return consumer_restarts(fault_stack) > restarts_before
 
         await eventually(consumer_hit_outage, 20, what=f"the {REGISTRY_VIEW} consumer failing on its database")
         # Analytics keeps its figures in its own store: another service's outage does not hold it up.
-        await caught_up(admin, before + 5)
+        await caught_up(fault_admin, before + 5)
     finally:
         await set_connections(database, allowed=True)
 
-    await eventually(lambda: all_ready(direct), 15, what="activities ready again")
+    await eventually(lambda: all_ready(fault_direct), 15, what="activities ready again")
     ids = [r.json()["id"] for r in created]
     event_ids = [event_id for event_id, _ in await outbox_rows(fault_stack, ids)]
     await registry_view_has(fault_stack, event_ids, timeout=45)

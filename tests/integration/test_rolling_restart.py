@@ -15,7 +15,8 @@ comes (one being forwarded, requests pipelined behind it, a head or an upload ha
 connection's last answer saying `connection: close`, close their idle connections, accept no new
 one, and exit without cancelling anything.
 
-The module runs a stack of its own, so its restarts disturb no other test.
+The tests run on the fault stack (tests/conftest.py, shared with test_platform_faults and
+test_broker_loss only), so its restarts disturb no other test; each must leave it whole.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -41,7 +41,8 @@ from shared.caller import GDY_ORGANIZATION_ID, SCOPES, CallerContext, encode_cal
 from tests.api import walk
 from tests.conftest import eventually
 from tests.factories import create_enrollment, create_org, create_project, organization_body, register, volunteer_body
-from tests.harness import SERVICES, Stack, needs_stoppable_broker, stack_of_its_own, unique
+from tests.gateway_inprocess import answer_ok
+from tests.harness import SERVICES, Stack, needs_stoppable_broker, unique
 from tests.integration.test_embedded import Output, launch, shut_down
 
 # What a partner retries with the same Idempotency-Key: the gateway could not reach the service, or the
@@ -53,20 +54,6 @@ ENROLLED = 4  # volunteers the activities are logged for (spread so no one excee
 FIRST_DAY = date(2026, 2, 1)  # the enrolments' start; the project runs to the end of 2026
 # Writes acknowledged after each restart before the next part goes: the system is writing again.
 WRITES_BETWEEN = 6
-
-
-@pytest.fixture(scope="module")
-def rolling_stack():
-    # Consumers rejoin their group quickly after a part restarts (on Tansu a join waits ~half of it).
-    with stack_of_its_own(VMC_KAFKA_SESSION_TIMEOUT_MS="4000") as stack:
-        yield stack
-
-
-@pytest.fixture
-async def admin(rolling_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=rolling_stack.api, timeout=30,
-                                 headers={"Authorization": f"Bearer {rolling_stack.admin_key}"}) as client:
-        yield client
 
 
 @dataclass
@@ -150,8 +137,10 @@ async def consumed(stack: Stack, service: str, consumer: str, outcome: str) -> f
 
 def restart_gracefully(stack: Stack, name: str) -> None:
     """SIGTERM, then start again: the part must have drained and stopped within its grace period."""
+    log_path = stack.workdir / f"{name}.log"
+    earlier = log_path.stat().st_size  # the fault stack's log: what other tests made the part write before
     code = stack.stop_part(name)
-    log = (stack.workdir / f"{name}.log").read_text(errors="replace")
+    log = log_path.read_bytes()[earlier:].decode(errors="replace")
     assert code == -15, f"{name} did not stop on SIGTERM within its grace period (exit code {code})"
     assert "timeout graceful shutdown exceeded" not in log, f"{name} cancelled requests still running"
     stack.start_part(name)
@@ -235,44 +224,44 @@ async def analytics_counts(partner: Partner) -> None:
 
 
 # ---- the tests -----------------------------------------------------------------------------------
-async def test_each_service_and_the_gateway_restarted_in_turn_under_writes(rolling_stack: Stack, admin: httpx.AsyncClient):
-    partner = await new_partner(admin)
+async def test_each_service_and_the_gateway_restarted_in_turn_under_writes(fault_stack: Stack, fault_admin: httpx.AsyncClient):
+    partner = await new_partner(fault_admin)
     stop = asyncio.Event()
     writer = asyncio.create_task(partner.run(stop))
     try:
         await acknowledged_more(partner, WRITES_BETWEEN)
         for name in ("registry", "activities", "analytics", "gateway"):
-            await asyncio.to_thread(restart_gracefully, rolling_stack, name)
+            await asyncio.to_thread(restart_gracefully, fault_stack, name)
             await acknowledged_more(partner, WRITES_BETWEEN)
     finally:
         stop.set()
         await writer
     assert sum(partner.retried.values()) > 0, "no write met a restart: the test proved nothing"
     await check_stored_once(partner)
-    await check_events_applied_once(rolling_stack, partner)
+    await check_events_applied_once(fault_stack, partner)
     # Each consumer committed what it had applied and left its group when its service stopped: the
     # restarted process read on from there, and met no event twice.
     for service, consumer in (("activities", "activities-registry"), ("analytics", "analytics")):
-        assert await consumed(rolling_stack, service, consumer, "duplicate") == 0, f"{consumer} re-read events"
-        assert await consumed(rolling_stack, service, consumer, "applied") > 0
+        assert await consumed(fault_stack, service, consumer, "duplicate") == 0, f"{consumer} re-read events"
+        assert await consumed(fault_stack, service, consumer, "applied") > 0
 
 
 @needs_stoppable_broker
-async def test_broker_restarted_under_writes(rolling_stack: Stack, admin: httpx.AsyncClient):
-    partner = await new_partner(admin)
+async def test_broker_restarted_under_writes(fault_stack: Stack, fault_admin: httpx.AsyncClient):
+    partner = await new_partner(fault_admin)
     stop = asyncio.Event()
     writer = asyncio.create_task(partner.run(stop))
     try:
         await acknowledged_more(partner, WRITES_BETWEEN)
-        await asyncio.to_thread(rolling_stack.broker.stop)
+        await asyncio.to_thread(fault_stack.broker.stop)
         await acknowledged_more(partner, WRITES_BETWEEN)  # the outboxes hold events while the broker is away
-        await asyncio.to_thread(rolling_stack.broker.start)
+        await asyncio.to_thread(fault_stack.broker.start)
         await acknowledged_more(partner, WRITES_BETWEEN)
     finally:
         stop.set()
         await writer
     await check_stored_once(partner)
-    await check_events_applied_once(rolling_stack, partner)
+    await check_events_applied_once(fault_stack, partner)
 
 
 # ---- one part's graceful stop, on raw connections ------------------------------------------------
@@ -304,10 +293,7 @@ class HeldUpstream:
                 if not target.startswith("/ready"):
                     self.received.append(target)
                     await self.release.wait()
-                body = b'{"ok": true}'
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
-                await writer.drain()
+                await answer_ok(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -363,15 +349,16 @@ def stopped_gracefully(proc, log_path, timeout: float = 20.0) -> None:
     assert "timeout graceful shutdown exceeded" not in log_path.read_text(errors="replace")
 
 
-async def test_gateway_answers_what_it_holds_when_stopped(rolling_stack: Stack):
+@pytest.mark.dialect_free
+async def test_gateway_answers_what_it_holds_when_stopped(fault_stack: Stack):
     """One request forwarded, two pipelined, a head and an upload half received, and an idle
     connection, when SIGTERM comes: all answered, each connection closed after its last answer."""
-    auth = {"authorization": f"Bearer {rolling_stack.admin_key}"}
+    auth = {"authorization": f"Bearer {fault_stack.admin_key}"}
     async with HeldUpstream() as upstream:
         port = free_port()
-        log_path = rolling_stack.workdir / "gateway-stopped.log"
-        env = {**rolling_stack.env(), "VMC_GATEWAY_PORT": str(port), "VMC_REGISTRY_URL": upstream.url,
-               "VMC_GATEWAY_DATABASE_URL": rolling_stack.db_urls["gateway"]}
+        log_path = fault_stack.workdir / "gateway-stopped.log"
+        env = {**fault_stack.env(), "VMC_GATEWAY_PORT": str(port), "VMC_REGISTRY_URL": upstream.url,
+               "VMC_GATEWAY_DATABASE_URL": fault_stack.db_urls["gateway"]}
         gateway = start_uvicorn("gateway.app:create_app", port, env, log_path)
         try:
             await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/ready", 60, gateway)
@@ -424,18 +411,18 @@ def start_registry_replica(stack: Stack, entry: str, port: int, log_path: Path) 
 
 
 @pytest.mark.parametrize("entry", ["uvicorn", "vmc serve"])
-async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: Stack, entry: str):
+async def test_service_finishes_an_upload_in_flight_when_stopped(fault_stack: Stack, entry: str):
     """uvicorn's own protocol (the services'), started as `make run` does or as the image does: a
     create whose body is half sent when SIGTERM comes is still read, stored and answered, then the
     service exits."""
     port = free_port()
-    log_path = rolling_stack.workdir / f"registry-{port}.log"
-    replica = start_registry_replica(rolling_stack, entry, port, log_path)
+    log_path = fault_stack.workdir / f"registry-{port}.log"
+    replica = start_registry_replica(fault_stack, entry, port, log_path)
     try:
         await asyncio.to_thread(wait_ready, f"http://127.0.0.1:{port}/ready", 60, replica)
         caller = CallerContext("test-national", uuid.UUID(GDY_ORGANIZATION_ID), frozenset(SCOPES), national=True)
         name = unique("upload")
-        whole = request_bytes("/api/v1/organizations", encode_caller(caller, rolling_stack.secret), "POST",
+        whole = request_bytes("/api/v1/organizations", encode_caller(caller, fault_stack.secret), "POST",
                               padded(organization_body(name=name)))
         reader, writer = await connect(port)
         writer.write(whole[:len(whole) // 2])
@@ -447,11 +434,12 @@ async def test_service_finishes_an_upload_in_flight_when_stopped(rolling_stack: 
         await asyncio.to_thread(stopped_gracefully, replica, log_path)
     finally:
         stop(replica)
-    async with httpx.AsyncClient(base_url=rolling_stack.api, timeout=30,
-                                 headers={"Authorization": f"Bearer {rolling_stack.admin_key}"}) as admin:
+    async with httpx.AsyncClient(base_url=fault_stack.api, timeout=30,
+                                 headers={"Authorization": f"Bearer {fault_stack.admin_key}"}) as admin:
         assert [o["name"] for o in await walk(admin, "/organizations") if o["name"] == name] == [name]
 
 
+@pytest.mark.dialect_free
 async def test_make_run_stops_the_gateway_then_the_services_then_the_broker(tmp_path):
     """`make run` told to stop (SIGTERM, as Ctrl-C): an upload in flight through the gateway is still
     stored and answered; the gateway is gone before the services stop, the broker last; none killed."""

@@ -2,12 +2,16 @@
 keep their events for ever, like those `vmc topics` makes: analytics rebuilds by replaying from the start."""
 from __future__ import annotations
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.broker import ensure_topics
 from shared.settings import CommonSettings
 from tests.harness import unique
+
+# The same on any database: run in the PostgreSQL pass only (pyproject.toml, Makefile).
+pytestmark = pytest.mark.dialect_free
 
 
 async def test_a_topic_a_service_creates_keeps_every_event(broker):

@@ -60,6 +60,23 @@ async def test_database_unavailable_is_a_503_with_retry_after():
         assert headers["content-type"] == "application/problem+json"
 
 
+class _PostgresError(Exception):
+    """What the asyncpg dialect raises: its SQLSTATE on `sqlstate`."""
+
+    def __init__(self, message: str, sqlstate: str):
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+async def test_a_transaction_undone_by_a_concurrent_one_is_a_503_to_retry():
+    """A deadlock's victim or a serialization failure: the same request succeeds again, never a 500."""
+    for sqlstate in ("40P01", "40001"):
+        status, headers = await status_of(DBAPIError("SELECT 1", {}, _PostgresError("deadlock detected", sqlstate)))
+        assert (status, headers["retry-after"], headers["content-type"]) == (503, "1", "application/problem+json")
+    status, _ = await status_of(DBAPIError("SELECT 1", {}, _PostgresError("division by zero", "22012")))
+    assert status == 500
+
+
 @pytest.mark.parametrize("middleware", ["inside", "outside"])
 async def test_other_database_errors_stay_500_problems(middleware: str):
     status, headers = await status_of(DBAPIError("SELECT 1", {}, ValueError("bug")), middleware)
