@@ -187,9 +187,18 @@ async def set_volunteer_organization(session: AsyncSession, volunteer_id: uuid.U
 
 # ---- one entry in two statements (PostgreSQL) ---------------------------------------------------
 
+# The volunteer's row is share-locked first and its day locked after (`registry_view.repository.
+# hold_volunteers`), in that order: `day_locked` reads the locked row before it takes the day's lock,
+# and the main query counts `day_locked` before it reads anything else. Locking the row makes the
+# statement read the row's newest version (a merge or erasure committed while it waited), whatever
+# the statement's snapshot. A volunteer the projection lacks takes no lock here: the general path
+# (`service._record`) then holds the row before it locks the day, in the same order.
 _ONE_ENTRY_FACTS = text(f"""
 WITH RECURSIVE
-volunteer AS (SELECT organization_id, erased, merged_into FROM registry_volunteers WHERE id = CAST(:volunteer AS uuid)),
+volunteer AS MATERIALIZED (SELECT organization_id, erased, merged_into FROM registry_volunteers
+                           WHERE id = CAST(:volunteer AS uuid) FOR SHARE),
+day_locked AS MATERIALIZED (
+    SELECT pg_advisory_xact_lock({_day_lock_key("CAST(:volunteer AS uuid)", "CAST(:date AS date)")}) FROM volunteer),
 project AS (SELECT program_id, organization_id, focus_areas, start_date, end_date FROM registry_projects
             WHERE id = CAST(:project AS uuid)),
 tree AS (
@@ -209,17 +218,18 @@ SELECT json_build_object(
     'location', EXISTS (SELECT 1 FROM registry_locations WHERE code = CAST(:location AS varchar)),
     'focus_area', (SELECT focus_area FROM activity_types WHERE code = CAST(:activity_type AS varchar))
 )::text
-FROM (SELECT pg_advisory_xact_lock({_day_lock_key("CAST(:volunteer AS uuid)", "CAST(:date AS date)")})) AS day_locked
+FROM (SELECT count(*) FROM day_locked) AS locked
 """)
 
 
 async def one_entry_facts(session: AsyncSession, organization_id: uuid.UUID, volunteer_id: uuid.UUID,
                           project_id: uuid.UUID, on: date, location_code: str, activity_type: str,
                           client_reference: str | None) -> dict:
-    """Everything the rules need to decide one entry, read in one statement that also locks its
-    volunteer-day (`lock_days`): the organisation's entry with this client reference, the volunteer,
-    the project, the ancestors of their organisations, the enrolments in that project, whether the
-    place exists, and the activity type's focus area (JSON: ids and dates as text)."""
+    """Everything the rules need to decide one entry, read in one statement that also holds the
+    volunteer's row and then locks its volunteer-day (`lock_days`): the organisation's entry with this
+    client reference, the volunteer, the project, the ancestors of their organisations, the enrolments
+    in that project, whether the place exists, and the activity type's focus area (JSON: ids and dates
+    as text)."""
     answer = await session.scalar(_ONE_ENTRY_FACTS, {
         "organization": organization_id, "volunteer": volunteer_id, "project": project_id, "date": on,
         "location": location_code, "activity_type": activity_type, "reference": client_reference})

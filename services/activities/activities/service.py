@@ -260,6 +260,9 @@ async def _record(session: AsyncSession, caller: CallerContext, registry: Regist
     # Only a client reference can collide with a concurrent twin (ids are random): without one, no
     # savepoint is needed (two round trips fewer for a single entry).
     guarded = any(d.client_reference is not None for _, d in entries)
+    # The volunteers first, before the days (the order a merge handler takes its locks in), and outside
+    # the savepoint, which would release them: what `_decide` reads of them then is their state now.
+    await registry_view.hold_volunteers(session, sorted({d.volunteer_id for _, d in entries}))
     for attempt in (1, 2):
         try:
             async with session.begin_nested() if guarded else nullcontext():
@@ -333,7 +336,10 @@ async def record(session: AsyncSession, caller: CallerContext, registry: Registr
 async def check_correction(session: AsyncSession, caller: CallerContext, registry: RegistryClient,
                            data: ActivityCreate, activity_id: uuid.UUID) -> Decision:
     """The rules of a new entry applied to a correction of `activity_id` (its day locked, its own
-    earlier hours not counted against the day); nothing is written."""
+    earlier hours not counted against the day); nothing is written. The volunteer's row is not held
+    (`_record`): the entry is locked already, and a merge handler, holding the volunteer's row, waits
+    for that lock to move it, so holding the row here would deadlock with it; the entry exists, so the
+    handler moves it whichever commits first."""
     [decision] = await _decide(session, caller, registry, [(0, Entry.of(data))], exclude=[activity_id])
     return decision
 

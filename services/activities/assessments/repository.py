@@ -9,22 +9,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.assessments.models import Assessment
-from services.activities.registry_view.models import VolunteerView
 from shared.db import utcnow
 from shared.pagination import paginate
 
 
 async def get(session: AsyncSession, assessment_id: uuid.UUID) -> Assessment | None:
     return await session.get(Assessment, assessment_id)
-
-
-async def hold_volunteer(session: AsyncSession, volunteer_id: uuid.UUID) -> None:
-    """Share-lock the volunteer's projection row until commit (PostgreSQL; SQLite has one writer). A
-    registry handler updates that row (erased, merged, moved) before it moves or clears the volunteer's
-    assessments, so it waits for this write to commit and then sees its row; a write that comes after
-    the handler waits for it and reads the new state. Without it, an assessment decided just before a
-    merge and committed just after would stay on the merged-away duplicate."""
-    await session.execute(select(VolunteerView.id).where(VolunteerView.id == volunteer_id).with_for_update(read=True))
 
 
 async def current(session: AsyncSession, volunteer_id: uuid.UUID, instrument: str, phase: str) -> Assessment | None:

@@ -109,7 +109,7 @@ async def record_assessment(session: AsyncSession, registry: RegistryClient, sco
         raise ProblemError(422, "; ".join(f"scores.{e['loc'][2]}: {e['msg']}" for e in errors[:5]), errors=errors)
     if data.taken_on > local_today():
         raise _invalid(["body", "taken_on"], "cannot be in the future (dates are local to Asia/Phnom_Penh)")
-    await repository.hold_volunteer(session, data.volunteer_id)
+    await registry_view.hold_volunteers(session, [data.volunteer_id])
     volunteer = await _assessable_volunteer(session, registry, scope.caller, data.volunteer_id)
     if data.replaces is None:
         if (existing := await repository.current(session, data.volunteer_id, data.instrument, data.phase)) is not None:

@@ -22,9 +22,10 @@ from shared.events import (
 async def _apply(session: AsyncSession, model, key, event: CloudEvent, values: dict) -> None:
     row = await session.get(model, key)
     if row is None:
-        session.add(model(id=key, event_time=event.time, **values))
-        await session.flush()  # a later event of the same batch must find it
-    elif event.time >= row.event_time:
+        # Not a plain insert: a request may be storing the same record from the registry's answer.
+        await repository.insert_missing(session, model, {"id": key, "event_time": event.time, **values})
+        row = await session.get(model, key)  # ours, or theirs (FETCHED: this event is newer)
+    if event.time >= row.event_time:
         for name, value in values.items():
             setattr(row, name, value)
         row.event_time = event.time
@@ -54,12 +55,15 @@ async def volunteer_changed(session: AsyncSession, event: CloudEvent, p: Volunte
 
 
 async def _volunteer_row(session: AsyncSession, volunteer_id) -> VolunteerView:
-    """The row to flag; a volunteer whose registration has not arrived yet gets a placeholder (no
-    organisation, FETCHED time), which the registration fills in when it comes."""
-    row = await session.get(VolunteerView, volunteer_id)
+    """The row to flag, locked first (FOR UPDATE, PostgreSQL): writes of new entries and assessments
+    share-lock it before anything else (`repository.hold_volunteers`), so the handler waits for those
+    in flight and then moves or clears what they wrote, and later ones wait for it and read the flag.
+    A volunteer whose registration has not arrived yet gets a placeholder (no organisation, FETCHED
+    time), which the registration fills in when it comes."""
+    row = await session.get(VolunteerView, volunteer_id, with_for_update=True)
     if row is None:
-        row = VolunteerView(id=volunteer_id, event_time=FETCHED)
-        session.add(row)
+        await repository.insert_missing(session, VolunteerView, {"id": volunteer_id, "event_time": FETCHED})
+        row = await session.get(VolunteerView, volunteer_id, with_for_update=True)
     return row
 
 

@@ -6,12 +6,14 @@ answers 503 (retry), never a 422 that would call a volunteer created a moment ag
 """
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import NamedTuple
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.activities.registry_view import repository
@@ -20,6 +22,9 @@ from services.activities.registry_view.models import (
     FETCHED, EnrollmentView, LocationView, OrganizationView, ProgramView, ProjectView, VolunteerView,
 )
 from shared.caller import CallerContext
+from shared.errors import lost_a_race
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,16 +147,39 @@ async def _load(session: AsyncSession, needs: Needs) -> Known:
     )
 
 
-async def _store(session: AsyncSession, answer: dict) -> None:
-    def rows(name: str) -> list[dict]:
-        return [{**row, "event_time": FETCHED} for row in answer.get(name, [])]
+# Storing what the registry answered can meet the consumer applying the same records' events in another
+# order (its batch inserts a volunteer, then a project; the answer is stored projects first): one of the
+# two is then a deadlock's victim. The consumer applies its batch again; the request undoes the store
+# (a savepoint) and stores again, the consumer's rows committed by then (the rows are the registry's
+# facts: the same whoever writes them first). Bounded; past it the error goes on (a 503 "retry").
+_STORE_ATTEMPTS = 3
 
-    await repository.store_fetched(session, OrganizationView, rows("organizations"), ["id"])
-    await repository.store_fetched(session, ProgramView, rows("programs"), ["id"])
-    await repository.store_fetched(session, ProjectView, rows("projects"), ["id"])
-    await repository.store_fetched(session, VolunteerView, rows("volunteers"), ["id"])
-    await repository.store_fetched(session, EnrollmentView, rows("enrollments"), ["id"])
-    await repository.upsert_locations(session, answer.get("locations", []))
+
+async def _store(session: AsyncSession, answer: dict, present: Known) -> None:
+    """Write the answer's records that the projection lacked when it was read (`present`); those it had
+    are kept current by events. An upsert locks the row it meets even when it changes nothing: writing
+    them again made every request that asked the registry lock its organisations' rows up to the root
+    until it committed (one after the other), and made two entries of one volunteer, each holding a
+    share of the volunteer's row (`repository.hold_volunteers`), wait for each other: a deadlock."""
+    def rows(name: str, skip: Collection = ()) -> list[dict]:
+        return [{**row, "event_time": FETCHED} for row in answer.get(name, []) if row["id"] not in skip]
+
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            async with session.begin_nested():
+                await repository.store_fetched(session, OrganizationView, rows("organizations", present.parents), ["id"])
+                await repository.store_fetched(session, ProgramView, rows("programs"), ["id"])
+                await repository.store_fetched(session, ProjectView, rows("projects", present.projects), ["id"])
+                await repository.store_fetched(session, VolunteerView, rows("volunteers", present.volunteers), ["id"])
+                await repository.store_fetched(session, EnrollmentView, rows("enrollments"), ["id"])
+                await repository.upsert_locations(session, [row for row in answer.get("locations", [])
+                                                            if row["code"] not in present.locations])
+            return
+        except DBAPIError as exc:
+            if attempt == _STORE_ATTEMPTS or not lost_a_race(exc):
+                raise
+            log.info("storing the registry's answer lost a race; storing it again",
+                     extra={"error": repr(exc.orig)[:200], "attempt": attempt})
 
 
 def _typed(answer: dict) -> dict:
@@ -174,5 +202,5 @@ async def resolve(session: AsyncSession, registry: RegistryClient, needs: Needs)
     except RegistryUnavailable:
         known.registry_down = True
         return known
-    await _store(session, _typed(answer))
+    await _store(session, _typed(answer), present=known)
     return await _load(session, needs)

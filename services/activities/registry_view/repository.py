@@ -109,6 +109,13 @@ async def store_fetched(session: AsyncSession, model, rows: Sequence[dict], keys
     await session.execute(statement, sorted(rows, key=lambda row: tuple(str(row[k]) for k in keys)))
 
 
+async def insert_missing(session: AsyncSession, model, row: dict) -> None:
+    """Insert the row unless one with its key exists, also one a concurrent transaction is inserting
+    (this waits for it): a handler meeting the row a request stored from the registry's answer a
+    moment before, which a plain insert turned into a unique violation and the batch into a retry."""
+    await session.execute(_insert(session, model.__table__).values(**row).on_conflict_do_nothing(index_elements=["id"]))
+
+
 async def upsert_locations(session: AsyncSession, rows: Sequence[dict]) -> None:
     if not rows:
         return
@@ -122,6 +129,21 @@ async def move_enrollments(session: AsyncSession, from_volunteer: uuid.UUID, to_
     """What the registry does to enrolments on a merge, which it publishes no event for (moved rows)."""
     await session.execute(update(EnrollmentView).where(EnrollmentView.volunteer_id == from_volunteer)
                           .values(volunteer_id=to_volunteer).execution_options(synchronize_session=False))
+
+
+async def hold_volunteers(session: AsyncSession, volunteer_ids: Collection[uuid.UUID]) -> None:
+    """Share-lock these volunteers' projection rows until commit, in id order (PostgreSQL; SQLite has
+    one writer). A write of new entries takes them before anything else it locks (a volunteer-day's
+    lock above all), and the registry handlers lock the row they change first (`handlers._volunteer_row`)
+    before they move, clear or re-count the volunteer's entries. So a handler waits for the writes in
+    flight and then moves what they wrote, and a write that comes after waits for the handler and
+    reads the volunteer as it left it (merged, erased, transferred). Without it an entry decided just
+    before a merge and committed just after stayed on the merged-away duplicate. A volunteer the
+    projection does not know yet locks nothing (it is read from the registry, and has no entries)."""
+    if not volunteer_ids or session.bind.dialect.name != "postgresql":
+        return
+    await session.execute(select(VolunteerView.id).where(_among(session, VolunteerView.id, volunteer_ids))
+                          .order_by(VolunteerView.id).with_for_update(read=True))
 
 
 async def survivor_of(session: AsyncSession, volunteer_id: uuid.UUID) -> uuid.UUID:
