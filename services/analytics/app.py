@@ -52,7 +52,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
             routers=[router, rebuild_router, export_router],
             consumers=[ConsumerSpec("analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC], HANDLERS,
                                     units=lambda app: StoreBatches(app.state.store),
-                                    group_id=settings.consumer_group)],
+                                    group_id=settings.consumer_group, every_partition=True)],
             on_startup=open_store,
             on_shutdown=close_store,
             ready_details=store_freshness,

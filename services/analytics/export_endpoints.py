@@ -83,6 +83,17 @@ async def export_payload(store: AnalyticsStore, caller: CallerContext, mapping: 
     return {**data_value_set(mapping, period, figures), "as_of": min(as_ofs, default=None)}
 
 
+def _refuse_what_would_be_ignored(params: list[tuple[str, str]]) -> None:
+    """`period` is the export's only parameter: another one (a filter, a format) or a second period would be
+    ignored, and the caller would send figures other than those they believe, so each is a 422."""
+    errors = [{"loc": ["query", name], "msg": f"unknown parameter {name!r}; allowed: period", "allowed": ["period"]}
+              for name in dict.fromkeys(name for name, _ in params) if name != "period"]
+    if sum(name == "period" for name, _ in params) > 1:
+        errors.append({"loc": ["query", "period"], "msg": "given more than once"})
+    if errors:
+        raise ProblemError(422, "; ".join(f"{e['loc'][-1]}: {e['msg']}" for e in errors), errors=errors)
+
+
 @router.get("/dhis2", dependencies=[require_scope("analytics:read")], response_model=Dhis2Export,
             response_model_exclude_unset=True)
 async def dhis2_export(
@@ -93,6 +104,7 @@ async def dhis2_export(
 ) -> dict[str, Any]:
     """A DHIS2 `dataValueSets` payload of the period's figures, mapped by the configured mapping file;
     suppressed cells left out, cells the mapping cannot place listed under `unmapped`."""
+    _refuse_what_would_be_ignored(request.query_params.multi_items())
     try:
         parsed = parse_period(period)
     except ValueError as exc:

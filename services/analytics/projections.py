@@ -12,8 +12,9 @@ the order events come in, so applying an event twice changes nothing:
 
 Then the denormalised columns (store.py): a new activity row takes them from the stored volunteer and
 programme as it is inserted; a batch that changed volunteers or programmes rewrites them on the rows
-concerned; the live consumer also recomputes the touched volunteers' `volunteer_summary` rows (the
-rebuild does the whole summary once, at its end: `refresh_summary`).
+concerned; the live consumer also recomputes the touched volunteers' `volunteer_summary` rows, and moves
+the cells by the difference of their activity rows before and after the batch (the rebuild does the whole
+summary and cells once, at its end: `refresh_summary`, `refresh_rollups`).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from datetime import datetime
 import duckdb
 import orjson
 
-from services.analytics.queries import age_band_sql, age_sql
-from services.analytics.store import AnalyticsStore
+from services.analytics.queries import COUNTED_STATUSES, age_band_sql, age_sql
+from services.analytics.store import CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, AnalyticsStore, Cells
 from shared.consumer import unseen
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
@@ -35,6 +36,10 @@ from shared.events import (
     ActivityChanged, AssessmentChanged, CloudEvent, OrganizationChanged, ProgramCreated, ProjectChanged,
     VolunteerChanged, VolunteerErased, VolunteerMerged,
 )
+
+# The statuses that count under some `status` of a question: the only ones the rollups hold.
+COUNTED = sorted({status for statuses in COUNTED_STATUSES.values() for status in statuses})
+ROLLED_UP = ", ".join(f"'{status}'" for status in COUNTED)
 
 # Merge chains longer than this (A into B into C ...) are not expected; the bound keeps a cycle,
 # which the registry never produces, from looping.
@@ -85,15 +90,25 @@ class Changes:
             _flatten_merge_chains(conn)
         touched = list({*self.volunteers, *self.merges, *self.merges.values()})
         add_stubs(conn, [*touched, *(row[VOLUNTEER] for row in self.activities.values())])
-        # Only verified hours are summarised: the keys whose summary may change are those of the rows
-        # verified before or after the batch, and of the volunteers it touched (before and after a merge).
+        # The summary holds verified hours, the rollups the counted statuses: the keys whose rows may
+        # change are those of the rows counted before or after the batch, and of the volunteers it touched
+        # (before and after a merge), all read before any activity row changes (the cells are moved by
+        # the difference of those volunteers' rows before and after).
         affected: set[int] = set()
         if summarise:
-            affected |= _keys(conn, """SELECT volunteer_key FROM activity WHERE status = 'verified'
+            affected |= _keys(conn, f"""SELECT volunteer_key FROM activity WHERE status IN ({ROLLED_UP})
                                        AND id IN (SELECT unnest($1::UUID[]))""", list(self.activities))
             affected |= _keys(conn, """SELECT key FROM volunteer WHERE id IN (SELECT unnest($1::UUID[])) UNION
                                        SELECT s.key FROM volunteer v JOIN volunteer s ON s.id = v.merged_into
                                        WHERE v.id IN (SELECT unnest($1::UUID[]))""", touched)
+            counted = [row[VOLUNTEER] for row in self.activities.values() if row[STATUS] in COUNTED]
+            affected |= _keys(conn, """SELECT s.key FROM volunteer named JOIN volunteer s
+                                       ON s.id = coalesce(named.merged_into, named.id)
+                                       WHERE named.id IN (SELECT unnest($1::UUID[]))""", counted)
+            affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE program_id IN (SELECT unnest($1::UUID[]))",
+                              list(self.programs))
+            if affected:
+                note_rollup_rows(conn, sorted(affected))
         if self.activities:
             _insert_activities(conn, list(self.activities.values()))
         if touched:
@@ -101,15 +116,14 @@ class Changes:
         if self.programs:
             conn.execute("UPDATE activity SET program = p.code FROM program p "
                          "WHERE p.id = activity.program_id AND p.id IN (SELECT unnest($1::UUID[]))", [list(self.programs)])
-        if summarise:
-            verified = [row[VOLUNTEER] for row in self.activities.values() if row[STATUS] == "verified"]
-            affected |= _keys(conn, """SELECT s.key FROM volunteer named JOIN volunteer s
-                                       ON s.id = coalesce(named.merged_into, named.id)
-                                       WHERE named.id IN (SELECT unnest($1::UUID[]))""", verified)
-            affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE program_id IN (SELECT unnest($1::UUID[]))",
-                              list(self.programs))
-            if affected:
-                refresh_summary(conn, sorted(affected))
+        if affected:
+            # Their rows as they are now, read once (a read of a few volunteers' rows costs nearly a scan of
+            # the table's columns: they are spread over it) for the summary and the cells.
+            keys = sorted(affected)
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS {_counted_rows(BATCH_COLUMNS)}", [keys])
+            refresh_summary(conn, keys, rows="batch_rows")
+            refresh_rollups(conn, "batch_rows")
+            conn.execute("DROP TABLE batch_rows")
         if self.assessments:
             _upsert(conn, "assessment", ASSESSMENT_COLUMNS, ASSESSMENT_TYPES, list(self.assessments.values()), None)
             ids = list(self.assessments)
@@ -183,8 +197,10 @@ def _flatten_merge_chains(conn: duckdb.DuckDBPyConnection) -> None:
 DENORMALISED = {
     "survivor_id": "s.id", "volunteer_key": "s.key", "sex": "s.sex", "date_of_birth": "s.date_of_birth",
     "residence_province": "s.residence_province", "residence_district": "s.residence_district", "age_band": age_band_sql(age_sql("a.date", "s.date_of_birth")),
-    "program": "pg.code",
+    "program": "pg.code", "month": "CAST(date_trunc('month', a.date) AS DATE)",
 }
+# Those taken from the survivor (rewritten when a volunteer changes); the others come with the row.
+FROM_VOLUNTEER = [c for c in DENORMALISED if c not in ("program", "month")]
 
 
 def add_stubs(conn: duckdb.DuckDBPyConnection, volunteer_ids: list) -> None:
@@ -220,7 +236,7 @@ def _insert_activities(conn: duckdb.DuckDBPyConnection, rows: list[tuple]) -> No
 def redenormalise(conn: duckdb.DuckDBPyConnection, volunteer_ids: list | None) -> None:
     """Rewrite the volunteer columns of the activities naming, or counted for, one of `volunteer_ids`
     (every activity if None) from the stored state of their survivor."""
-    volunteer = {c: e for c, e in DENORMALISED.items() if c != "program"}
+    volunteer = {c: DENORMALISED[c] for c in FROM_VOLUNTEER}
     scope = "" if volunteer_ids is None else (
         " AND (a.volunteer_id IN (SELECT unnest($1::UUID[])) OR a.survivor_id IN (SELECT unnest($1::UUID[])))")
     conn.execute(
@@ -231,26 +247,128 @@ def redenormalise(conn: duckdb.DuckDBPyConnection, volunteer_ids: list | None) -
     )
 
 
-def refresh_summary(conn: duckdb.DuckDBPyConnection, keys: list[int] | None) -> None:
-    """Recompute the `volunteer_summary` rows of the volunteers `keys` (all of them if None)."""
+_SUMMARY_KEY = ("volunteer_key", "survivor_id", "program", "project_id", "activity_type", "focus_area", "organization_id")
+# The columns of a volunteer's activity rows the cells are computed from, and those the summary needs too.
+ROLLUP_COLUMNS = tuple(sorted({*ROLLUP_GRAIN, "hours", "approved_hours", "ben_female", "ben_male", "ben_other",
+                               "ben_children"}))
+BATCH_COLUMNS = tuple(sorted({*ROLLUP_COLUMNS, *_SUMMARY_KEY}))
+
+
+def _counted_rows(columns: tuple[str, ...]) -> str:
+    """`columns` of the counted activity rows of the volunteers $1."""
+    return (f"SELECT {', '.join(columns)} FROM activity WHERE status IN ({ROLLED_UP}) "
+            "AND volunteer_key IN (SELECT unnest($1::INTEGER[]))")
+
+
+def refresh_summary(conn: duckdb.DuckDBPyConnection, keys: list[int] | None, rows: str = "activity") -> None:
+    """Recompute the `volunteer_summary` rows of the volunteers `keys` (all of them if None) from their
+    activity rows, or from `rows`, a table of just their counted rows."""
     scope, params = ("", []) if keys is None else (" AND volunteer_key IN (SELECT unnest($1::INTEGER[]))", [keys])
     conn.execute(f"DELETE FROM volunteer_summary WHERE true{scope}", params)
+    key = ", ".join(_SUMMARY_KEY)
     conn.execute(
-        f"""INSERT INTO volunteer_summary
-            SELECT volunteer_key, survivor_id, program, project_id, activity_type, focus_area, organization_id,
-                   sum(approved_hours) FROM activity WHERE status = 'verified'{scope}
-            GROUP BY volunteer_key, survivor_id, program, project_id, activity_type, focus_area, organization_id""",
-        params,
+        f"""INSERT INTO volunteer_summary SELECT {key}, sum(approved_hours) FROM {rows}
+            WHERE status = 'verified'{scope if rows == 'activity' else ''} GROUP BY {key}""",
+        params if rows == "activity" else [],
     )
+
+
+def _at_grain(rows: str) -> str:
+    """Activity rows (`rows`: a table or a subquery) grouped at the cells' common grain, with their sums
+    (exact decimals: a group that did not change compares equal)."""
+    grain = ", ".join(ROLLUP_GRAIN)
+    sums = ", ".join(f"{sql} AS {column}" for column, sql in ROLLUP_SUMS.items())
+    return f"SELECT {grain}, {sums} FROM {rows} GROUP BY {grain}"
+
+
+def note_rollup_rows(conn: duckdb.DuckDBPyConnection, keys: list[int]) -> None:
+    """Before a batch changes any activity row: the rows of the volunteers `keys` as the cells hold them."""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain(f'({_counted_rows(ROLLUP_COLUMNS)})')}", [keys])
+
+
+def refresh_rollups(conn: duckdb.DuckDBPyConnection, rows: str | None) -> None:
+    """Bring the cells (store.py CELLS) up to the activity rows: with `rows`, a table of the counted rows
+    of the volunteers a batch may have changed, after the batch noted them first (`note_rollup_rows`),
+    move each cell and chunk by the groups of their rows that changed: whatever the batch changed (a
+    correction, decision, void, merge, attribute, in whatever order the events came), a cell is again the
+    sums and the bitmaps of its rows. With None, every cell from every row (the rebuild's end, a store
+    whose cells were of the first shape)."""
+    if rows is not None:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE new_rows AS {_at_grain(rows)}")
+        # The groups that changed: taken out of their cells (-1) and put into them (+1).
+        conn.execute("""CREATE OR REPLACE TEMP TABLE changed AS
+                        SELECT *, -1 AS sign FROM (FROM old_rows EXCEPT FROM new_rows)
+                        UNION ALL SELECT *, 1 AS sign FROM (FROM new_rows EXCEPT FROM old_rows)""")
+        for name, cells in CELLS.items():
+            _update_cells(conn, name, cells)
+        for temporary in ("old_rows", "new_rows", "changed"):
+            conn.execute(f"DROP TABLE IF EXISTS {temporary}")
+        return
+    for name, cells in CELLS.items():
+        _recompute_cells(conn, name, cells)
+
+
+def _chunk(alias: str) -> str:
+    """The chunk of the volunteer key of row `alias` (store.py CHUNK_BITS)."""
+    return f"{alias}.volunteer_key // {CHUNK_BITS}"
+
+
+def _bits(alias: str) -> str:
+    """The bitmap of the volunteer keys of the rows `alias` in one chunk."""
+    return f"bitstring_agg({alias}.volunteer_key % {CHUNK_BITS}, 0, {CHUNK_BITS - 1})"
+
+
+def _recompute_cells(conn: duckdb.DuckDBPyConnection, name: str, cells: Cells) -> None:
+    """Every cell and chunk of `name` from the counted activity rows."""
+    key = ", ".join(cells.key)
+    sums = ", ".join(f"{sql} AS {column}" for column, sql in ROLLUP_SUMS.items())
+    conn.execute(f"DELETE FROM {name}")
+    conn.execute(f"""INSERT INTO {name} SELECT {key}, {_chunk('f')} AS chunk, {sums}, {_bits('f')}
+                     FROM activity f WHERE status IN ({ROLLED_UP}) GROUP BY {key}, chunk""")
+
+
+def _same(left: str, right: str, columns: tuple[str, ...]) -> str:
+    """Rows `left` and `right` share the values of `columns` (NULL matching NULL: a cell of no district)."""
+    return " AND ".join(f"{left}.{column} IS NOT DISTINCT FROM {right}.{column}" for column in columns)
+
+
+def _update_cells(conn: duckdb.DuckDBPyConnection, name: str, cells: Cells) -> None:
+    """Apply the groups that changed (`changed`) to the cells of `name` in one MERGE, without reading the
+    cells' other members: in each cell and chunk a changed group is in, the sums move by the groups'
+    difference, and the bits of the batch's volunteers are cleared where they had rows (`old_rows`) and
+    set where they have rows now (`new_rows`: a volunteer stays a member through a group that did not
+    change, another month's). A cell's chunk left with no activity has no member left: it goes."""
+    key = ", ".join(cells.key)
+    at = (*cells.key, "chunk")
+    none = f"bitstring('0', {CHUNK_BITS})"
+
+    def members(rows: str) -> str:  # in the cells' chunks a changed group is in only
+        return (f"(SELECT {', '.join('r.' + c for c in cells.key)}, {_chunk('r')} AS chunk, {_bits('r')} AS bits "
+                f"FROM {rows} r SEMI JOIN changed d ON {_same('r', 'd', cells.key)} AND {_chunk('r')} = {_chunk('d')} "
+                f"GROUP BY ALL)")
+    delta = f"""(SELECT d.*, coalesce(was.bits, {none}) AS cleared, coalesce(now.bits, {none}) AS joined
+                 FROM (SELECT {key}, {_chunk('c')} AS chunk,
+                              {', '.join(f'sum(c.sign * c.{column}) AS {column}' for column in ROLLUP_SUMS)}
+                       FROM changed c GROUP BY ALL) d
+                 LEFT JOIN {members('old_rows')} was ON {_same('was', 'd', at)}
+                 LEFT JOIN {members('new_rows')} now ON {_same('now', 'd', at)})"""
+    conn.execute(f"""MERGE INTO {name} AS c USING {delta} AS d ON {_same('c', 'd', at)}
+                     WHEN MATCHED AND c.activities + d.activities = 0 THEN DELETE
+                     WHEN MATCHED THEN UPDATE SET {', '.join(f'{column} = c.{column} + d.{column}' for column in ROLLUP_SUMS)},
+                         volunteers = (c.volunteers & ~d.cleared) | d.joined
+                     WHEN NOT MATCHED THEN INSERT ({', '.join(cells.columns)})
+                         VALUES ({', '.join(f'd.{c}' for c in at)}, {', '.join(f'd.{c}' for c in ROLLUP_SUMS)}, d.joined)""")
 
 
 def rederive(conn: duckdb.DuckDBPyConnection) -> None:
     """Every derived column and row from the stored entities: stubs, the denormalised columns of every
-    activity, the whole summary (for a store whose tables were written directly, as unit tests do)."""
+    activity, the whole summary and rollups (for a store whose tables were written directly, as unit tests do)."""
     conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT volunteer_id FROM activity ON CONFLICT DO NOTHING")
     redenormalise(conn, None)
     conn.execute("UPDATE activity SET program = p.code FROM program p WHERE p.id = activity.program_id")
+    conn.execute(f"UPDATE activity AS a SET month = {DENORMALISED['month']}")
     refresh_summary(conn, None)
+    refresh_rollups(conn, None)
 
 
 def _later(held: tuple | None, event: CloudEvent) -> bool:

@@ -14,11 +14,14 @@ activity recorded at province level) or residence is `None`.
 """
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
+
+from services.analytics.store import CELLS
 
 AGE_BANDS = ("10-14", "15-17", "18-24", "25-30", "31+", "unknown")
 SEXES = ("female", "male", "other", "undisclosed", "unknown")
@@ -60,9 +63,9 @@ ACTIVITY_EXPRESSIONS = {
     "age_band": "f.age_band",
     "day": "f.date",
     "week": "date_trunc('week', f.date)",
-    "month": "date_trunc('month', f.date)",
-    "quarter": "date_trunc('quarter', f.date)",
-    "year": "year(f.date)",
+    "month": "f.month",
+    "quarter": "date_trunc('quarter', f.month)",
+    "year": "year(f.month)",
 }
 LABELS = {
     "project": "CAST({0} AS VARCHAR)",
@@ -198,21 +201,22 @@ def _period_condition(column: str, ranges: Sequence[tuple[date, date]], p: _Para
 
 
 def _activity_conditions(question: Question, expressions: dict[str, str], statuses: Sequence[str],
-                         p: _Params, dimensions: Sequence[str] | None = None) -> list[str]:
-    """WHERE conditions on `activity f`: counted statuses, dates, the caller's tree, and the
-    filters on `dimensions` (all of the question's filters by default)."""
+                         p: _Params, dimensions: Sequence[str] | None = None, dates: str = "f.date") -> list[str]:
+    """WHERE conditions on `activity f` (or a rollup, whose `dates` are its `f.month`: the router sends it
+    only whole months): counted statuses, dates, the caller's tree, and the filters on `dimensions`
+    (all of the question's filters by default)."""
     conditions = [f"f.status IN ({p.many(statuses)})"]
     if question.date_from:
-        conditions.append(f"f.date >= {p(question.date_from)}")
+        conditions.append(f"{dates} >= {p(question.date_from)}")
     if question.date_to:
-        conditions.append(f"f.date <= {p(question.date_to)}")
+        conditions.append(f"{dates} <= {p(question.date_to)}")
     if question.tree_root is not None:
         conditions.append("f.organization_id IN (SELECT id FROM tree)")
     for name, values in question.filters.items():
         if dimensions is not None and name not in dimensions:
             continue
         if name in PERIODS:
-            conditions.append(_period_condition("f.date", values, p))
+            conditions.append(_period_condition(dates, values, p))
         else:
             conditions.append(f"{expressions[name]} IN ({p.many(values)})")
     return conditions
@@ -269,25 +273,120 @@ def _volunteers_sql(dims: Sequence[str], volunteer_keys: int | None) -> str:
     return MEASURE_SQL["volunteers"]
 
 
-def figures_sql(question: Question, totals: bool = False, volunteer_keys: int | None = None) -> Statement:
+# ---- design 3: rollups shaped to the dashboards (store.py CELLS) --------------------------------------
+# A cell holds, per chunk of volunteer keys, the sums of its activities and a bitmap of its volunteers
+# (`volunteers`), so a group's measures are read in two steps: per chunk (`CELLS_CHUNK_SQL`: sums of sums,
+# the popcount of the cells' bitmaps OR-ed), then over the chunks (`CELLS_MEASURE_SQL`: sums; a volunteer
+# is in one chunk only, so the distinct volunteers add up).
+CELLS_CHUNK_SQL = {
+    "volunteers": "bit_count(bit_or(_bits))", "hours": "sum(_hours)", "activities": "sum(_activities)",
+    "beneficiaries": "sum(ben_female + ben_male + ben_other)", "beneficiaries_female": "sum(ben_female)",
+    "beneficiaries_male": "sum(ben_male)", "beneficiaries_other": "sum(ben_other)",
+    "beneficiaries_children": "sum(ben_children)",
+}
+CELLS_MEASURE_SQL = {m: (f"round(coalesce(sum(_c_{m}), 0), 2)" if m == "hours" else f"coalesce(sum(_c_{m}), 0)")
+                     for m in CELLS_CHUNK_SQL}
+ROLLUP_TABLES = tuple(CELLS)
+
+
+@dataclass(frozen=True)
+class Rollup:
+    name: str
+    columns: frozenset[str]
+
+
+ROUTES = [Rollup(name, frozenset(cells.key)) for name, cells in CELLS.items()]
+
+
+def _columns(expression: str) -> set[str]:
+    """The columns of `activity f` an expression reads."""
+    return set(re.findall(r"\bf\.(\w+)", expression))
+
+
+def _whole_months(first: date, last: date) -> bool:
+    return first.day == 1 and (last + timedelta(days=1)).day == 1
+
+
+def rollup_for(question: Question) -> Rollup | None:
+    """The first table of cells that answers `question` exactly, or None (the activity rows then): every
+    dimension grouped or filtered is one of its columns, dates (from/to, period filters) are whole
+    months of a monthly table, and it has the organisation when the caller sees a tree only. Skills has
+    its own tables."""
+    if question.report.name == "skills":
+        return None
+    expressions = question.report.expressions
+    needed: set[str] = set()
+    for name in question.group_by:
+        needed |= _columns(expressions[name])
+    for name, values in question.filters.items():
+        if name in PERIODS:
+            if not all(_whole_months(first, last) for first, last in values):
+                return None
+            needed.add("month")
+        else:
+            needed |= _columns(expressions[name])
+    if question.date_from is not None or question.date_to is not None:
+        if question.date_from is not None and question.date_from.day != 1:
+            return None
+        if question.date_to is not None and (question.date_to + timedelta(days=1)).day != 1:
+            return None
+        needed.add("month")
+    if question.tree_root is not None:
+        needed.add("organization_id")
+    return next((route for route in ROUTES if needed <= route.columns), None)
+
+
+def figures_sql(question: Question, totals: bool = False, volunteer_keys: int | None = None,
+                rollups: bool = True) -> Statement:
     """The answer's cells: `as_of`, `_set` (0), the dimensions in `group_by` order, the report's
     measures. With `totals`, the slice totals instead: the distinct volunteers of each group of the
-    answer one dimension fewer, every dimension left out in turn, in one scan (`GROUPING SETS`)."""
+    answer one dimension fewer, every dimension left out in turn, in one scan (`GROUPING SETS`).
+    Read from the first table of cells covering the question (`rollup_for`) unless `rollups` is
+    False, from the activity rows otherwise: the same figures either way."""
     report, dims, p = question.report, list(question.group_by), _Params()
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
-    conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p)
+    rollup = rollup_for(question) if rollups else None
+    conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p,
+                                      dates="f.month" if rollup else "f.date")
     # Only what the statement uses is projected; DuckDB reads only those columns.
     # Distinct volunteers are counted on the survivors' integer keys (cheaper to hash than UUIDs).
-    inner = (f"SELECT f.*, f.volunteer_key AS _volunteer, {_HOURS} AS _hours FROM activity f "
-             f"WHERE {' AND '.join(conditions)}")
+    if rollup:
+        inner = f"SELECT f.*, {_HOURS} AS _hours FROM {rollup.name} f WHERE {' AND '.join(conditions)}"
+        taken = "volunteers AS _bits, activities AS _activities, chunk AS _chunk"
+    else:
+        inner = (f"SELECT f.*, f.volunteer_key AS _volunteer, {_HOURS} AS _hours FROM activity f "
+                 f"WHERE {' AND '.join(conditions)}")
+        taken = "_volunteer"
     cells = ", ".join(f"{report.expressions[d]} AS {d}" for d in dims)
-    projected = f"SELECT {cells + ', ' if cells else ''}_volunteer, _hours, ben_female, ben_male, ben_other, ben_children FROM ({inner}) f"
-    group, grouping = _grouping(dims, totals)
+    projected = (f"SELECT {cells + ', ' if cells else ''}{taken}, _hours, ben_female, ben_male, ben_other, "
+                 f"ben_children FROM ({inner}) f")
     names = ("volunteers",) if totals else report.measures
+    if rollup:
+        return _statement(ctes, _cells_grouped(dims, names, totals, projected), dims, names, p)
+    group, grouping = _grouping(dims, totals)
     measures = ", ".join(f"{_volunteers_sql(dims, volunteer_keys) if m == 'volunteers' else MEASURE_SQL[m]} AS {m}"
                          for m in names)
     grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM ({projected}) t {group}"
     return _statement(ctes, grouped, dims, names, p)
+
+
+def _cells_grouped(dims: Sequence[str], names: Sequence[str], totals: bool, projected: str) -> str:
+    """`_grouping`'s groups over cells: each group per chunk (`_chunk` in every grouping set), then over
+    the chunks. An answer with no dimension, and the grand total of one with a single dimension, is one
+    row even over no cell, as the one-step statement gives."""
+    chunked = ", ".join(f"{CELLS_CHUNK_SQL[m]} AS _c_{m}" for m in names)
+    measures = ", ".join(f"{CELLS_MEASURE_SQL[m]} AS {m}" for m in names)
+    keys = "".join(d + ", " for d in dims)
+    if not totals:
+        per_chunk = f"SELECT {keys}{chunked} FROM ({projected}) t GROUP BY {keys}_chunk"
+        return f"SELECT 0 AS _set, {keys}{measures} FROM ({per_chunk}) t" + (f" GROUP BY {', '.join(dims)}" if dims else "")
+    if len(dims) == 1:
+        per_chunk = f"SELECT {chunked} FROM ({projected}) t GROUP BY _chunk"
+        return f"SELECT 1 AS _set, NULL AS {dims[0]}, {measures} FROM ({per_chunk}) t"
+    sets = ", ".join("(" + "".join(d + ", " for d in dims if d != left_out) + "_chunk)" for left_out in dims)
+    per_chunk = (f"SELECT GROUPING({', '.join(dims)}) AS _set, {keys}{chunked} FROM ({projected}) t "
+                 f"GROUP BY GROUPING SETS ({sets})")
+    return f"SELECT _set, {keys}{measures} FROM ({per_chunk}) t GROUP BY _set, {', '.join(dims)}"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ are noted in `Changes` as the live consumer notes them (newest state per entity,
 batch of `BATCH_EVENTS` is written while the next is read, with the next offset of each partition
 (`consumed_offsets`) in the same transaction. Activity event ids are not recorded (every projection is
 idempotent: store.py), those of the few other events are, as the live consumer would. The summary for
-skills is computed once, at the end. An offline rebuild then commits the offsets to the service's
-consumer group, so the service resumes where the rebuild stopped instead of reading the log again.
+skills and the dashboards' rollups are computed once, at the end. An offline rebuild then commits the
+offsets to the service's consumer group, so the service resumes where the rebuild stopped instead of
+reading the log again.
 
 Where the log ends: Tansu answers ListOffsets(LATEST) wrongly (measured.md), so the end of each
 partition is the high watermark that fetch responses carry, not `end_offsets()`.
@@ -42,7 +43,8 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from services.analytics.projections import (
-    ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, note, record_processed, refresh_summary,
+    ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, note, record_processed, refresh_rollups,
+    refresh_summary,
 )
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import MEMORY, AnalyticsStore, StoreOutdated, current_file, point_to
@@ -304,8 +306,12 @@ def stored_offsets(store: AnalyticsStore) -> dict[TopicPartition, int]:
 
 
 async def finish(store: AnalyticsStore) -> None:
-    """What the bulk path leaves to the end: the skills summary, from every activity at once."""
-    await asyncio.to_thread(store.write, lambda conn: refresh_summary(conn, None))
+    """What the bulk path leaves to the end: the skills summary and the dashboards' rollups, from every
+    activity at once."""
+    def work(conn: duckdb.DuckDBPyConnection) -> None:
+        refresh_summary(conn, None)
+        refresh_rollups(conn, None)
+    await asyncio.to_thread(store.write, work)
 
 
 async def hand_over_offsets(settings: AnalyticsSettings, offsets: dict[TopicPartition, int],

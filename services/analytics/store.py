@@ -19,6 +19,18 @@ survivor's verified hours per programme, project, type, focus area and organisat
 the volunteers a batch touched, so skills by hours band reads thousands of rows, not the activities.
 The keys depend on arrival order, so they are not figures (`contents` leaves them out).
 
+Rollups shaped to the dashboards (design 3, kept by difference from the activity rows). Each activity row
+carries its `month`; tables of cells (`CELLS`) hold, per combination of a few dimensions (with the month or
+without) and status, and per chunk of volunteer keys (`CHUNK_BITS`), the sums and a bitmap of the chunk's
+volunteers. A batch notes, before it changes any activity row, the rows of the volunteers whose rows it may
+change (the same keys as the summary's, over the counted statuses) grouped at the cells' common grain
+(`ROLLUP_GRAIN`: every cell dimension, month, status, survivor key); after its changes it groups them
+again, and moves each cell by the groups that changed (old EXCEPT new, new EXCEPT old): the sums by their
+difference, the bits of those volunteers cleared where they were and set where they are, in their chunks
+only (one MERGE per table of cells). Exact, retracted when an activity changes, and order-independent, as
+the summary is. The rebuild computes them once at its end. A question whose dimensions, filters and dates a
+table of cells covers is answered from it (`queries.rollup_for`), any other from the activity rows.
+
 Exactly-once. Every projection is idempotent by construction: an activity keeps its highest
 revision (re-applying a revision changes nothing), volunteers, organisations and projects keep the
 state of their latest event (time, then event id), erasures and merges are sets, an assessment is
@@ -46,6 +58,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,7 +77,7 @@ CREATE TABLE IF NOT EXISTS activity (
     approved_hours DOUBLE, status VARCHAR, location_code VARCHAR, province VARCHAR, district VARCHAR,
     ben_female INTEGER, ben_male INTEGER, ben_other INTEGER, ben_children INTEGER,
     survivor_id UUID, volunteer_key INTEGER, sex VARCHAR, date_of_birth DATE, residence_province VARCHAR,
-    residence_district VARCHAR, age_band VARCHAR, program VARCHAR);
+    residence_district VARCHAR, age_band VARCHAR, program VARCHAR, month DATE);
 -- event_time and event_id order the full-state events of an entity (time first, ties by id);
 -- erased and merged_into are kept whatever order their events come in (neither is ever undone).
 CREATE TABLE IF NOT EXISTS volunteer (
@@ -92,6 +105,7 @@ CREATE TABLE IF NOT EXISTS processed_events (
 -- The next offset to read of each partition, as far as the rebuild's bulk path has read.
 CREATE TABLE IF NOT EXISTS consumed_offsets (
     topic VARCHAR, partition INTEGER, next_offset BIGINT NOT NULL, PRIMARY KEY (topic, partition));
+{rollups}
 CREATE OR REPLACE VIEW activity_facts AS SELECT a.*, a.survivor_id AS eff_volunteer_id FROM activity a;
 CREATE OR REPLACE VIEW assessment_facts AS
     SELECT s.*, coalesce(named.merged_into, s.volunteer_id) AS eff_volunteer_id
@@ -99,11 +113,83 @@ CREATE OR REPLACE VIEW assessment_facts AS
     WHERE s.replaced_by IS NULL;
 """
 
+# The sums a cell holds, from its `activity` rows. Hours in exact decimals (an activity's hours have at
+# most two): a cell's sums are moved by differences, which in floating point would drift from the sums the
+# activity rows give.
+ROLLUP_SUMS = {
+    "activities": "count(*)", "hours": "coalesce(sum(CAST(hours AS DECIMAL(38, 6))), 0)",
+    "approved_hours": "coalesce(sum(CAST(approved_hours AS DECIMAL(38, 6))), 0)",
+    **{column: f"coalesce(sum({column}), 0)" for column in ("ben_female", "ben_male", "ben_other", "ben_children")},
+}
+
+
+# A cell's volunteers are kept in chunks of the key space: a row per cell and chunk (`chunk` = key //
+# CHUNK_BITS) holds the sums of the activities of that chunk's volunteers and a bitmap of CHUNK_BITS bits
+# (bit key % CHUNK_BITS). A batch rewrites only the chunks its volunteers are in, 512 bytes each, where one
+# dense bitmap per cell (design 3b as first built) rewrote 32 KiB per cell at 200 k volunteers: 100-145 ms
+# per ~200 cells at 10 M activities, the consumer's batches falling behind 200 writes/s (bench/README.md,
+# "Design 3b"); an update of ~170 chunk rows took 3 ms. Chunks with no volunteer are not stored, so a
+# sparse cell costs less to read too. A group's distinct volunteers: per chunk the popcount of its cells'
+# bitmaps OR-ed, summed over the chunks (a volunteer is in one chunk only).
+CHUNK_BITS = 4096
+
+
+@dataclass(frozen=True)
+class Cells:
+    """A table of cells (dimensions, month if `monthly`, status) built from the counted activity rows:
+    per cell and chunk of volunteer keys (`CHUNK_BITS`), the sums and `volunteers`, a bitmap of the
+    chunk's volunteers. What a dashboard reads: a few thousand rows, and the distinct volunteers of a
+    group the sum over chunks of the popcount of its cells' bitmaps OR-ed."""
+
+    dimensions: tuple[str, ...]
+    monthly: bool
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return (*self.dimensions, *(("month",) if self.monthly else ()), "status")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The table's columns, in order."""
+        return (*self.key, "chunk", *ROLLUP_SUMS, "volunteers")
+
+
+# The router (queries.rollup_for) takes the first that covers a question: the smaller first.
+CELLS = {
+    "cells_province_program": Cells(("province", "program"), monthly=False),
+    "cells_residence": Cells(("residence_province", "sex", "age_band"), monthly=False),
+    "cells_project": Cells(("organization_id", "project_id", "program"), monthly=False),
+    "cells_type_month": Cells(("activity_type", "focus_area"), monthly=True),
+    "cells_province_month": Cells(("province",), monthly=True),
+    "cells_organization_month": Cells(("organization_id",), monthly=True),
+}
+# The grain a batch compares its volunteers' activity rows at, before and after: every dimension of a
+# table of cells, the month, the status and the survivor's key.
+ROLLUP_GRAIN = (*sorted({column for cells in CELLS.values() for column in cells.dimensions}), "month", "status",
+                "volunteer_key")
+_COLUMN_TYPES = {"organization_id": "UUID", "project_id": "UUID", "month": "DATE", "volunteer_key": "INTEGER", "chunk": "INTEGER",
+                 "activities": "BIGINT", "hours": "DECIMAL(38, 6)", "approved_hours": "DECIMAL(38, 6)",
+                 "volunteers": "BIT"}
+
+
+def _table_ddl(name: str, columns: tuple[str, ...]) -> str:
+    typed = ", ".join(f"{c} {_COLUMN_TYPES.get(c, 'BIGINT' if c.startswith('ben_') else 'VARCHAR')}" for c in columns)
+    return f"CREATE TABLE IF NOT EXISTS {name} ({typed});"
+
+
+DDL = DDL.replace("{rollups}", "\n".join(
+    [_table_ddl(name, cells.columns) for name, cells in CELLS.items()]
+    # The per-volunteer membership tables the cells were first kept from (2026-12-02): no longer read.
+    + [f"DROP TABLE IF EXISTS {name};" for name in ("rollup_place", "rollup_residence", "rollup_type", "rollup_project")]))
+
 # The tables a rebuild must reproduce (processed_events and consumed_offsets differ by design: ids and
 # positions, not figures), each with the columns that depend on arrival order (the integer keys) left out.
 FIGURE_TABLES = {
     "activity": "* EXCLUDE (volunteer_key)", "volunteer": "* EXCLUDE (key)", "organization": "*", "program": "*",
     "project": "*", "assessment": "*", "store_state": "*", "volunteer_summary": "* EXCLUDE (volunteer_key)",
+    # A cell's chunks and bitmaps hold keys: its sums and number of volunteers over its chunks are the figures.
+    **{name: (f"{', '.join(cells.key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(bit_count(volunteers)) "
+              f"FROM {name} GROUP BY {', '.join(cells.key)}") for name, cells in CELLS.items()},
 }
 
 
@@ -138,8 +224,12 @@ class AnalyticsStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = duckdb.connect(self.path)
         self._refuse_outdated()
+        reshaped = self._drop_unchunked_cells()
         self._conn.execute(DDL)
         self._write_lock = threading.Lock()
+        if reshaped:
+            from services.analytics.projections import refresh_rollups  # it imports this module
+            self.write(lambda conn: refresh_rollups(conn, None))
 
     def close(self) -> None:
         self._conn.close()
@@ -149,10 +239,20 @@ class AnalyticsStore:
         attributes would have to come from events already consumed): the store must be rebuilt."""
         columns = {row[0] for row in self._conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'activity'").fetchall()}
-        if columns and "residence_district" not in columns:
+        if columns and "month" not in columns:
             self._conn.close()
-            raise StoreOutdated(f"{self.path} predates the denormalised activity rows: run "
+            raise StoreOutdated(f"{self.path} predates the activity rows' month and the rollups: run "
                                 "`python -m services.analytics.rebuild` with the service stopped")
+
+    def _drop_unchunked_cells(self) -> bool:
+        """Tables of cells of the first shape (one dense bitmap per cell, no `chunk`) are dropped, to be
+        made again and computed from the activity rows; whether there were any."""
+        old = [name for (name,) in self._conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'cells_%' AND table_name NOT IN "
+            "(SELECT table_name FROM information_schema.columns WHERE column_name = 'chunk')").fetchall()]
+        for name in old:
+            self._conn.execute(f"DROP TABLE {name}")
+        return bool(old)
 
     # ---- writing --------------------------------------------------------------------------------
     def write(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
@@ -223,7 +323,8 @@ class AnalyticsStore:
 
     def contents(self) -> dict[str, list[tuple]]:
         """Every figure table's rows, sorted: what two stores built from the same log must share."""
-        return {table: sorted(self.query(f"SELECT {columns} FROM {table}"), key=repr)
+        return {table: sorted(self.query(f"SELECT {columns}" if " FROM " in columns else f"SELECT {columns} FROM {table}"),
+                              key=repr)
                 for table, columns in FIGURE_TABLES.items()}
 
 

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.analytics.queries import REPORTS
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC
+from tests.conftest import eventually
 from tests.integration.programme_history import History, bounded
 
 FORMATS = {"json": ({}, {}), "csv": ({}, {"Accept": "text/csv"}), "hxl": ({"hxl": "true"}, {})}
@@ -181,3 +182,17 @@ async def settled(bootstrap: str, direct: dict[str, httpx.AsyncClient]) -> bool:
             and await _caught_up(bootstrap, "activities-registry", [REGISTRY_TOPIC])
             and await _outbox_empty(direct["activities"])
             and await _caught_up(bootstrap, "analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC]))
+
+
+async def wait_settled(stack, timeout: float = 60) -> dict:
+    """Wait until every event written has reached analytics (`settled`) on `stack` (tests/harness.py's Stack);
+    analytics' /ready body then."""
+    clients = {name: httpx.AsyncClient(base_url=stack.urls[name], timeout=30)
+               for name in ("registry", "activities", "analytics")}
+    try:
+        await eventually(lambda: settled(stack.broker.bootstrap, clients), timeout, interval=0.3,
+                         what="every event written applied by analytics")
+        return (await clients["analytics"].get("/ready")).json()
+    finally:
+        for client in clients.values():
+            await client.aclose()

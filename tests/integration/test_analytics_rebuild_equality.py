@@ -25,10 +25,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC
-from tests.conftest import eventually
 from tests.factories import org_key
 from tests.harness import Broker, Databases, Stack, new_workdir, remove_workdir
-from tests.integration.analytics_answers import Answer, capture, differences, questions, settled
+from tests.integration.analytics_answers import Answer, capture, differences, questions, wait_settled
 from tests.integration.programme_history import History, write_programme_history
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,17 +118,9 @@ def _gateway(stack: Stack, key: str) -> httpx.AsyncClient:
 
 async def _wait_settled(stack: Stack) -> None:
     """Every event applied by analytics; its /ready then says so too (no lag, an as_of)."""
-    clients = {name: httpx.AsyncClient(base_url=stack.urls[name], timeout=30)
-               for name in ("registry", "activities", "analytics")}
-    try:
-        await eventually(lambda: settled(stack.broker.bootstrap, clients), 60, interval=0.3,
-                         what="every event of the history applied by analytics")
-        ready = (await clients["analytics"].get("/ready")).json()
-        lag = ready["consumers"]["analytics"]["lag"]
-        assert lag and set(lag.values()) == {0} and ready["store"]["as_of"], ready
-    finally:
-        for client in clients.values():
-            await client.aclose()
+    ready = await wait_settled(stack)
+    lag = ready["consumers"]["analytics"]["lag"]
+    assert lag and set(lag.values()) == {0} and ready["store"]["as_of"], ready
 
 
 def _check_the_figures_are_the_history(answers: dict[str, dict[str, Answer]], history: History) -> None:

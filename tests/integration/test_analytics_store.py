@@ -13,12 +13,17 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.analytics.figures import parse_question
+from services.analytics import projections
 from services.analytics.projections import HANDLERS, StoreBatches, rederive
+from services.analytics.queries import REPORTS, figures_of, figures_sql, rollup_for
 from services.analytics.store import MEMORY, AnalyticsStore
+from shared.caller import CallerContext
 from shared.events import (
-    ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED, ORGANIZATION_CREATED, PROGRAM_CREATED, PROJECT_CREATED,
-    VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED, OrganizationChanged, ProgramCreated,
-    ProjectChanged, VolunteerChanged, VolunteerErased, VolunteerMerged, dead_letter_topic, new_event,
+    ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
+    ORGANIZATION_CREATED, PROGRAM_CREATED, PROJECT_CREATED, VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED,
+    VOLUNTEER_UPDATED, ActivityChanged, Beneficiaries, OrganizationChanged, ProgramCreated, ProjectChanged,
+    VolunteerChanged, VolunteerErased, VolunteerMerged, dead_letter_topic, new_event,
 )
 from tests.conftest import eventually
 from tests.eventlog import find_events
@@ -307,3 +312,173 @@ async def test_through_the_gateway_volunteers_are_counted_distinct_not_per_activ
     as_of = datetime.fromisoformat(as_json.json()["as_of"]).replace(microsecond=0)
     assert parsedate_to_datetime(as_csv.headers["last-modified"]) == parsedate_to_datetime(
         as_json.headers["last-modified"]) == as_of
+
+
+# ---- design 3: the rollups answer as the activity rows do ------------------------------------------
+def mixed_history(seed: int) -> tuple[Programme, uuid.UUID, uuid.UUID]:
+    """Two organisations (B below A), two programmes, three projects; volunteers registered, updated,
+    merged (a chain) and erased; activities over several months, types and places, submitted, corrected,
+    verified in part, rejected, voided and reassigned: every change the rollups must take back or move.
+    Returns the history, organisation B and one project of A."""
+    rng = random.Random(seed)
+    p = Programme()
+    orgs = [p.org, uuid.uuid4()]
+    p.add(ORGANIZATION_CREATED, OrganizationChanged(id=orgs[0], kind="ngo", province_codes=["12"]))
+    p.add(ORGANIZATION_CREATED, OrganizationChanged(id=orgs[1], parent_id=orgs[0], kind="ngo", province_codes=["17"]))
+    programs = [p.program, uuid.uuid4()]
+    projects = [(p.project, programs[0], orgs[0]), (uuid.uuid4(), programs[1], orgs[0]), (uuid.uuid4(), programs[0], orgs[1])]
+    for project, program, org in projects:
+        p.add(PROJECT_CREATED, ProjectChanged(id=project, program_id=program, organization_id=org))
+    people = [uuid.uuid4() for _ in range(12)]
+    for i, person in enumerate(people):
+        p.add(VOLUNTEER_REGISTERED, VolunteerChanged(
+            id=person, organization_id=orgs[i % 2], sex=("female", "male", "other")[i % 3],
+            date_of_birth=date(1998 + i, 1 + i % 12, 1 + i), residence_province=("12", "17")[i % 2],
+            residence_commune=("120101", "170205", None)[i % 3] if i % 2 == 0 else None))
+    types = (("teaching", "education"), ("tree_planting", "environment"), ("first_aid", "health"))
+    for n in range(60):
+        activity, person = uuid.uuid4(), rng.choice(people)
+        project, program, org = rng.choice(projects)
+        kind, focus = rng.choice(types)
+
+        def state(revision: int, status: str, hours: float, approved: float | None, volunteer=person) -> ActivityChanged:
+            return ActivityChanged(
+                id=activity, volunteer_id=volunteer, project_id=project, program_id=program, organization_id=org,
+                activity_type=kind, focus_area=focus, date=date(2026, 1 + n % 5, 1 + n % 28), hours=hours,
+                approved_hours=approved, location_code=("120101", "1701", "17")[n % 3],
+                beneficiaries=Beneficiaries(female=n % 3, male=n % 2, children=n % 4), status=status, version=1,
+                revision=revision)
+        hours = 0.25 * rng.randint(1, 24)
+        p.add(ACTIVITY_SUBMITTED, state(1, "submitted", hours, None))
+        fate = n % 6
+        if fate == 1:
+            p.add(ACTIVITY_CORRECTED, state(2, "submitted", hours + 1, None))
+        elif fate == 2:
+            p.add(ACTIVITY_VERIFIED, state(2, "verified", hours, hours))
+        elif fate == 3:
+            p.add(ACTIVITY_VERIFIED, state(2, "verified", hours, hours / 2))  # approved in part
+        elif fate == 4:
+            p.add(ACTIVITY_REJECTED, state(2, "rejected", hours, None))
+        elif fate == 5:
+            p.add(ACTIVITY_VERIFIED, state(2, "verified", hours, hours))
+            if n % 4 == 1:
+                p.add(ACTIVITY_VOIDED, state(3, "voided", hours, hours))
+            else:
+                p.add(ACTIVITY_REASSIGNED, state(3, "verified", hours, hours, volunteer=rng.choice(people)))
+    p.add(VOLUNTEER_MERGED, VolunteerMerged(survivor_id=people[1], duplicate_id=people[0]))
+    p.add(VOLUNTEER_MERGED, VolunteerMerged(survivor_id=people[2], duplicate_id=people[1]))
+    p.add(VOLUNTEER_UPDATED, VolunteerChanged(id=people[2], organization_id=orgs[0], sex="male",
+                                              date_of_birth=date(2011, 3, 1), residence_province="17",
+                                              residence_commune="170205"))
+    p.add(VOLUNTEER_ERASED, VolunteerErased(id=people[5]))
+    for program in programs:
+        p.add(PROGRAM_CREATED, ProgramCreated(id=program, code=f"P-{program.hex[:6]}"))
+    return p, orgs[1], projects[0][0]
+
+
+def rollup_questions(organization: uuid.UUID, project: uuid.UUID) -> list[tuple[str, list[tuple[str, str]], str | None]]:
+    """(report, query, tree root) of the dashboards and other questions the rollups cover."""
+    org = str(organization)
+    return [
+        ("hours", [("group_by", "province,month")], None),
+        ("volunteers", [("group_by", "province,sex,age_band")], None),
+        ("hours", [("group_by", "activity_type,quarter")], None),
+        ("hours", [("group_by", "province,program")], None),
+        ("volunteers", [("group_by", "project"), ("organization", org)], None),
+        ("overview", [], None),
+        ("overview", [("group_by", "year")], None),
+        ("hours", [("group_by", "province,month"), ("status", "all")], None),
+        ("hours", [("group_by", "month"), ("from", "2026-02-01"), ("to", "2026-03-31")], None),
+        ("hours", [("group_by", "focus_area,activity_type"), ("quarter", "2026-Q1")], None),
+        ("hours", [("group_by", "province"), ("month", "2026-02,2026-04")], None),
+        ("beneficiaries", [("group_by", "program"), ("province", "17")], None),
+        ("volunteers", [("group_by", "sex"), ("age_band", "15-17,25-30")], None),
+        ("volunteers", [("group_by", "age_band,province")], None),
+        ("hours", [("group_by", "organization,project,program")], None),
+        ("hours", [("group_by", "project"), ("project", str(project))], None),
+        ("volunteers", [("group_by", "organization,year")], None),
+        ("hours", [("group_by", "project")], org),  # a key seeing B's tree only
+        ("hours", [("group_by", "month"), ("to", "2026-03-31")], org),
+        ("overview", [], org),
+    ]
+
+
+def same_answers(store: AnalyticsStore, question) -> tuple:
+    """`question` answered from the cells and from the activity rows, without and (when it groups) with
+    the slice totals, one dimension fewer: the same each time. The cells' answers, without and with."""
+    from_cells = []
+    for totals in (False, True) if question.group_by else (False,):
+        answers = []
+        for rollups in (True, False):
+            statement, rows = store.query_keyed(lambda keys: figures_sql(question, totals, keys, rollups))
+            answers.append(figures_of(question, statement.columns, rows))
+        assert answers[0].rows == answers[1].rows, (question, totals)
+        assert answers[0].slice_totals == answers[1].slice_totals, (question, totals)
+        from_cells.append(answers[0])
+    return from_cells[0], from_cells[-1]
+
+
+# The chunks of volunteer keys the cells are kept in (store.CHUNK_BITS): at 4,096 every key of this
+# history is in chunk 0; at 2 its volunteers spread over many chunks, and a merge moves one to another.
+@pytest.mark.parametrize("chunk_bits", [4096, 2])
+@pytest.mark.parametrize("seed", range(3))
+async def test_the_rollups_answer_as_the_activity_rows_do(seed, chunk_bits, monkeypatch):
+    monkeypatch.setattr(projections, "CHUNK_BITS", chunk_bits)
+    history, organization, project = mixed_history(seed)
+    shuffled = list(history.events)
+    random.Random(seed).shuffle(shuffled)
+    store = await apply_in_batches(shuffled, random.Random(seed + 7))
+    try:
+        assert store.query("SELECT count(*) FROM activity WHERE status IN ('verified', 'submitted')")[0][0] > 30
+        for report, params, root in rollup_questions(organization, project):
+            caller = CallerContext("k", uuid.UUID(root) if root else uuid.uuid4(), frozenset(), national=root is None)
+            question = parse_question(REPORTS[report], params, caller)
+            # Routed to a table of cells (a question the rollups cannot answer goes to the rows: below).
+            assert rollup_for(question) is not None, (report, params)
+            answer, with_totals = same_answers(store, question)
+            # Something to compare: cells, or a total per slice when asked for.
+            assert answer.rows or any(with_totals.slice_totals.values()) or not question.group_by, (report, params)
+        # A month with no activity: no cell, and a grand total of 0 where the answer has one.
+        for params in ([], [("group_by", "province")], [("group_by", "activity_type,focus_area")]):
+            question = parse_question(REPORTS["hours"], [*params, ("from", "2020-01-01"), ("to", "2020-01-31")],
+                                      CallerContext("k", uuid.uuid4(), national=True))
+            assert rollup_for(question) is not None, params
+            answer, _ = same_answers(store, question)
+            assert not question.group_by or not answer.rows, params
+        # Days, weeks, district, a date range not of whole months: the rows answer.
+        for params in ([("group_by", "week")], [("group_by", "district,focus_area")], [("from", "2026-02-02")],
+                       [("group_by", "province"), ("day", "2026-02-03")]):
+            assert rollup_for(parse_question(REPORTS["hours"], params, CallerContext("k", uuid.uuid4(), national=True))) is None
+        # Kept per batch, the rollups equal those derived from scratch.
+        kept = store.contents()
+        store.write(rederive)
+        assert store.contents() == kept
+    finally:
+        store.close()
+
+
+async def test_a_store_whose_cells_have_one_bitmap_each_gets_them_in_chunks_on_opening(tmp_path):
+    """A store written before the cells were kept in chunks of volunteer keys opens with its tables of
+    cells made again from the activity rows: the same figures, no rebuild from the log needed."""
+    history, _, _ = mixed_history(0)
+    built = await apply_in_batches(list(history.events), random.Random(1))
+    path = str(tmp_path / "analytics.duckdb")
+    try:
+        expected = built.contents()
+        built.query(f"ATTACH '{path}' AS old")
+        for table in ("activity", "volunteer", "organization", "program", "project", "assessment", "store_state",
+                      "volunteer_summary"):
+            built.query(f"CREATE TABLE old.{table} AS FROM {table}")
+        # The first shape: a dense bitmap per cell, no chunk.
+        built.query("CREATE TABLE old.cells_province_program AS SELECT province, program, status, 0::BIGINT AS activities, "
+                    "bitstring('0', 1024) AS volunteers FROM activity LIMIT 3")
+        built.query("DETACH old")
+    finally:
+        built.close()
+    reopened = AnalyticsStore(path)
+    try:
+        assert "chunk" in {c for (c,) in reopened.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'cells_province_program'")}
+        assert reopened.contents() == expected
+    finally:
+        reopened.close()

@@ -569,3 +569,42 @@ async def test_bitmaps_and_count_distinct_count_the_same_volunteers(world: World
     cells, totals = answers
     assert cells[0].rows == cells[1].rows and cells[0].rows
     assert totals[0].slice_totals == totals[1].slice_totals
+
+
+@pytest.mark.parametrize(("report", "params", "tree"), [
+    ("hours", [("group_by", "province,month")], False),
+    ("hours", [("group_by", "activity_type,quarter"), ("status", "all")], False),
+    ("volunteers", [("group_by", "province,sex,age_band")], False),
+    ("beneficiaries", [("group_by", "province"), ("from", "2026-01-01"), ("to", "2026-03-31")], False),
+    ("volunteers", [("group_by", "organization,year")], True),
+    ("overview", [("group_by", "project")], True),
+])
+async def test_the_rollups_give_the_rows_answer(world: World, report: str, params: list, tree: bool):
+    """A question the rollups cover is read from a table of cells, with the cells and slice totals the
+    activity rows give (merges resolved: V5's activities count for V1); for A's tree too when the cells
+    have the organisation (those without it leave a tree's questions to the rows)."""
+    for caller in (national(), key_of(world.org["A"])):
+        question = figures.parse_question(REPORTS[report], params, caller)
+        if not caller.national and not tree:
+            assert queries.rollup_for(question) is None
+            continue
+        assert queries.rollup_for(question) is not None
+        for totals in (False, True):
+            routed, rows = (queries.figures_sql(question, totals, None, rollups) for rollups in (True, False))
+            assert "FROM cells_" in routed.sql and "FROM cells_" not in rows.sql
+            routed, rows = (queries.figures_of(question, s.columns, world.store.query(s.sql, s.params)) for s in (routed, rows))
+            assert routed.rows == rows.rows and routed.slice_totals == rows.slice_totals
+            assert rows.rows or totals
+
+
+def test_days_weeks_and_part_months_are_read_from_the_rows():
+    def route(params: list) -> str | None:
+        rollup = queries.rollup_for(figures.parse_question(REPORTS["hours"], params, national()))
+        return rollup and rollup.name
+    assert route([("group_by", "province"), ("from", "2026-02-01"), ("to", "2026-02-28")]) == "cells_province_month"
+    assert route([("group_by", "province"), ("quarter", "2026-Q1")]) == "cells_province_month"
+    assert route([("group_by", "province"), ("from", "2026-02-02")]) is None
+    assert route([("group_by", "province"), ("to", "2026-02-27")]) is None
+    assert route([("group_by", "province"), ("week", "2026-W09")]) is None
+    assert route([("group_by", "day")]) is None
+    assert route([("group_by", "district")]) is None
