@@ -26,8 +26,8 @@ from datetime import datetime
 import duckdb
 import orjson
 
-from services.analytics.queries import COUNTED_STATUSES, age_band_sql, age_sql
-from services.analytics.store import CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, AnalyticsStore, Cells
+from services.analytics.queries import COUNTED_STATUSES, age_band_sql, age_sql, totals_expressions
+from services.analytics.store import CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, TOTALS, AnalyticsStore, Cells, Totals
 from shared.consumer import unseen
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
@@ -122,6 +122,7 @@ class Changes:
             keys = sorted(affected)
             conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS {_counted_rows(BATCH_COLUMNS)}", [keys])
             refresh_summary(conn, keys, rows="batch_rows")
+            refresh_pair_usage(conn, keys)
             refresh_rollups(conn, "batch_rows")
             conn.execute("DROP TABLE batch_rows")
         if self.assessments:
@@ -133,6 +134,18 @@ class Changes:
                      AND (n.id IN (SELECT unnest($1::UUID[])) OR assessment.id IN (SELECT unnest($1::UUID[])))""",
                 [ids],
             )
+        if summarise and (self.assessments or self.merges):
+            # The pairs of the survivors whose assessments the batch stored or replaced, and of both sides
+            # of its merges (a duplicate's pair goes, its survivor's takes its assessments).
+            merged = list({*self.merges, *self.merges.values()})
+            survivors = _keys(conn, """SELECT coalesce(v.merged_into, s.volunteer_id) FROM assessment s
+                                       LEFT JOIN volunteer v ON v.id = s.volunteer_id
+                                       WHERE s.id IN (SELECT unnest($1::UUID[])) OR s.replaced_by IN (SELECT unnest($1::UUID[]))
+                                       UNION SELECT id FROM volunteer WHERE id IN (SELECT unnest($2::UUID[]))
+                                       UNION SELECT merged_into FROM volunteer WHERE id IN (SELECT unnest($2::UUID[]))""",
+                              list(self.assessments), merged)
+            if survivors:
+                refresh_skill_pairs(conn, sorted(survivors))
         if self.as_of is not None:
             conn.execute(
                 """INSERT INTO store_state VALUES ('events', $1) ON CONFLICT (name)
@@ -273,6 +286,54 @@ def refresh_summary(conn: duckdb.DuckDBPyConnection, keys: list[int] | None, row
     )
 
 
+# A survivor's verified hours and the distinct (programme, project, type, focus area) of their verified
+# activities, from the summary rows `{scope}` selects; hours summed in exact decimals (the same figure
+# whatever order the rows are summed in).
+_LINKS_TYPE = "STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[]"
+_USAGE = ("SELECT survivor_id, CAST(sum(CAST(hours AS DECIMAL(38, 6))) AS DOUBLE) AS hours, "
+          "list_sort(list(DISTINCT {{'program': program, 'project_id': project_id, 'activity_type': activity_type, "
+          "'focus_area': focus_area}})) AS links FROM volunteer_summary WHERE {scope} GROUP BY survivor_id")
+_PAIRS = """
+    WITH ranked AS (
+        SELECT s.eff_volunteer_id AS vid, s.instrument, s.phase, s.taken_on, s.total, s.scores, row_number() OVER (
+            PARTITION BY s.eff_volunteer_id, s.instrument, s.phase
+            ORDER BY CASE WHEN s.phase = 'baseline' THEN s.taken_on END, s.taken_on DESC, s.id) AS rank
+        FROM assessment_facts s WHERE s.phase IN ('baseline', 'endline'){scope}),
+    paired AS (
+        SELECT b.vid, b.instrument, b.total AS b_total, e.total AS e_total, e.taken_on AS e_on, b.scores AS bs, e.scores AS es
+        FROM ranked b JOIN ranked e ON e.vid = b.vid AND e.instrument = b.instrument AND e.phase = 'endline' AND e.rank = 1
+        WHERE b.phase = 'baseline' AND b.rank = 1)
+    SELECT p.vid, p.instrument, p.b_total, p.e_total, p.e_on,
+           list_sort([{{'item': k, 'b': CAST(p.bs->>k AS DOUBLE), 'e': CAST(p.es->>k AS DOUBLE)}}
+                      FOR k IN json_keys(p.es) IF p.bs->>k IS NOT NULL AND p.es->>k IS NOT NULL]),
+           coalesce(u.hours, 0), coalesce(u.links, CAST([] AS {links}))
+    FROM paired p LEFT JOIN ({usage}) u ON u.survivor_id = p.vid"""
+
+
+def refresh_skill_pairs(conn: duckdb.DuckDBPyConnection, survivors: list | None) -> None:
+    """Recompute the `skill_pair` rows of the merge survivors `survivors` (every one if None) from their
+    current assessments (the earliest baseline and the latest endline of each instrument, ties by id, as
+    `/analytics/skills` pairs them) and their summary rows."""
+    if survivors is None:
+        conn.execute("DELETE FROM skill_pair")
+        conn.execute("INSERT INTO skill_pair " + _PAIRS.format(scope="", links=_LINKS_TYPE, usage=_USAGE.format(scope="true")))
+        return
+    chosen = "IN (SELECT unnest($1::UUID[]))"
+    conn.execute(f"DELETE FROM skill_pair WHERE volunteer_id {chosen}", [survivors])
+    conn.execute("INSERT INTO skill_pair " + _PAIRS.format(
+        scope=f" AND s.eff_volunteer_id {chosen}", links=_LINKS_TYPE, usage=_USAGE.format(scope=f"survivor_id {chosen}")),
+        [survivors])
+
+
+def refresh_pair_usage(conn: duckdb.DuckDBPyConnection, keys: list[int]) -> None:
+    """After the summary rows of the survivors `keys` were recomputed: their pairs' hours and links."""
+    usage = _USAGE.format(scope="volunteer_key IN (SELECT unnest($1::INTEGER[]))")
+    conn.execute(f"""UPDATE skill_pair SET hours = coalesce(u.hours, 0), links = coalesce(u.links, CAST([] AS {_LINKS_TYPE}))
+                     FROM (SELECT v.id, u.hours, u.links FROM volunteer v LEFT JOIN ({usage}) u ON u.survivor_id = v.id
+                           WHERE v.key IN (SELECT unnest($1::INTEGER[]))) u
+                     WHERE skill_pair.volunteer_id = u.id""", [keys])
+
+
 def _at_grain(rows: str) -> str:
     """Activity rows (`rows`: a table or a subquery) grouped at the cells' common grain, with their sums
     (exact decimals: a group that did not change compares equal)."""
@@ -301,11 +362,39 @@ def refresh_rollups(conn: duckdb.DuckDBPyConnection, rows: str | None) -> None:
                         UNION ALL SELECT *, 1 AS sign FROM (FROM new_rows EXCEPT FROM old_rows)""")
         for name, cells in CELLS.items():
             _update_cells(conn, name, cells)
+        for name, totals in TOTALS.items():
+            _refresh_totals(conn, name, totals, touched="changed")
         for temporary in ("old_rows", "new_rows", "changed"):
             conn.execute(f"DROP TABLE IF EXISTS {temporary}")
         return
     for name, cells in CELLS.items():
         _recompute_cells(conn, name, cells)
+    for name, totals in TOTALS.items():
+        _refresh_totals(conn, name, totals, touched=None)
+
+
+def _refresh_totals(conn: duckdb.DuckDBPyConnection, name: str, totals: Totals, touched: str | None) -> None:
+    """Recompute the groups of the table of totals `name` that the rows `touched` (a table with the cells'
+    columns: the groups a batch changed) fall in, every group if None, from its table of cells: per chunk
+    the sums and the popcount of the group's bitmaps OR-ed, then summed over the chunks."""
+    expressions = totals_expressions(totals)
+    key = (*totals.dimensions, "status")
+    computed = ", ".join([*(f"{expressions[d]} AS {d}" for d in totals.dimensions), "f.status AS status"])
+    per_chunk = (f"SELECT {computed}, f.chunk, {', '.join(f'sum(f.{c}) AS {c}' for c in ROLLUP_SUMS)}, "
+                 f"bit_count(bit_or(f.volunteers)) AS volunteers FROM {totals.cells} f")
+    if touched is None:
+        conn.execute(f"DELETE FROM {name}")
+    else:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT {computed} FROM {touched} f")
+        conn.execute(f"DELETE FROM {name} t USING touched d WHERE {_same('t', 'd', key)}")
+        on = " AND ".join([*(f"{expressions[d]} IS NOT DISTINCT FROM d.{d}" for d in totals.dimensions), "f.status = d.status"])
+        per_chunk += f" SEMI JOIN touched d ON {on}"
+    per_chunk += " GROUP BY ALL"
+    conn.execute(f"""INSERT INTO {name} ({', '.join(totals.columns)})
+                     SELECT {', '.join(key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(volunteers)
+                     FROM ({per_chunk}) GROUP BY ALL""")
+    if touched is not None:
+        conn.execute("DROP TABLE touched")
 
 
 def _chunk(alias: str) -> str:
@@ -369,6 +458,7 @@ def rederive(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(f"UPDATE activity AS a SET month = {DENORMALISED['month']}")
     refresh_summary(conn, None)
     refresh_rollups(conn, None)
+    refresh_skill_pairs(conn, None)
 
 
 def _later(held: tuple | None, event: CloudEvent) -> bool:

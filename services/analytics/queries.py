@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from services.analytics.store import CELLS
+from services.analytics.store import CELLS, TOTALS, Totals
 
 AGE_BANDS = ("10-14", "15-17", "18-24", "25-30", "31+", "unknown")
 SEXES = ("female", "male", "other", "undisclosed", "unknown")
@@ -336,14 +336,63 @@ def rollup_for(question: Question) -> Rollup | None:
     return next((route for route in ROUTES if needed <= route.columns), None)
 
 
+def totals_expressions(totals: Totals) -> dict[str, str]:
+    """The expressions of a table of totals' dimensions, over its table of cells `f`."""
+    expressions = RESIDENCE_EXPRESSIONS if totals.residence else ACTIVITY_EXPRESSIONS
+    return {d: expressions[d] for d in totals.dimensions}
+
+
+def totals_for(question: Question) -> str | None:
+    """The first table of totals (store.py TOTALS) whose rows are `question`'s cells, one per group, or None:
+    a question the cells answer (`rollup_for`: whole months), of one status, seen nationally, whose every
+    grouped dimension is one of the table's and computed the same way, every other dimension of the table
+    fixed to one value by a filter, and no other filter (dates and periods only on a table with months)."""
+    if question.report.name == "skills" or len(COUNTED_STATUSES[question.status]) != 1 or question.tree_root is not None:
+        return None
+    if rollup_for(question) is None:
+        return None
+    dated = question.date_from is not None or question.date_to is not None or any(d in question.filters for d in PERIODS)
+    for name, table in TOTALS.items():
+        expressions = totals_expressions(table)
+        if any(question.report.expressions[d] != expressions.get(d) for d in question.group_by):
+            continue
+        if any(d not in question.group_by and len(question.filters.get(d, ())) != 1 for d in table.dimensions):
+            continue
+        if any(d not in table.dimensions and d not in PERIODS for d in question.filters):
+            continue
+        if any(question.report.expressions[d] != expressions[d] for d in question.filters if d in expressions):
+            continue
+        if dated and "month" not in table.dimensions:
+            continue
+        return name
+    return None
+
+
+# A measure of one group from its row of totals `f` (summed as the cells' measures are: one row per group).
+TOTALS_COLUMN_SQL = {"volunteers": "f.volunteers", "hours": _HOURS, "activities": "f.activities",
+                     "beneficiaries": "f.ben_female + f.ben_male + f.ben_other", "beneficiaries_female": "f.ben_female",
+                     "beneficiaries_male": "f.ben_male", "beneficiaries_other": "f.ben_other",
+                     "beneficiaries_children": "f.ben_children"}
+
+
 def figures_sql(question: Question, totals: bool = False, volunteer_keys: int | None = None,
                 rollups: bool = True) -> Statement:
     """The answer's cells: `as_of`, `_set` (0), the dimensions in `group_by` order, the report's
     measures. With `totals`, the slice totals instead: the distinct volunteers of each group of the
     answer one dimension fewer, every dimension left out in turn, in one scan (`GROUPING SETS`).
     Read from the first table of cells covering the question (`rollup_for`) unless `rollups` is
-    False, from the activity rows otherwise: the same figures either way."""
+    False, from the activity rows otherwise: the same figures either way. A question whose groups are the
+    rows of a table of totals (`totals_for`) reads those rows, its slice totals the cells."""
     report, dims, p = question.report, list(question.group_by), _Params()
+    whole = totals_for(question) if rollups and not totals else None
+    if whole:
+        conditions = _activity_conditions(question, {d: f"f.{d}" for d in report.expressions},
+                                          COUNTED_STATUSES[question.status], p, dates="f.month")
+        columns = ", ".join(f"{TOTALS_COLUMN_SQL[m]} AS _c_{m}" for m in report.measures)
+        measures = ", ".join(f"{CELLS_MEASURE_SQL[m]} AS {m}" for m in report.measures)
+        grouped = (f"SELECT 0 AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM (SELECT {''.join('f.' + d + ', ' for d in dims)}"
+                   f"{columns} FROM {whole} f WHERE {' AND '.join(conditions)}) t GROUP BY {', '.join(dims) if dims else '()'}")
+        return _statement([], grouped, dims, report.measures, p)
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     rollup = rollup_for(question) if rollups else None
     conditions = _activity_conditions(question, report.expressions, COUNTED_STATUSES[question.status], p,
@@ -405,72 +454,78 @@ def _verified_source(question: Question, verified_scope: dict) -> tuple[_Verifie
     return _VerifiedSource("activity", "approved_hours"), _activity_conditions(**verified_scope, dimensions=())
 
 
-def skills_sql(question: Question, totals: bool = False) -> Statement:
+def skills_sql(question: Question, totals: bool = False, pairs: bool = True) -> Statement:
     """`figures_sql` for `/analytics/skills`: measures `volunteers`, the means and `items` (a list of
     per-item structs); with `totals`, the slice totals' volunteers.
 
-    Per volunteer (merges resolved by `assessment_facts`), the current assessments of the instrument:
-    the earliest baseline and the latest endline (ties by id); a volunteer lacking either is left out.
-    Hours are the volunteer's verified approved hours (within from/to when given). A key that sees its
-    tree only sees its volunteers, and their hours and activities in its tree.
+    Per volunteer (merges resolved), the current assessments of the instrument: the earliest baseline and
+    the latest endline (ties by id); a volunteer lacking either is left out (`skill_pair`, kept on write:
+    store.py). Hours are the volunteer's verified approved hours (within from/to when given). A key that sees
+    its tree only sees its volunteers, and their hours and activities in its tree. Without dates or a tree,
+    the hours and the activities' programmes, projects, types and focus areas are the pair's own (kept from
+    the summary, unless `pairs` is False); otherwise they are read from the summary or, with dates, the
+    activities: the same figures either way.
     """
     report, dims, p = question.report, list(question.group_by), _Params()
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     verified_scope = dict(question=question, expressions=ACTIVITY_EXPRESSIONS, statuses=("verified",), p=p)
-    ctes.append(
-        "ranked AS (SELECT s.eff_volunteer_id AS vid, s.phase, s.taken_on, s.total, s.scores, row_number() OVER ("
-        "PARTITION BY s.eff_volunteer_id, s.phase ORDER BY CASE WHEN s.phase = 'baseline' THEN s.taken_on END, "
-        f"s.taken_on DESC, s.id) AS rank FROM assessment_facts s WHERE s.instrument = {p(question.instrument)} "
-        "AND s.phase IN ('baseline', 'endline'))"
-    )
-    ctes.append(
-        "paired AS (SELECT b.vid, b.total AS b_total, b.scores AS b_scores, e.total AS e_total, "
-        "e.scores AS e_scores, e.taken_on AS e_on FROM ranked b JOIN ranked e ON e.vid = b.vid "
-        "AND e.phase = 'endline' AND e.rank = 1 WHERE b.phase = 'baseline' AND b.rank = 1)"
-    )
-    source, hour_conditions = _verified_source(question, verified_scope)
-    ctes.append(f"volunteer_hours AS (SELECT f.survivor_id AS vid, sum(f.{source.hours}) AS hours "
-                f"FROM {source.table} f WHERE {' AND '.join(hour_conditions)} GROUP BY 1)")
+    ctes.append("paired AS (SELECT volunteer_id AS vid, baseline_total AS b_total, endline_total AS e_total, "
+                "endline_on AS e_on, items, hours AS all_hours, links AS all_links FROM skill_pair "
+                f"WHERE instrument = {p(question.instrument)})")
+    whole = pairs and question.tree_root is None and question.date_from is None and question.date_to is None
+    hours_join = ""
+    if whole:
+        hours = "pr.all_hours"
+    else:
+        source, hour_conditions = _verified_source(question, verified_scope)
+        ctes.append(f"volunteer_hours AS (SELECT f.survivor_id AS vid, sum(f.{source.hours}) AS hours "
+                    f"FROM {source.table} f WHERE {' AND '.join(hour_conditions)} GROUP BY 1)")
+        hours, hours_join = "coalesce(h.hours, 0)", " LEFT JOIN volunteer_hours h ON h.vid = pr.vid"
     person_conditions = ["v.organization_id IN (SELECT id FROM tree)"] if question.tree_root is not None else []
     ctes.append(
-        "people AS (SELECT pr.*, coalesce(h.hours, 0) AS hours, v.sex, v.residence_province, v.organization_id, "
-        f"{age_sql('pr.e_on', 'v.date_of_birth')} AS _age FROM paired pr LEFT JOIN volunteer v ON v.id = pr.vid "
-        f"LEFT JOIN volunteer_hours h ON h.vid = pr.vid{' WHERE ' + ' AND '.join(person_conditions) if person_conditions else ''})"
+        f"people AS (SELECT pr.*, {hours} AS hours, v.sex, v.residence_province, v.organization_id, "
+        f"{age_sql('pr.e_on', 'v.date_of_birth')} AS _age FROM paired pr LEFT JOIN volunteer v ON v.id = pr.vid"
+        f"{hours_join}{' WHERE ' + ' AND '.join(person_conditions) if person_conditions else ''})"
     )
     # Activity dimensions (grouped or filtered) join the distinct (volunteer, values) of their verified
     # activities: one row per volunteer and group, so means are not weighted by activity counts.
     linked = [d for d in SKILLS_ACTIVITY_DIMENSIONS if d in dims]
     link_join = ""
     if linked or any(d in question.filters for d in SKILLS_ACTIVITY_DIMENSIONS):
-        link_conditions = [*_verified_source(question, verified_scope)[1], *(
-            f"{ACTIVITY_EXPRESSIONS[d]} IN ({p.many(values)})"
-            for d, values in question.filters.items() if d in SKILLS_ACTIVITY_DIMENSIONS)]
+        value_conditions = [f"{ACTIVITY_EXPRESSIONS[d]} IN ({p.many(values)})"
+                            for d, values in question.filters.items() if d in SKILLS_ACTIVITY_DIMENSIONS]
         columns = "".join(f", {ACTIVITY_EXPRESSIONS[d]} AS {d}" for d in linked)
-        ctes.append(f"links AS (SELECT DISTINCT f.survivor_id AS vid{columns} FROM {source.table} f "
-                    f"WHERE {' AND '.join(link_conditions)})")
+        if whole:  # `f`: one of the pair's links, a struct with the activity rows' column names
+            rows, link_conditions = "(SELECT pr.vid, unnest(pr.all_links) AS f FROM paired pr)", value_conditions
+            vid = "vid"
+        else:
+            rows = f"{source.table} f"
+            link_conditions = [*_verified_source(question, verified_scope)[1], *value_conditions]
+            vid = "f.survivor_id"
+        where = f" WHERE {' AND '.join(link_conditions)}" if link_conditions else ""
+        ctes.append(f"links AS (SELECT DISTINCT {vid} AS vid{columns} FROM {rows}{where})")
         link_join = " JOIN links l ON l.vid = p.vid"
     person_filters = [f"{SKILLS_PERSON_EXPRESSIONS[d]} IN ({p.many(values)})"
                       for d, values in question.filters.items() if d in SKILLS_PERSON_EXPRESSIONS]
     cells = "".join(f", {SKILLS_PERSON_EXPRESSIONS[d] if d in SKILLS_PERSON_EXPRESSIONS else 'l.' + d} AS {d}"
                     for d in dims)
-    ctes.append(f"cohort AS (SELECT p.vid, p.b_total, p.e_total, p.b_scores, p.e_scores{cells} FROM people p"
+    ctes.append(f"cohort AS (SELECT p.vid, p.b_total, p.e_total, p.items{cells} FROM people p"
                 f"{link_join}{' WHERE ' + ' AND '.join(person_filters) if person_filters else ''})")
     group, grouping = _grouping(dims, totals)
     if totals:
         grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(DISTINCT vid) AS volunteers FROM cohort {group}"
         return _statement(ctes, grouped, dims, ("volunteers",), p)
+    # A cohort row is one volunteer in one group (people: a row per volunteer; links: distinct per
+    # volunteer and values), so a group's rows are its distinct volunteers.
     ctes.append(
-        f"cells AS (SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(DISTINCT vid) AS volunteers, "
+        f"cells AS (SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}count(*) AS volunteers, "
         "round(avg(b_total), 2) AS baseline_mean, round(avg(e_total), 2) AS endline_mean, "
         f"round(avg(e_total - b_total), 2) AS mean_change FROM cohort {group})"
     )
-    ctes.append(
-        "scored AS (SELECT *, CAST(b_scores->>item AS DOUBLE) AS b_item, CAST(e_scores->>item AS DOUBLE) AS e_item "
-        "FROM (SELECT *, unnest(json_keys(e_scores)) AS item FROM cohort))"
-    )
+    ctes.append(f"scored AS (SELECT {''.join(d + ', ' for d in dims)}i.item, i.b AS b_item, i.e AS e_item "
+                "FROM (SELECT *, unnest(items) AS i FROM cohort))")
     per_item = (f"SELECT {''.join(d + ', ' for d in dims)}item, round(avg(b_item), 2) AS b, round(avg(e_item), 2) AS e, "
-                f"round(avg(e_item - b_item), 2) AS c FROM scored WHERE b_item IS NOT NULL AND e_item IS NOT NULL "
-                f"GROUP BY {''.join(d + ', ' for d in dims)}item")
+                f"round(avg(e_item - b_item), 2) AS c FROM scored GROUP BY {''.join(d + ', ' for d in dims)}item")
     ctes.append(
         f"items AS (SELECT {''.join(d + ', ' for d in dims)}list({{'item': item, 'b': b, 'e': e, 'c': c}} ORDER BY item) "
         f"AS items FROM ({per_item}) GROUP BY {', '.join(dims) if dims else '()'})"

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 
 from services.analytics.projections import (
     ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, note, record_processed, refresh_rollups,
-    refresh_summary,
+    refresh_skill_pairs, refresh_summary,
 )
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import MEMORY, AnalyticsStore, StoreOutdated, current_file, point_to
@@ -311,6 +311,7 @@ async def finish(store: AnalyticsStore) -> None:
     def work(conn: duckdb.DuckDBPyConnection) -> None:
         refresh_summary(conn, None)
         refresh_rollups(conn, None)
+        refresh_skill_pairs(conn, None)
     await asyncio.to_thread(store.write, work)
 
 

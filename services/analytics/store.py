@@ -16,7 +16,11 @@ order) rewrites the denormalised columns of the activities naming that volunteer
 from the stored volunteer state, in the same transaction: whatever order the events came in, a row
 ends up with the attributes of its volunteer's current survivor. `volunteer_summary` holds each
 survivor's verified hours per programme, project, type, focus area and organisation, recomputed for
-the volunteers a batch touched, so skills by hours band reads thousands of rows, not the activities.
+the volunteers a batch touched; `skill_pair` holds, per survivor and instrument with a baseline and an
+endline, what `/analytics/skills` reads of them (totals, the items scored in both, typed) beside the
+survivor's verified hours and the (programme, project, type, focus area) of their verified activities, from
+the summary: kept for the survivors whose assessments, merges or summary rows a batch changed, so skills by
+programme and hours band reads one row per assessed volunteer, not the assessments' JSON nor the summary.
 The keys depend on arrival order, so they are not figures (`contents` leaves them out).
 
 Rollups shaped to the dashboards (design 3, kept by difference from the activity rows). Each activity row
@@ -97,6 +101,13 @@ CREATE TABLE IF NOT EXISTS assessment (
 CREATE TABLE IF NOT EXISTS volunteer_summary (
     volunteer_key INTEGER, survivor_id UUID, program VARCHAR, project_id UUID, activity_type VARCHAR,
     focus_area VARCHAR, organization_id UUID, hours DOUBLE);
+-- Per merge survivor and instrument with a current baseline and endline (the earliest baseline and the latest
+-- endline, ties by id): their totals, the items scored in both, the endline's date, and the survivor's verified
+-- hours and distinct (programme, project, type, focus area) of their verified activities, from the summary.
+CREATE TABLE IF NOT EXISTS skill_pair (
+    volunteer_id UUID, instrument VARCHAR, baseline_total INTEGER, endline_total INTEGER, endline_on DATE,
+    items STRUCT(item VARCHAR, b DOUBLE, e DOUBLE)[], hours DOUBLE,
+    links STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[]);
 CREATE TABLE IF NOT EXISTS store_state (name VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ);
 -- Keyed by the event id alone (a store has one consumer): DuckDB looks up a one-column key in its
 -- index, while a batch's lookup on (consumer, event_id) scanned the table (30 ms at 1 M events).
@@ -163,22 +174,54 @@ CELLS = {
     "cells_province_month": Cells(("province",), monthly=True),
     "cells_organization_month": Cells(("organization_id",), monthly=True),
 }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The answers of one shape of question, whole: per group of `dimensions` (as the analytics endpoints
+    compute them: `queries.ACTIVITY_EXPRESSIONS`, or `RESIDENCE_EXPRESSIONS` if `residence`, over the
+    columns of the table of cells `cells`) and status, the sums and the number of distinct volunteers.
+    Kept from the cells for the groups a batch touched (their chunks' bitmaps OR-ed, popcounts summed).
+    A question asking for exactly these groups (every dimension grouped, or fixed to one value by a
+    filter; one status) reads one row per group and no bitmap: `queries.totals_for`."""
+
+    cells: str
+    dimensions: tuple[str, ...]
+    residence: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.dimensions, "status", *ROLLUP_SUMS, "volunteers")
+
+
+# The issue's dashboards and a few common shapes; the router takes the first that answers a question.
+TOTALS = {
+    "totals_overall": Totals("cells_province_program", ()),
+    "totals_province_month": Totals("cells_province_month", ("province", "month")),
+    "totals_residence": Totals("cells_residence", ("province", "sex", "age_band"), residence=True),
+    "totals_type_quarter": Totals("cells_type_month", ("activity_type", "quarter")),
+    "totals_province_program": Totals("cells_province_program", ("province", "program")),
+    "totals_project": Totals("cells_project", ("organization", "project")),
+    "totals_organization_year": Totals("cells_organization_month", ("organization", "year")),
+}
 # The grain a batch compares its volunteers' activity rows at, before and after: every dimension of a
 # table of cells, the month, the status and the survivor's key.
 ROLLUP_GRAIN = (*sorted({column for cells in CELLS.values() for column in cells.dimensions}), "month", "status",
                 "volunteer_key")
 _COLUMN_TYPES = {"organization_id": "UUID", "project_id": "UUID", "month": "DATE", "volunteer_key": "INTEGER", "chunk": "INTEGER",
                  "activities": "BIGINT", "hours": "DECIMAL(38, 6)", "approved_hours": "DECIMAL(38, 6)",
-                 "volunteers": "BIT"}
+                 "volunteers": "BIT", "organization": "UUID", "project": "UUID", "quarter": "DATE", "year": "BIGINT"}
 
 
-def _table_ddl(name: str, columns: tuple[str, ...]) -> str:
-    typed = ", ".join(f"{c} {_COLUMN_TYPES.get(c, 'BIGINT' if c.startswith('ben_') else 'VARCHAR')}" for c in columns)
+def _table_ddl(name: str, columns: tuple[str, ...], types: dict[str, str] | None = None) -> str:
+    types = {**_COLUMN_TYPES, **(types or {})}
+    typed = ", ".join(f"{c} {types.get(c, 'BIGINT' if c.startswith('ben_') else 'VARCHAR')}" for c in columns)
     return f"CREATE TABLE IF NOT EXISTS {name} ({typed});"
 
 
 DDL = DDL.replace("{rollups}", "\n".join(
     [_table_ddl(name, cells.columns) for name, cells in CELLS.items()]
+    + [_table_ddl(name, totals.columns, {"volunteers": "BIGINT"}) for name, totals in TOTALS.items()]
     # The per-volunteer membership tables the cells were first kept from (2026-12-02): no longer read.
     + [f"DROP TABLE IF EXISTS {name};" for name in ("rollup_place", "rollup_residence", "rollup_type", "rollup_project")]))
 
@@ -187,9 +230,11 @@ DDL = DDL.replace("{rollups}", "\n".join(
 FIGURE_TABLES = {
     "activity": "* EXCLUDE (volunteer_key)", "volunteer": "* EXCLUDE (key)", "organization": "*", "program": "*",
     "project": "*", "assessment": "*", "store_state": "*", "volunteer_summary": "* EXCLUDE (volunteer_key)",
+    "skill_pair": "*",
     # A cell's chunks and bitmaps hold keys: its sums and number of volunteers over its chunks are the figures.
     **{name: (f"{', '.join(cells.key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(bit_count(volunteers)) "
               f"FROM {name} GROUP BY {', '.join(cells.key)}") for name, cells in CELLS.items()},
+    **{name: "*" for name in TOTALS},
 }
 
 
@@ -225,14 +270,22 @@ class AnalyticsStore:
         self._conn = duckdb.connect(self.path)
         self._refuse_outdated()
         reshaped = self._drop_unchunked_cells()
+        before = self._tables()
+        unpaired = before and "skill_pair" not in before
+        reshaped = reshaped or bool(before and not set(TOTALS) <= before)
         self._conn.execute(DDL)
         self._write_lock = threading.Lock()
-        if reshaped:
-            from services.analytics.projections import refresh_rollups  # it imports this module
+        from services.analytics.projections import refresh_rollups, refresh_skill_pairs  # they import this module
+        if reshaped:  # cells of the first shape, or tables of totals it did not have: computed from the rows
             self.write(lambda conn: refresh_rollups(conn, None))
+        if unpaired:  # a store made before the table: filled from its assessments and summary
+            self.write(lambda conn: refresh_skill_pairs(conn, None))
 
     def close(self) -> None:
         self._conn.close()
+
+    def _tables(self) -> set[str]:
+        return {name for (name,) in self._conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
     def _refuse_outdated(self) -> None:
         """An activity table without the denormalised columns cannot be filled in place (its rows'

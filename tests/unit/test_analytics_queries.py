@@ -580,9 +580,10 @@ async def test_bitmaps_and_count_distinct_count_the_same_volunteers(world: World
     ("overview", [("group_by", "project")], True),
 ])
 async def test_the_rollups_give_the_rows_answer(world: World, report: str, params: list, tree: bool):
-    """A question the rollups cover is read from a table of cells, with the cells and slice totals the
-    activity rows give (merges resolved: V5's activities count for V1); for A's tree too when the cells
-    have the organisation (those without it leave a tree's questions to the rows)."""
+    """A question the rollups cover is read from a table of cells (or of totals, when its groups are the
+    table's rows), with the cells and slice totals the activity rows give (merges resolved: V5's
+    activities count for V1); for A's tree too when the cells have the organisation (those without it
+    leave a tree's questions to the rows)."""
     for caller in (national(), key_of(world.org["A"])):
         question = figures.parse_question(REPORTS[report], params, caller)
         if not caller.national and not tree:
@@ -591,7 +592,8 @@ async def test_the_rollups_give_the_rows_answer(world: World, report: str, param
         assert queries.rollup_for(question) is not None
         for totals in (False, True):
             routed, rows = (queries.figures_sql(question, totals, None, rollups) for rollups in (True, False))
-            assert "FROM cells_" in routed.sql and "FROM cells_" not in rows.sql
+            whole = queries.totals_for(question) if not totals else None
+            assert f"FROM {whole or 'cells_'}" in routed.sql and "FROM cells_" not in rows.sql
             routed, rows = (queries.figures_of(question, s.columns, world.store.query(s.sql, s.params)) for s in (routed, rows))
             assert routed.rows == rows.rows and routed.slice_totals == rows.slice_totals
             assert rows.rows or totals
