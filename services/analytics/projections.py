@@ -27,7 +27,9 @@ import duckdb
 import orjson
 
 from services.analytics.queries import COUNTED_STATUSES, age_band_sql, age_sql, totals_expressions
-from services.analytics.store import CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, TOTALS, AnalyticsStore, Cells, Totals
+from services.analytics.store import (
+    CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, SKILL_LINKS, TOTALS, AnalyticsStore, Cells, Totals,
+)
 from shared.consumer import unseen
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
@@ -290,9 +292,16 @@ def refresh_summary(conn: duckdb.DuckDBPyConnection, keys: list[int] | None, row
 # activities, from the summary rows `{scope}` selects; hours summed in exact decimals (the same figure
 # whatever order the rows are summed in).
 _LINKS_TYPE = "STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[]"
+_LIST_TYPES = {"programs": "VARCHAR[]", "project_ids": "UUID[]", "activity_types": "VARCHAR[]", "focus_areas": "VARCHAR[]"}
 _USAGE = ("SELECT survivor_id, CAST(sum(CAST(hours AS DECIMAL(38, 6))) AS DOUBLE) AS hours, "
           "list_sort(list(DISTINCT {{'program': program, 'project_id': project_id, 'activity_type': activity_type, "
-          "'focus_area': focus_area}})) AS links FROM volunteer_summary WHERE {scope} GROUP BY survivor_id")
+          "'focus_area': focus_area}})) AS links"
+          + "".join(f", list_sort(list(DISTINCT {column})) AS {name}" for name, column in SKILL_LINKS.values())
+          + " FROM volunteer_summary WHERE {scope} GROUP BY survivor_id")
+# The usage columns of a pair, none when the survivor has no verified activity.
+_USED_COLUMNS = {"hours": "coalesce(u.hours, 0)", "links": f"coalesce(u.links, CAST([] AS {_LINKS_TYPE}))",
+                 **{name: f"coalesce(u.{name}, CAST([] AS {_LIST_TYPES[name]}))" for name, _ in SKILL_LINKS.values()}}
+_USED = ", ".join(f"{sql} AS {column}" for column, sql in _USED_COLUMNS.items())
 _PAIRS = """
     WITH ranked AS (
         SELECT s.eff_volunteer_id AS vid, s.instrument, s.phase, s.taken_on, s.total, s.scores, row_number() OVER (
@@ -306,7 +315,7 @@ _PAIRS = """
     SELECT p.vid, p.instrument, p.b_total, p.e_total, p.e_on,
            list_sort([{{'item': k, 'b': CAST(p.bs->>k AS DOUBLE), 'e': CAST(p.es->>k AS DOUBLE)}}
                       FOR k IN json_keys(p.es) IF p.bs->>k IS NOT NULL AND p.es->>k IS NOT NULL]),
-           coalesce(u.hours, 0), coalesce(u.links, CAST([] AS {links}))
+           {used}
     FROM paired p LEFT JOIN ({usage}) u ON u.survivor_id = p.vid"""
 
 
@@ -316,22 +325,22 @@ def refresh_skill_pairs(conn: duckdb.DuckDBPyConnection, survivors: list | None)
     `/analytics/skills` pairs them) and their summary rows."""
     if survivors is None:
         conn.execute("DELETE FROM skill_pair")
-        conn.execute("INSERT INTO skill_pair " + _PAIRS.format(scope="", links=_LINKS_TYPE, usage=_USAGE.format(scope="true")))
+        conn.execute("INSERT INTO skill_pair " + _PAIRS.format(scope="", used=_USED, usage=_USAGE.format(scope="true")))
         return
     chosen = "IN (SELECT unnest($1::UUID[]))"
     conn.execute(f"DELETE FROM skill_pair WHERE volunteer_id {chosen}", [survivors])
     conn.execute("INSERT INTO skill_pair " + _PAIRS.format(
-        scope=f" AND s.eff_volunteer_id {chosen}", links=_LINKS_TYPE, usage=_USAGE.format(scope=f"survivor_id {chosen}")),
+        scope=f" AND s.eff_volunteer_id {chosen}", used=_USED, usage=_USAGE.format(scope=f"survivor_id {chosen}")),
         [survivors])
 
 
 def refresh_pair_usage(conn: duckdb.DuckDBPyConnection, keys: list[int]) -> None:
     """After the summary rows of the survivors `keys` were recomputed: their pairs' hours and links."""
     usage = _USAGE.format(scope="volunteer_key IN (SELECT unnest($1::INTEGER[]))")
-    conn.execute(f"""UPDATE skill_pair SET hours = coalesce(u.hours, 0), links = coalesce(u.links, CAST([] AS {_LINKS_TYPE}))
-                     FROM (SELECT v.id, u.hours, u.links FROM volunteer v LEFT JOIN ({usage}) u ON u.survivor_id = v.id
-                           WHERE v.key IN (SELECT unnest($1::INTEGER[]))) u
-                     WHERE skill_pair.volunteer_id = u.id""", [keys])
+    conn.execute(f"""UPDATE skill_pair SET {', '.join(f'{c} = n.{c}' for c in _USED_COLUMNS)}
+                     FROM (SELECT v.id, {_USED} FROM volunteer v
+                           LEFT JOIN ({usage}) u ON u.survivor_id = v.id WHERE v.key IN (SELECT unnest($1::INTEGER[]))) n
+                     WHERE skill_pair.volunteer_id = n.id""", [keys])
 
 
 def _at_grain(rows: str) -> str:

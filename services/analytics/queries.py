@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from services.analytics.store import CELLS, TOTALS, Totals
+from services.analytics.store import CELLS, SKILL_LINKS, TOTALS, Totals
 
 AGE_BANDS = ("10-14", "15-17", "18-24", "25-30", "31+", "unknown")
 SEXES = ("female", "male", "other", "undisclosed", "unknown")
@@ -470,7 +470,8 @@ def skills_sql(question: Question, totals: bool = False, pairs: bool = True) -> 
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     verified_scope = dict(question=question, expressions=ACTIVITY_EXPRESSIONS, statuses=("verified",), p=p)
     ctes.append("paired AS (SELECT volunteer_id AS vid, baseline_total AS b_total, endline_total AS e_total, "
-                "endline_on AS e_on, items, hours AS all_hours, links AS all_links FROM skill_pair "
+                f"endline_on AS e_on, items, hours AS all_hours, links AS all_links"
+                f"{''.join(f', {name}' for name, _ in SKILL_LINKS.values())} FROM skill_pair "
                 f"WHERE instrument = {p(question.instrument)})")
     whole = pairs and question.tree_root is None and question.date_from is None and question.date_to is None
     hours_join = ""
@@ -490,12 +491,18 @@ def skills_sql(question: Question, totals: bool = False, pairs: bool = True) -> 
     # Activity dimensions (grouped or filtered) join the distinct (volunteer, values) of their verified
     # activities: one row per volunteer and group, so means are not weighted by activity counts.
     linked = [d for d in SKILLS_ACTIVITY_DIMENSIONS if d in dims]
+    involved = {*linked, *(d for d in question.filters if d in SKILLS_ACTIVITY_DIMENSIONS)}
     link_join = ""
-    if linked or any(d in question.filters for d in SKILLS_ACTIVITY_DIMENSIONS):
+    if involved:
         value_conditions = [f"{ACTIVITY_EXPRESSIONS[d]} IN ({p.many(values)})"
                             for d, values in question.filters.items() if d in SKILLS_ACTIVITY_DIMENSIONS]
         columns = "".join(f", {ACTIVITY_EXPRESSIONS[d]} AS {d}" for d in linked)
-        if whole:  # `f`: one of the pair's links, a struct with the activity rows' column names
+        if whole and len(involved) == 1:  # that dimension's distinct values, `f.<its column>`
+            (dimension,) = involved
+            name, column = SKILL_LINKS[dimension]
+            rows = f"(SELECT pr.vid, unnest(pr.{name}) AS {column} FROM paired pr) f"
+            link_conditions, vid = value_conditions, "vid"
+        elif whole:  # `f`: one of the pair's links, a struct with the activity rows' column names
             rows, link_conditions = "(SELECT pr.vid, unnest(pr.all_links) AS f FROM paired pr)", value_conditions
             vid = "vid"
         else:

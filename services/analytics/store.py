@@ -103,11 +103,13 @@ CREATE TABLE IF NOT EXISTS volunteer_summary (
     focus_area VARCHAR, organization_id UUID, hours DOUBLE);
 -- Per merge survivor and instrument with a current baseline and endline (the earliest baseline and the latest
 -- endline, ties by id): their totals, the items scored in both, the endline's date, and the survivor's verified
--- hours and distinct (programme, project, type, focus area) of their verified activities, from the summary.
+-- hours and distinct (programme, project, type, focus area) of their verified activities, from the summary,
+-- and each of those four's distinct values on its own (SKILL_LINKS).
 CREATE TABLE IF NOT EXISTS skill_pair (
     volunteer_id UUID, instrument VARCHAR, baseline_total INTEGER, endline_total INTEGER, endline_on DATE,
     items STRUCT(item VARCHAR, b DOUBLE, e DOUBLE)[], hours DOUBLE,
-    links STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[]);
+    links STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[],
+    programs VARCHAR[], project_ids UUID[], activity_types VARCHAR[], focus_areas VARCHAR[]);
 CREATE TABLE IF NOT EXISTS store_state (name VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ);
 -- Keyed by the event id alone (a store has one consumer): DuckDB looks up a one-column key in its
 -- index, while a batch's lookup on (consumer, event_id) scanned the table (30 ms at 1 M events).
@@ -236,6 +238,12 @@ FIGURE_TABLES = {
               f"FROM {name} GROUP BY {', '.join(cells.key)}") for name, cells in CELLS.items()},
     **{name: "*" for name in TOTALS},
 }
+
+
+# Each activity dimension skills can be cut by: the `skill_pair` list of its distinct values, and the
+# summary column they come from.
+SKILL_LINKS = {"program": ("programs", "program"), "project": ("project_ids", "project_id"),
+               "activity_type": ("activity_types", "activity_type"), "focus_area": ("focus_areas", "focus_area")}
 
 
 class StoreOutdated(Exception):
