@@ -71,6 +71,13 @@ import duckdb
 from fastapi import Depends, Request
 
 MEMORY = ":memory:"
+# DuckDB checkpoints inside a commit once the write-ahead log plus its estimate of the transaction passes
+# this (16 MB by default). A live batch's estimate passes 16 MB on its own at 10 M activities (its updates of
+# scattered cells), so every commit became a checkpoint rewriting every table it touched: ~1 s a batch on a
+# 10 M store, where the batch's work took ~0.5 s and the WAL it writes is ~0.7 MB (2026-12-03, bench/README.md
+# "Checkpoints"). At 256 MB a checkpoint comes every few hundred batches; the log is replayed at start-up
+# (a few seconds at most) and the file is checkpointed on close.
+CHECKPOINT_THRESHOLD = "256MB"
 
 DDL = """
 CREATE SEQUENCE IF NOT EXISTS volunteer_keys;
@@ -276,6 +283,7 @@ class AnalyticsStore:
         if self.path != MEMORY:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = duckdb.connect(self.path)
+        self._conn.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self._refuse_outdated()
         reshaped = self._drop_unchunked_cells()
         before = self._tables()
