@@ -523,7 +523,9 @@ def test_a_commit_does_not_checkpoint_the_store_each_time(tmp_path):
     16 MB threshold, so each commit rewrote the tables it touched (~1 s): the store raises the threshold."""
     store = AnalyticsStore(tmp_path / "analytics.duckdb")
     try:
-        assert store.query("SELECT current_setting('checkpoint_threshold')") == [("256.0 MiB",)]
+        ((setting,),) = store.query("SELECT current_setting('checkpoint_threshold')")
+        amount, unit = setting.split()
+        assert unit == "MiB" and float(amount) >= 200, setting   # "244.1 MiB" (256 MB); DuckDB's default is 16
     finally:
         store.close()
 
