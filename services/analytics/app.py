@@ -18,7 +18,7 @@ from shared.service import ConsumerSpec, ServiceSpec, create_service_app
 
 
 async def open_store(app: FastAPI) -> None:
-    store = app.state.store = AnalyticsStore(current_file(app.state.settings.resolved_store_path()))
+    store = app.state.store = AnalyticsStore(current_file(app.state.settings.resolved_store_path()), serving=True)
     # Computed at scrape time, so an idle or stuck consumer shows a growing age.
     Gauge("vmc_analytics_as_of_age_seconds", "Seconds since the time of the latest event in the read store",
           registry=app.state.metrics.registry).set_function(lambda: _as_of_age(store))

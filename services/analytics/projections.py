@@ -18,7 +18,6 @@ summary and cells once, at its end: `refresh_summary`, `refresh_rollups`).
 """
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -564,10 +563,10 @@ class StoreBatches:
         self.store = store
 
     async def apply(self, consumer: str, events: list[tuple[CloudEvent, object]], handlers) -> tuple[int, int]:
-        return await asyncio.to_thread(self.store.write, lambda conn: _apply_new(conn, consumer, events))
+        return await self.store.write_soon(lambda conn: _apply_new(conn, consumer, events))
 
     async def record_dead_letter(self, consumer: str, event_id: str) -> None:
-        await asyncio.to_thread(self.store.write, lambda conn: conn.execute(
+        await self.store.write_soon(lambda conn: conn.execute(
             "INSERT INTO processed_events (consumer, event_id, outcome) VALUES ($1, $2, 'dead_letter') ON CONFLICT DO NOTHING",
             [consumer, event_id]))
 

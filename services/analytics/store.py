@@ -61,6 +61,7 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -275,15 +276,31 @@ def point_to(configured: str, actual: str) -> None:
     os.replace(temporary, pointer)
 
 
+# The live service's store gives way to the answers (`AnalyticsStore(serving=True)`): DuckDB runs each
+# statement on its calling thread only (no pool of its own, whose threads would run the consumer's scans at
+# the answers' priority), and the consumer's batches run in a thread of their own at this lower CPU priority
+# (a nice value), so that on a machine of few cores a batch's scans of the activity rows take the cores the
+# answers leave rather than the reverse. A rebuild's store keeps DuckDB's default (a thread per core).
+WRITER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: the same priority as the rest
+        pass
+
+
 class AnalyticsStore:
     """The DuckDB database of one analytics replica: its writer connection and readers' cursors."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, serving: bool = False):
         self.path = str(path)
         if self.path != MEMORY:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = duckdb.connect(self.path)
-        self._conn.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        self.serving = serving
+        self._writer = ThreadPoolExecutor(1, "analytics-writer", initializer=_lower_priority) if serving else None
+        self._conn = self._connect(self.path)
         self._refuse_outdated()
         reshaped = self._drop_unchunked_cells()
         before = self._tables()
@@ -297,8 +314,17 @@ class AnalyticsStore:
         if unpaired:  # a store made before the table: filled from its assessments and summary
             self.write(lambda conn: refresh_skill_pairs(conn, None))
 
+    def _connect(self, path: str) -> duckdb.DuckDBPyConnection:
+        conn = duckdb.connect(path)
+        conn.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+        if self.serving:
+            conn.execute("SET threads = 1")
+        return conn
+
     def close(self) -> None:
         self._conn.close()
+        if self._writer is not None:
+            self._writer.shutdown(wait=False)
 
     def _tables(self) -> set[str]:
         return {name for (name,) in self._conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -337,6 +363,10 @@ class AnalyticsStore:
             self._conn.execute("COMMIT")
             return result
 
+    async def write_soon(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """`write` in a worker thread (the writer's own, at a lower priority, when serving)."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.write, work)
+
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
         """Hold the write lock (taken in a thread: the event loop goes on) while the block runs."""
@@ -353,6 +383,8 @@ class AnalyticsStore:
         self._conn, self.path = other._conn, other.path
         other._conn, other.path = old_conn, old_path
         other.close()
+        if self.serving:
+            self._conn.execute("SET threads = 1")
         return old_path
 
     # ---- reading --------------------------------------------------------------------------------
