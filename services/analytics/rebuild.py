@@ -306,8 +306,8 @@ def stored_offsets(store: AnalyticsStore) -> dict[TopicPartition, int]:
 
 
 async def finish(store: AnalyticsStore) -> None:
-    """What the bulk path leaves to the end: the skills summary and the dashboards' rollups, from every
-    activity at once."""
+    """What the bulk path leaves to the end: the skills summary, the dashboards' rollups (cells and totals)
+    and the skill pairs, from every activity and assessment at once."""
     def work(conn: duckdb.DuckDBPyConnection) -> None:
         refresh_summary(conn, None)
         refresh_rollups(conn, None)
