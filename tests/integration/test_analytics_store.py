@@ -3,7 +3,9 @@ in any order, after duplicates; figures taken back when an activity changes; mer
 dead-lettered while the figures go on; lag and freshness on /ready and /metrics of the running service."""
 from __future__ import annotations
 
+import os
 import random
+import threading
 import uuid
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
@@ -17,13 +19,14 @@ from services.analytics.figures import parse_question
 from services.analytics import projections
 from services.analytics.projections import HANDLERS, StoreBatches, rederive
 from services.analytics.queries import REPORTS, figures_of, figures_sql, rollup_for, skills_sql, totals_for
-from services.analytics.store import MEMORY, AnalyticsStore
+from services.analytics.store import MEMORY, WRITER_NICENESS, AnalyticsStore
 from shared.caller import CallerContext
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
-    ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, AssessmentChanged, ORGANIZATION_CREATED, PROGRAM_CREATED, PROJECT_CREATED, VOLUNTEER_ERASED, VOLUNTEER_MERGED, VOLUNTEER_REGISTERED,
-    VOLUNTEER_UPDATED, ActivityChanged, Beneficiaries, OrganizationChanged, ProgramCreated, ProjectChanged,
-    VolunteerChanged, VolunteerErased, VolunteerMerged, dead_letter_topic, new_event,
+    ASSESSMENT_RECORDED, ASSESSMENT_REPLACED, ORGANIZATION_CREATED, PROGRAM_CREATED, PROJECT_CREATED, VOLUNTEER_ERASED,
+    VOLUNTEER_MERGED, VOLUNTEER_REGISTERED, VOLUNTEER_UPDATED, ActivityChanged, AssessmentChanged, Beneficiaries,
+    OrganizationChanged, ProgramCreated, ProjectChanged, VolunteerChanged, VolunteerErased, VolunteerMerged,
+    dead_letter_topic, new_event,
 )
 from tests.conftest import eventually
 from tests.eventlog import find_events
@@ -528,6 +531,23 @@ def test_a_commit_does_not_checkpoint_the_store_each_time(tmp_path):
         assert unit == "MiB" and float(amount) >= 200, setting   # "244.1 MiB" (256 MB); DuckDB's default is 16
     finally:
         store.close()
+
+
+async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answers(tmp_path):
+    """The service's store runs DuckDB's statements on their calling threads and applies batches in a writer
+    thread of lower CPU priority (a batch's scans then take the cores the answers leave); a rebuild's keeps
+    DuckDB's threads."""
+    serving, rebuilding = AnalyticsStore(tmp_path / "a.duckdb", serving=True), AnalyticsStore(tmp_path / "b.duckdb")
+    try:
+        assert serving.query("SELECT current_setting('threads')") == [(1,)]
+        assert rebuilding.query("SELECT current_setting('threads')")[0][0] == (os.cpu_count() or 1)
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        writer = await serving.write_soon(lambda conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert writer == max(ours, WRITER_NICENESS) > 0
+        assert await rebuilding.write_soon(lambda conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())) == ours
+    finally:
+        serving.close()
+        rebuilding.close()
 
 
 async def test_a_store_whose_cells_have_one_bitmap_each_gets_them_in_chunks_on_opening(tmp_path):
