@@ -286,7 +286,8 @@ WRITER_NICENESS = 10
 
 def _lower_priority() -> None:
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), WRITER_NICENESS))
     except (AttributeError, OSError):  # not Linux, or not allowed: the same priority as the rest
         pass
 

@@ -10,6 +10,7 @@ import uuid
 from datetime import date, datetime
 from email.utils import parsedate_to_datetime
 
+import duckdb
 import httpx
 import orjson
 import pytest
@@ -540,7 +541,8 @@ async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answer
     serving, rebuilding = AnalyticsStore(tmp_path / "a.duckdb", serving=True), AnalyticsStore(tmp_path / "b.duckdb")
     try:
         assert serving.query("SELECT current_setting('threads')") == [(1,)]
-        assert rebuilding.query("SELECT current_setting('threads')")[0][0] == (os.cpu_count() or 1)
+        assert rebuilding.query("SELECT current_setting('threads')") == duckdb.connect().execute(
+            "SELECT current_setting('threads')").fetchall()
         ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         writer = await serving.write_soon(lambda conn: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         assert writer == max(ours, WRITER_NICENESS) > 0
