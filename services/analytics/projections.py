@@ -488,8 +488,9 @@ def _recompute_cells(conn: duckdb.DuckDBPyConnection, name: str, cells: Cells) -
     key = ", ".join(cells.key)
     sums = ", ".join(f"{sql} AS {column}" for column, sql in ROLLUP_SUMS.items())
     conn.execute(f"DELETE FROM {name}")
-    conn.execute(f"""INSERT INTO {name} SELECT {key}, {_chunk('f')} AS chunk, {sums}, {_bits('f')}
-                     FROM activity f WHERE status IN ({ROLLED_UP}) GROUP BY {key}, chunk""")
+    conn.execute(f"""INSERT INTO {name} SELECT *, {cells.cell('g')} FROM (
+                         SELECT {key}, {_chunk('f')} AS chunk, {sums}, {_bits('f')}
+                         FROM activity f WHERE status IN ({ROLLED_UP}) GROUP BY {key}, chunk) g""")
 
 
 def _same(left: str, right: str, columns: tuple[str, ...]) -> str:
@@ -498,11 +499,13 @@ def _same(left: str, right: str, columns: tuple[str, ...]) -> str:
 
 
 def _update_cells(conn: duckdb.DuckDBPyConnection, name: str, cells: Cells) -> None:
-    """Apply the groups that changed (`changed`) to the cells of `name` in one MERGE, without reading the
-    cells' other members: in each cell and chunk a changed group is in, the sums move by the groups'
-    difference, and the bits of the batch's volunteers are cleared where they had rows (`old_rows`) and
-    set where they have rows now (`new_rows`: a volunteer stays a member through a group that did not
-    change, another month's). A cell's chunk left with no activity has no member left: it goes."""
+    """Apply the groups that changed (`changed`) to the cells of `name`, without reading the cells' other
+    members: in each cell and chunk a changed group is in, the sums move by the groups' difference, and the
+    bits of the batch's volunteers are cleared where they had rows (`old_rows`) and set where they have rows
+    now (`new_rows`: a volunteer stays a member through a group that did not change, another month's). A
+    cell's chunk left with no activity has no member left: it goes. The rows are found in the index on
+    `cell` (a join would read every row's bitmap: 40-80 ms a table at 10 M activities) and a bitmap is
+    rewritten only where it changes (~0.2 ms a row)."""
     key = ", ".join(cells.key)
     at = (*cells.key, "chunk")
     none = f"bitstring('0', {CHUNK_BITS})"
@@ -511,18 +514,42 @@ def _update_cells(conn: duckdb.DuckDBPyConnection, name: str, cells: Cells) -> N
         return (f"(SELECT {', '.join('r.' + c for c in cells.key)}, {_chunk('r')} AS chunk, {_bits('r')} AS bits "
                 f"FROM {rows} r SEMI JOIN changed d ON {_same('r', 'd', cells.key)} AND {_chunk('r')} = {_chunk('d')} "
                 f"GROUP BY ALL)")
-    delta = f"""(SELECT d.*, coalesce(was.bits, {none}) AS cleared, coalesce(now.bits, {none}) AS joined
-                 FROM (SELECT {key}, {_chunk('c')} AS chunk,
-                              {', '.join(f'sum(c.sign * c.{column}) AS {column}' for column in ROLLUP_SUMS)}
-                       FROM changed c GROUP BY ALL) d
-                 LEFT JOIN {members('old_rows')} was ON {_same('was', 'd', at)}
-                 LEFT JOIN {members('new_rows')} now ON {_same('now', 'd', at)})"""
-    conn.execute(f"""MERGE INTO {name} AS c USING {delta} AS d ON {_same('c', 'd', at)}
-                     WHEN MATCHED AND c.activities + d.activities = 0 THEN DELETE
-                     WHEN MATCHED THEN UPDATE SET {', '.join(f'{column} = c.{column} + d.{column}' for column in ROLLUP_SUMS)},
-                         volunteers = (c.volunteers & ~d.cleared) | d.joined
-                     WHEN NOT MATCHED THEN INSERT ({', '.join(cells.columns)})
-                         VALUES ({', '.join(f'd.{c}' for c in at)}, {', '.join(f'd.{c}' for c in ROLLUP_SUMS)}, d.joined)""")
+    conn.execute(f"""CREATE OR REPLACE TEMP TABLE delta AS
+                     SELECT d.*, {cells.cell('d')} AS cell, coalesce(was.bits, {none}) AS cleared,
+                            coalesce(now.bits, {none}) AS joined
+                     FROM (SELECT {key}, {_chunk('c')} AS chunk,
+                                  {', '.join(f'sum(c.sign * c.{column}) AS {column}' for column in ROLLUP_SUMS)}
+                           FROM changed c GROUP BY ALL) d
+                     LEFT JOIN {members('old_rows')} was ON {_same('was', 'd', at)}
+                     LEFT JOIN {members('new_rows')} now ON {_same('now', 'd', at)}""")
+    listed = constants([row[0] for row in conn.execute("SELECT cell FROM delta").fetchall()])
+    if listed is None:  # a key's value holds a NUL character: joined, reading every row's bitmap
+        conn.execute(f"""MERGE INTO {name} AS c USING delta AS d ON c.cell = d.cell
+                         WHEN MATCHED AND c.activities + d.activities = 0 THEN DELETE
+                         WHEN MATCHED THEN UPDATE SET {', '.join(f'{column} = c.{column} + d.{column}' for column in ROLLUP_SUMS)},
+                             volunteers = (c.volunteers & ~d.cleared) | d.joined
+                         WHEN NOT MATCHED THEN INSERT ({', '.join(cells.columns)})
+                             VALUES ({', '.join(f'd.{c}' for c in (*at, *ROLLUP_SUMS))}, d.joined, d.cell)""")
+        conn.execute("DROP TABLE delta")
+        return
+    found = conn.execute(f"""SELECT c.cell, c.activities + d.activities = 0,
+                                    ((c.volunteers & ~d.cleared) | d.joined) <> c.volunteers
+                             FROM {name} c JOIN delta d ON c.cell = d.cell WHERE c.cell IN ({listed})""").fetchall()
+    emptied = [cell for cell, empty, _ in found if empty]
+    kept = [cell for cell, empty, _ in found if not empty]
+    moved = [cell for cell, empty, changes in found if changes and not empty]
+    if emptied:
+        conn.execute(f"DELETE FROM {name} WHERE cell IN ({constants(emptied)})")
+    if kept:
+        conn.execute(f"""UPDATE {name} AS c SET {', '.join(f'{column} = c.{column} + d.{column}' for column in ROLLUP_SUMS)}
+                         FROM delta d WHERE c.cell = d.cell AND c.cell IN ({constants(kept)})""")
+    if moved:
+        conn.execute(f"""UPDATE {name} AS c SET volunteers = (c.volunteers & ~d.cleared) | d.joined
+                         FROM delta d WHERE c.cell = d.cell AND c.cell IN ({constants(moved)})""")
+    conn.execute(f"""INSERT INTO {name} ({', '.join(cells.columns)})
+                     SELECT {', '.join(at)}, {', '.join(ROLLUP_SUMS)}, joined, cell FROM delta
+                     WHERE NOT list_contains($1::VARCHAR[], cell)""", [[cell for cell, _, _ in found]])
+    conn.execute("DROP TABLE delta")
 
 
 def rederive(conn: duckdb.DuckDBPyConnection) -> None:

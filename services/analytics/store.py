@@ -31,7 +31,9 @@ change (the same keys as the summary's, over the counted statuses) grouped at th
 (`ROLLUP_GRAIN`: every cell dimension, month, status, survivor key); after its changes it groups them
 again, and moves each cell by the groups that changed (old EXCEPT new, new EXCEPT old): the sums by their
 difference, the bits of those volunteers cleared where they were and set where they are, in their chunks
-only (one MERGE per table of cells). Exact, retracted when an activity changes, and order-independent, as
+only (each cell row found by its indexed `cell`, the key and chunk as one text; a bitmap rewritten only where
+it changes). A batch's new activity rows of volunteers nothing else in it changes skip the volunteers' rows:
+they only add (sums added, bits set). Exact, retracted when an activity changes, and order-independent, as
 the summary is. The rebuild computes them once at its end. A question whose dimensions, filters and dates a
 table of cells covers is answered from it (`queries.rollup_for`), any other from the activity rows.
 
@@ -172,7 +174,14 @@ class Cells:
     @property
     def columns(self) -> tuple[str, ...]:
         """The table's columns, in order."""
-        return (*self.key, "chunk", *ROLLUP_SUMS, "volunteers")
+        return (*self.key, "chunk", *ROLLUP_SUMS, "volunteers", "cell")
+
+    def cell(self, alias: str) -> str:
+        """`cell` of row `alias` (with the key's columns and `chunk`): the key and chunk as one text, each
+        value length-prefixed (NULL as `-`), so that two rows share it exactly when they share the key."""
+        parts = [f"coalesce(CAST(length(CAST({alias}.{c} AS VARCHAR)) AS VARCHAR) || ':' || CAST({alias}.{c} AS VARCHAR), '-')"
+                 for c in (*self.key, "chunk")]
+        return f"concat({', '.join(parts)})"
 
 
 # The router (queries.rollup_for) takes the first that covers a question: the smaller first.
@@ -231,6 +240,8 @@ def _table_ddl(name: str, columns: tuple[str, ...], types: dict[str, str] | None
 
 DDL = DDL.replace("{rollups}", "\n".join(
     [_table_ddl(name, cells.columns) for name, cells in CELLS.items()]
+    # A batch finds the rows of the cells it moves in this index, without reading every row's bitmap.
+    + [f"CREATE INDEX IF NOT EXISTS {name}_cell ON {name} (cell);" for name in CELLS]
     + [_table_ddl(name, totals.columns, {"volunteers": "BIGINT"}) for name, totals in TOTALS.items()]
     # The per-volunteer membership tables the cells were first kept from (2026-12-02): no longer read.
     + [f"DROP TABLE IF EXISTS {name};" for name in ("rollup_place", "rollup_residence", "rollup_type", "rollup_project")]))
@@ -341,11 +352,11 @@ class AnalyticsStore:
                                 "`python -m services.analytics.rebuild` with the service stopped")
 
     def _drop_unchunked_cells(self) -> bool:
-        """Tables of cells of the first shape (one dense bitmap per cell, no `chunk`) are dropped, to be
-        made again and computed from the activity rows; whether there were any."""
+        """Tables of cells of an earlier shape (one dense bitmap per cell, no `chunk`; no indexed `cell`) are
+        dropped, to be made again and computed from the activity rows; whether there were any."""
         old = [name for (name,) in self._conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'cells_%' AND table_name NOT IN "
-            "(SELECT table_name FROM information_schema.columns WHERE column_name = 'chunk')").fetchall()]
+            "(SELECT table_name FROM information_schema.columns WHERE column_name = 'cell')").fetchall()]
         for name in old:
             self._conn.execute(f"DROP TABLE {name}")
         return bool(old)

@@ -20,7 +20,7 @@ from services.analytics.figures import parse_question
 from services.analytics import projections
 from services.analytics.projections import HANDLERS, StoreBatches, rederive
 from services.analytics.queries import REPORTS, figures_of, figures_sql, rollup_for, skills_sql, totals_for
-from services.analytics.store import MEMORY, WRITER_NICENESS, AnalyticsStore
+from services.analytics.store import CELLS, MEMORY, WRITER_NICENESS, AnalyticsStore
 from shared.caller import CallerContext
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
@@ -392,8 +392,10 @@ def mixed_history(seed: int) -> tuple[Programme, uuid.UUID, uuid.UUID]:
                                               date_of_birth=date(2011, 3, 1), residence_province="17",
                                               residence_commune="170205"))
     p.add(VOLUNTEER_ERASED, VolunteerErased(id=people[5]))
-    for program in programs:
-        p.add(PROGRAM_CREATED, ProgramCreated(id=program, code=f"P-{program.hex[:6]}"))
+    # The second programme's code holds a quote and a NUL character: the cells of its rows are looked up by
+    # a key written out as SQL constants (quoted), or, where that cannot be, by a join.
+    for program, odd in zip(programs, ("", "'\x00")):
+        p.add(PROGRAM_CREATED, ProgramCreated(id=program, code=f"P-{program.hex[:6]}{odd}"))
     return p, orgs[1], projects[0][0]
 
 
@@ -477,6 +479,10 @@ async def test_the_rollups_answer_as_the_activity_rows_do(seed, chunk_bits, monk
         for params in ([("group_by", "week")], [("group_by", "district,focus_area")], [("from", "2026-02-02")],
                        [("group_by", "province"), ("day", "2026-02-03")]):
             assert rollup_for(parse_question(REPORTS["hours"], params, CallerContext("k", uuid.uuid4(), national=True))) is None
+        # One row per cell and chunk, found by its `cell` (a row its batch failed to find would be a second one).
+        for name, cells in CELLS.items():
+            assert store.query(f"""SELECT count(*), count(DISTINCT cell), count(*) FILTER (WHERE cell <> {cells.cell(name)})
+                                   FROM {name}""")[0] == (*[store.query(f"SELECT count(*) FROM {name}")[0][0]] * 2, 0), name
         # Kept per batch, the rollups equal those derived from scratch.
         kept = store.contents()
         store.write(rederive)
@@ -552,28 +558,40 @@ async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answer
         rebuilding.close()
 
 
-async def test_a_store_whose_cells_have_one_bitmap_each_gets_them_in_chunks_on_opening(tmp_path):
-    """A store written before the cells were kept in chunks of volunteer keys opens with its tables of
-    cells made again from the activity rows: the same figures, no rebuild from the log needed."""
+async def test_a_store_whose_cells_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
+    """A store written before the cells were kept in chunks of volunteer keys, or before each was found by
+    its indexed `cell`, opens with its tables of cells made again from the activity rows: the same figures,
+    no rebuild from the log needed, and batches applied after find their cells."""
     history, _, _ = mixed_history(0)
-    built = await apply_in_batches(list(history.events), random.Random(1))
     path = str(tmp_path / "analytics.duckdb")
+    built = AnalyticsStore(path)
     try:
+        units = StoreBatches(built)
+        for at in range(0, len(history.events), 3):
+            await units.apply("test", [(e, e.payload()) for e in history.events[at:at + 3]], HANDLERS)
         expected = built.contents()
-        built.query(f"ATTACH '{path}' AS old")
-        for table in ("activity", "volunteer", "organization", "program", "project", "assessment", "store_state",
-                      "volunteer_summary"):
-            built.query(f"CREATE TABLE old.{table} AS FROM {table}")
         # The first shape: a dense bitmap per cell, no chunk.
-        built.query("CREATE TABLE old.cells_province_program AS SELECT province, program, status, 0::BIGINT AS activities, "
+        built.query("DROP TABLE cells_province_program")
+        built.query("CREATE TABLE cells_province_program AS SELECT province, program, status, 0::BIGINT AS activities, "
                     "bitstring('0', 1024) AS volunteers FROM activity LIMIT 3")
-        built.query("DETACH old")
+        # The second: in chunks, without `cell`.
+        built.query("DROP INDEX cells_residence_cell")
+        built.query("ALTER TABLE cells_residence DROP COLUMN cell")
     finally:
         built.close()
     reopened = AnalyticsStore(path)
     try:
-        assert "chunk" in {c for (c,) in reopened.query(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'cells_province_program'")}
+        for name in ("cells_province_program", "cells_residence"):
+            assert {"chunk", "cell"} <= {c for (c,) in reopened.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = $1", [name])}
         assert reopened.contents() == expected
+        # What the batches add afterwards lands in the cells found by their `cell`, as in a store kept from the start.
+        more, _, _ = mixed_history(1)
+        units = StoreBatches(reopened)
+        for at in range(0, len(more.events), 5):
+            await units.apply("test", [(e, e.payload()) for e in more.events[at:at + 5]], HANDLERS)
+        kept = reopened.contents()
+        reopened.write(rederive)
+        assert reopened.contents() == kept
     finally:
         reopened.close()
