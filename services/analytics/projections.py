@@ -131,8 +131,8 @@ class Changes:
 
     def _apply_rows(self, conn: duckdb.DuckDBPyConnection, touched: list) -> None:
         """The activities, the volunteers' denormalised columns and programme codes, with the summary, pairs'
-        usage and cells kept. A new activity row (its id not stored yet; found by the insert's own conflict
-        check) that is not verified, of a volunteer nothing else in the batch changes, only adds to its cells:
+        usage and cells kept. A new activity row (its id not stored yet: looked up in the primary key's index)
+        that is not verified, of a volunteer nothing else in the batch changes, only adds to its cells:
         its sums are added and its volunteer's bit set, without reading that volunteer's other rows. The
         volunteers whose rows may otherwise change (`affected`: of a stored activity the batch changes, before
         and after; of a new verified one; those the batch touched, before and after a merge; of a renamed
@@ -268,8 +268,9 @@ def _keys(conn: duckdb.DuckDBPyConnection, sql: str, *lists: list) -> set[int]:
 
 def constants(values: list) -> str | None:
     """`values` written out as SQL string constants (None if one cannot be: a NUL character). DuckDB looks
-    `column IN (constants)` up in the column's primary-key index; joined with a list passed as a parameter,
-    it scans the table: 2-5 ms against 30-80 ms for 100 ids among 10 M activities or 300 k event ids."""
+    `column IN (constants)` up in the column's index (a primary key's, or `cell`'s); joined with a list passed
+    as a parameter, it scans the table: 2-5 ms against 30-80 ms for 100 ids among 10 M activities or 300 k
+    event ids."""
     texts = [str(value) for value in values]
     if any("\x00" in text for text in texts):
         return None
