@@ -21,16 +21,15 @@ import random
 import shutil
 import statistics
 import time
-import uuid
 from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 
-from bench import analytics
+from bench.analytics_engine import submission
 from bench.stack import cpu_speed
 from services.analytics import projections
 from services.analytics.store import AnalyticsStore
-from shared.events import ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, encode_event, parse_event
+from shared.events import ACTIVITY_VERIFIED, encode_event, parse_event
 
 TODAY = date(2026, 12, 1)
 
@@ -77,21 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = defaultdict(list)
     walls, last = [], None
     for _ in range(args.batches):
-        events = []
-        for _ in range(args.size):
-            project, program, organization = rng.choice(projects)
-            days = rng.randrange(210, 240) if args.local else rng.randrange(1, 1000)
-            data = {"id": str(uuid.uuid4()), "volunteer_id": str(rng.choice(volunteers)), "project_id": str(project),
-                    "program_id": str(program), "organization_id": str(organization), "activity_type": analytics.TYPES[0],
-                    "focus_area": analytics.FOCUS[analytics.TYPES[0]], "project_focus_areas": [],
-                    "date": (TODAY - timedelta(days=days)).isoformat(), "hours": 2.0, "approved_hours": None,
-                    "location_code": "1201", "beneficiaries": {"female": 1, "male": 0, "other": 0, "children": 0},
-                    "status": "submitted", "version": 1, "revision": 1}
-            events.append(event_of(ACTIVITY_SUBMITTED, data))
+        days = [rng.randrange(210, 240) if args.local else rng.randrange(1, 1000) for _ in range(args.size)]
+        submitted = [submission(rng.choice(volunteers), rng.choice(projects), TODAY - timedelta(days=d)) for d in days]
+        events = list(submitted)
         if args.verify and last is not None:
             events.append(event_of(ACTIVITY_VERIFIED, {**last, "status": "verified", "approved_hours": 2.0,
                                                        "revision": 2, "version": 2}))
-        last = data
+        last = submitted[-1][1].model_dump(mode="json")
         conn = store._conn
         began = time.perf_counter()
         conn.execute("BEGIN TRANSACTION")

@@ -121,22 +121,26 @@ def measure_queries(store: AnalyticsStore, organization: str, runs: int) -> None
             raise SystemExit(f"{name}: design 3 answers differently from design 2")
 
 
+def submission(volunteer, project: tuple, day: date) -> tuple:
+    """A new submission of two hours by `volunteer` in `project` (id, programme, organisation) on `day`, as
+    the consumer receives it: (event, payload)."""
+    project_id, program, organization = project
+    data = {"id": str(uuid.uuid4()), "volunteer_id": str(volunteer), "project_id": str(project_id),
+            "program_id": str(program), "organization_id": str(organization), "activity_type": analytics.TYPES[0],
+            "focus_area": analytics.FOCUS[analytics.TYPES[0]], "project_focus_areas": [],
+            "date": day.isoformat(), "hours": 2.0, "approved_hours": None,
+            "location_code": "1201", "beneficiaries": {"female": 1, "male": 0, "other": 0, "children": 0},
+            "status": "submitted", "version": 1, "revision": 1}
+    event = parse_event(encode_event(ACTIVITY_SUBMITTED, data["id"], data).value)
+    return event, event.payload()
+
+
 def submissions(store: AnalyticsStore, count: int, today: date, rng: random.Random) -> list:
     """`count` new submissions by existing volunteers, as the consumer receives them."""
     volunteers = [row[0] for row in store.query("SELECT id FROM volunteer WHERE merged_into IS NULL LIMIT 500")]
     projects = store.query("SELECT id, program_id, organization_id FROM project LIMIT 50")
-    events = []
-    for _ in range(count):
-        project, program, organization = rng.choice(projects)
-        data = {"id": str(uuid.uuid4()), "volunteer_id": str(rng.choice(volunteers)), "project_id": str(project),
-                "program_id": str(program), "organization_id": str(organization), "activity_type": analytics.TYPES[0],
-                "focus_area": analytics.FOCUS[analytics.TYPES[0]], "project_focus_areas": [],
-                "date": (today - timedelta(days=rng.randrange(1, 1000))).isoformat(), "hours": 2.0, "approved_hours": None,
-                "location_code": "1201", "beneficiaries": {"female": 1, "male": 0, "other": 0, "children": 0},
-                "status": "submitted", "version": 1, "revision": 1}
-        event = parse_event(encode_event(ACTIVITY_SUBMITTED, data["id"], data).value)
-        events.append((event, event.payload()))
-    return events
+    return [submission(rng.choice(volunteers), rng.choice(projects), today - timedelta(days=rng.randrange(1, 1000)))
+            for _ in range(count)]
 
 
 def measure_batches(store: AnalyticsStore, today: date, runs: int) -> None:

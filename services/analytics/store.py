@@ -314,7 +314,7 @@ class AnalyticsStore:
         self._writer = ThreadPoolExecutor(1, "analytics-writer", initializer=_lower_priority) if serving else None
         self._conn = self._connect(self.path)
         self._refuse_outdated()
-        reshaped = self._drop_unchunked_cells()
+        reshaped = self._drop_outdated_cells()
         before = self._tables()
         unpaired = before and "skill_pair" not in before
         reshaped = reshaped or bool(before and not set(TOTALS) <= before)
@@ -351,7 +351,7 @@ class AnalyticsStore:
             raise StoreOutdated(f"{self.path} predates the activity rows' month and the rollups: run "
                                 "`python -m services.analytics.rebuild` with the service stopped")
 
-    def _drop_unchunked_cells(self) -> bool:
+    def _drop_outdated_cells(self) -> bool:
         """Tables of cells of an earlier shape (one dense bitmap per cell, no `chunk`; no indexed `cell`) are
         dropped, to be made again and computed from the activity rows; whether there were any."""
         old = [name for (name,) in self._conn.execute(
