@@ -155,7 +155,7 @@ def measure_batches(store: AnalyticsStore, today: date, runs: int) -> None:
             for design in ("3", "2"):
                 events = submissions(store, size, today, rng)
                 projections.refresh_rollups = keep if design == "3" else (lambda conn, rows: None)
-                projections.note_rollup_rows = keep_note if design == "3" else (lambda conn, keys: None)
+                projections.note_rollup_rows = keep_note if design == "3" else (lambda conn, keys, leaving_out=(): None)
                 wall, cpu = time.perf_counter(), time.process_time()
                 conn.execute("BEGIN TRANSACTION")
                 try:

@@ -19,13 +19,14 @@ summary and cells once, at its end: `refresh_summary`, `refresh_rollups`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import duckdb
 import orjson
 
-from services.analytics.queries import COUNTED_STATUSES, age_band_sql, age_sql, totals_expressions
+from services.analytics.queries import COUNTED_STATUSES, SKILLS_PERSON_EXPRESSIONS, age_band_sql, age_sql, totals_expressions
 from services.analytics.store import (
     CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, SKILL_LINKS, TOTALS, AnalyticsStore, Cells, Totals,
 )
@@ -385,25 +386,75 @@ _PAIRS = """
 def refresh_skill_pairs(conn: duckdb.DuckDBPyConnection, survivors: list | None) -> None:
     """Recompute the `skill_pair` rows of the merge survivors `survivors` (every one if None) from their
     current assessments (the earliest baseline and the latest endline of each instrument, ties by id, as
-    `/analytics/skills` pairs them) and their summary rows."""
+    `/analytics/skills` pairs them) and their summary rows, and `skill_totals` with them."""
     if survivors is None:
         conn.execute("DELETE FROM skill_pair")
         conn.execute("INSERT INTO skill_pair " + _PAIRS.format(scope="", used=_USED, usage=_USAGE.format(scope="true")))
+        conn.execute("DELETE FROM skill_totals")
+        conn.execute(f"INSERT INTO skill_totals {_skill_contributions('true')}")
         return
     chosen = "IN (SELECT unnest($1::UUID[]))"
-    conn.execute(f"DELETE FROM skill_pair WHERE volunteer_id {chosen}", [survivors])
-    conn.execute("INSERT INTO skill_pair " + _PAIRS.format(
-        scope=f" AND s.eff_volunteer_id {chosen}", used=_USED, usage=_USAGE.format(scope=f"survivor_id {chosen}")),
-        [survivors])
+    with _skill_totals_moved(conn, f"volunteer_id {chosen}", [survivors]):
+        conn.execute(f"DELETE FROM skill_pair WHERE volunteer_id {chosen}", [survivors])
+        conn.execute("INSERT INTO skill_pair " + _PAIRS.format(
+            scope=f" AND s.eff_volunteer_id {chosen}", used=_USED, usage=_USAGE.format(scope=f"survivor_id {chosen}")),
+            [survivors])
 
 
 def refresh_pair_usage(conn: duckdb.DuckDBPyConnection, keys: list[int]) -> None:
-    """After the summary rows of the survivors `keys` were recomputed: their pairs' hours and links."""
+    """After the summary rows of the survivors `keys` were recomputed: their pairs' hours and links, and
+    `skill_totals` with them."""
     usage = _USAGE.format(scope="volunteer_key IN (SELECT unnest($1::INTEGER[]))")
-    conn.execute(f"""UPDATE skill_pair SET {', '.join(f'{c} = n.{c}' for c in _USED_COLUMNS)}
-                     FROM (SELECT v.id, {_USED} FROM volunteer v
-                           LEFT JOIN ({usage}) u ON u.survivor_id = v.id WHERE v.key IN (SELECT unnest($1::INTEGER[]))) n
-                     WHERE skill_pair.volunteer_id = n.id""", [keys])
+    scope = "volunteer_id IN (SELECT id FROM volunteer WHERE key IN (SELECT unnest($1::INTEGER[])))"
+    with _skill_totals_moved(conn, scope, [keys]):
+        conn.execute(f"""UPDATE skill_pair SET {', '.join(f'{c} = n.{c}' for c in _USED_COLUMNS)}
+                         FROM (SELECT v.id, {_USED} FROM volunteer v
+                               LEFT JOIN ({usage}) u ON u.survivor_id = v.id WHERE v.key IN (SELECT unnest($1::INTEGER[]))) n
+                         WHERE skill_pair.volunteer_id = n.id""", [keys])
+
+
+_SKILL_TOTALS_KEY = ("instrument", "program", "hours_band", "item")
+_SKILL_TOTALS_SUMS = ("volunteers", "baseline", "endline")
+
+
+def _skill_contributions(scope: str) -> str:
+    """What the `skill_pair` rows `scope` selects add to `skill_totals`: per instrument, programme (each of a
+    pair's, as the skills answer cuts by programme) and hours band, the pairs and their totals' sums (item
+    NULL), and per item scored in both the pairs that have it and the item's sums."""
+    band = SKILLS_PERSON_EXPRESSIONS["hours_band"].replace("p.hours", "sp.hours")
+    pairs = (f"SELECT sp.instrument, unnest(sp.programs) AS program, {band} AS hours_band, sp.baseline_total, "
+             f"sp.endline_total, sp.items FROM skill_pair sp WHERE {scope}")
+    return (f"""SELECT instrument, program, hours_band, CAST(NULL AS VARCHAR) AS item, count(*) AS volunteers,
+                       CAST(sum(baseline_total) AS DECIMAL(38, 6)) AS baseline,
+                       CAST(sum(endline_total) AS DECIMAL(38, 6)) AS endline
+                FROM ({pairs}) GROUP BY instrument, program, hours_band
+                UNION ALL
+                SELECT instrument, program, hours_band, i.item, count(*), sum(CAST(i.b AS DECIMAL(38, 6))),
+                       sum(CAST(i.e AS DECIMAL(38, 6)))
+                FROM (SELECT instrument, program, hours_band, unnest(items) AS i FROM ({pairs}))
+                GROUP BY instrument, program, hours_band, i.item""")
+
+
+@contextmanager
+def _skill_totals_moved(conn: duckdb.DuckDBPyConnection, scope: str, params: list) -> Iterator[None]:
+    """Around a change of the `skill_pair` rows `scope` selects (before and after it): `skill_totals` moved by
+    what those rows added before and add after (a group left with no pair goes)."""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE skills_before AS {_skill_contributions(scope)}", params)
+    yield
+    key = ", ".join(_SKILL_TOTALS_KEY)
+    moved = ", ".join(f"sum(sign * {c}) AS {c}" for c in _SKILL_TOTALS_SUMS)
+    conn.execute(f"""CREATE OR REPLACE TEMP TABLE skills_delta AS
+                     SELECT {key}, {moved} FROM (
+                         SELECT *, -1 AS sign FROM skills_before
+                         UNION ALL SELECT *, 1 AS sign FROM ({_skill_contributions(scope)}))
+                     GROUP BY {key} HAVING {' OR '.join(f'sum(sign * {c}) <> 0' for c in _SKILL_TOTALS_SUMS)}""", params)
+    conn.execute(f"""MERGE INTO skill_totals AS t USING skills_delta AS d ON {_same('t', 'd', _SKILL_TOTALS_KEY)}
+                     WHEN MATCHED AND t.volunteers + d.volunteers = 0 THEN DELETE
+                     WHEN MATCHED THEN UPDATE SET {', '.join(f'{c} = t.{c} + d.{c}' for c in _SKILL_TOTALS_SUMS)}
+                     WHEN NOT MATCHED THEN INSERT ({', '.join((*_SKILL_TOTALS_KEY, *_SKILL_TOTALS_SUMS))})
+                         VALUES ({', '.join(f'd.{c}' for c in (*_SKILL_TOTALS_KEY, *_SKILL_TOTALS_SUMS))})""")
+    for temporary in ("skills_before", "skills_delta"):
+        conn.execute(f"DROP TABLE {temporary}")
 
 
 def _at_grain(rows: str) -> str:

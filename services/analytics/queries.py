@@ -467,6 +467,8 @@ def skills_sql(question: Question, totals: bool = False, pairs: bool = True) -> 
     activities: the same figures either way.
     """
     report, dims, p = question.report, list(question.group_by), _Params()
+    if pairs and not totals and skill_totals_answer(question):
+        return _skill_totals_sql(question)
     ctes = [_tree_cte(question, p)] if question.tree_root is not None else []
     verified_scope = dict(question=question, expressions=ACTIVITY_EXPRESSIONS, statuses=("verified",), p=p)
     ctes.append("paired AS (SELECT volunteer_id AS vid, baseline_total AS b_total, endline_total AS e_total, "
@@ -540,6 +542,44 @@ def skills_sql(question: Question, totals: bool = False, pairs: bool = True) -> 
     on = " AND ".join(f"i.{d} IS NOT DISTINCT FROM c.{d}" for d in dims) or "true"
     grouped = f"SELECT c.*, i.items FROM cells c LEFT JOIN items i ON {on}"
     return _statement(ctes, grouped, dims, report.measures, p)
+
+
+def skill_totals_answer(question: Question) -> bool:
+    """Whether `skill_totals` holds `question`'s cells: seen nationally, over all dates, cut by programme and
+    hours band or fewer, filtered by them only, and each cell of one programme (grouped, or one filtered):
+    a volunteer of two programmes is in both, so cells summed over programmes would count them twice. The
+    bands are a volunteer's one each: summed over."""
+    dims, filters = set(question.group_by), question.filters
+    return (question.tree_root is None and question.date_from is None and question.date_to is None
+            and dims <= {"program", "hours_band"} and set(filters) <= {"program", "hours_band"}
+            and ("program" in dims or len(filters.get("program", ())) == 1))
+
+
+def _skill_totals_sql(question: Question) -> Statement:
+    """`skills_sql`'s cells from `skill_totals` (`skill_totals_answer`): sums over the hours bands asked for,
+    the means their quotients, as the pairs' averages give them."""
+    dims, p = list(question.group_by), _Params()
+    conditions = [f"instrument = {p(question.instrument)}",
+                  *(f"{d} IN ({p.many(values)})" for d, values in question.filters.items())]
+    keys = "".join(d + ", " for d in dims)
+    grouped = f"GROUP BY {keys}item"
+
+    def mean(total: str) -> str:
+        return f"round(CAST({total} AS DOUBLE) / sum(volunteers), 2)"
+    sums = f"SELECT {keys}item, sum(volunteers) AS volunteers, {mean('sum(baseline)')} AS b, {mean('sum(endline)')} AS e, " \
+           f"{mean('sum(endline) - sum(baseline)')} AS c FROM skill_totals WHERE {' AND '.join(conditions)} {grouped}"
+    by_group = f"GROUP BY {', '.join(dims)}" if dims else "GROUP BY ()"
+    items = (f"SELECT {keys}list({{'item': item, 'b': b, 'e': e, 'c': c}} ORDER BY item) AS items FROM sums "
+             f"WHERE item IS NOT NULL {by_group}")
+    # With no dimension, one cell even over no pair (as the pairs' `GROUP BY ()` gives): sums has one row at most.
+    cells = (f"SELECT 0 AS _set, {keys}volunteers, b AS baseline_mean, e AS endline_mean, c AS mean_change "
+             "FROM sums WHERE item IS NULL") if dims else (
+        "SELECT 0 AS _set, coalesce(max(volunteers), 0) AS volunteers, max(b) AS baseline_mean, max(e) AS endline_mean, "
+        "max(c) AS mean_change FROM sums WHERE item IS NULL")
+    on = " AND ".join(f"i.{d} IS NOT DISTINCT FROM c.{d}" for d in dims) or "true"
+    ctes = [f"sums AS ({sums})", f"cells AS ({cells})", f"items AS ({items})"]
+    return _statement(ctes, f"SELECT c.*, i.items FROM cells c LEFT JOIN items i ON {on}", dims,
+                      question.report.measures, p)
 
 
 # ---- reading results ----------------------------------------------------------------------------------

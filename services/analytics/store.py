@@ -19,8 +19,10 @@ survivor's verified hours per programme, project, type, focus area and organisat
 the volunteers a batch touched; `skill_pair` holds, per survivor and instrument with a baseline and an
 endline, what `/analytics/skills` reads of them (totals, the items scored in both, typed) beside the
 survivor's verified hours and the (programme, project, type, focus area) of their verified activities, from
-the summary: kept for the survivors whose assessments, merges or summary rows a batch changed, so skills by
-programme and hours band reads one row per assessed volunteer, not the assessments' JSON nor the summary.
+the summary: kept for the survivors whose assessments, merges or summary rows a batch changed, so a skills
+question reads one row per assessed volunteer, not the assessments' JSON nor the summary. `skill_totals` holds
+skills by programme and hours band whole (counts and sums, so means), moved by the difference of the pairs a
+batch changed: the dashboard's question reads a few dozen rows.
 The keys depend on arrival order, so they are not figures (`contents` leaves them out).
 
 Rollups shaped to the dashboards (design 3, kept by difference from the activity rows). Each activity row
@@ -120,6 +122,12 @@ CREATE TABLE IF NOT EXISTS skill_pair (
     items STRUCT(item VARCHAR, b DOUBLE, e DOUBLE)[], hours DOUBLE,
     links STRUCT(program VARCHAR, project_id UUID, activity_type VARCHAR, focus_area VARCHAR)[],
     programs VARCHAR[], project_ids UUID[], activity_types VARCHAR[], focus_areas VARCHAR[]);
+-- Skills by programme and hours band, whole: per instrument, programme (one of a pair's `programs`) and hours
+-- band, the pairs' count and baseline and endline sums (item NULL), and per item scored in both the same over
+-- the pairs that have it. Moved by the difference of the pairs a batch changes (projections.py).
+CREATE TABLE IF NOT EXISTS skill_totals (
+    instrument VARCHAR, program VARCHAR, hours_band VARCHAR, item VARCHAR, volunteers BIGINT,
+    baseline DECIMAL(38, 6), endline DECIMAL(38, 6));
 CREATE TABLE IF NOT EXISTS store_state (name VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ);
 -- Keyed by the event id alone (a store has one consumer): DuckDB looks up a one-column key in its
 -- index, while a batch's lookup on (consumer, event_id) scanned the table (30 ms at 1 M events).
@@ -251,7 +259,7 @@ DDL = DDL.replace("{rollups}", "\n".join(
 FIGURE_TABLES = {
     "activity": "* EXCLUDE (volunteer_key)", "volunteer": "* EXCLUDE (key)", "organization": "*", "program": "*",
     "project": "*", "assessment": "*", "store_state": "*", "volunteer_summary": "* EXCLUDE (volunteer_key)",
-    "skill_pair": "*",
+    "skill_pair": "*", "skill_totals": "*",
     # A cell's chunks and bitmaps hold keys: its sums and number of volunteers over its chunks are the figures.
     **{name: (f"{', '.join(cells.key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(bit_count(volunteers)) "
               f"FROM {name} GROUP BY {', '.join(cells.key)}") for name, cells in CELLS.items()},
@@ -316,14 +324,14 @@ class AnalyticsStore:
         self._refuse_outdated()
         reshaped = self._drop_outdated_cells()
         before = self._tables()
-        unpaired = before and "skill_pair" not in before
+        unpaired = before and not {"skill_pair", "skill_totals"} <= before
         reshaped = reshaped or bool(before and not set(TOTALS) <= before)
         self._conn.execute(DDL)
         self._write_lock = threading.Lock()
         from services.analytics.projections import refresh_rollups, refresh_skill_pairs  # they import this module
         if reshaped:  # cells of the first shape, or tables of totals it did not have: computed from the rows
             self.write(lambda conn: refresh_rollups(conn, None))
-        if unpaired:  # a store made before the table: filled from its assessments and summary
+        if unpaired:  # a store made before the tables: filled from its assessments and summary
             self.write(lambda conn: refresh_skill_pairs(conn, None))
 
     def _connect(self, path: str) -> duckdb.DuckDBPyConnection:

@@ -19,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.analytics.figures import parse_question
 from services.analytics import projections
 from services.analytics.projections import HANDLERS, StoreBatches, rederive
-from services.analytics.queries import REPORTS, figures_of, figures_sql, rollup_for, skills_sql, totals_for
+from services.analytics.queries import (
+    REPORTS, figures_of, figures_sql, rollup_for, skill_totals_answer, skills_sql, totals_for,
+)
 from services.analytics.store import CELLS, MEMORY, WRITER_NICENESS, AnalyticsStore
 from shared.caller import CallerContext
 from shared.events import (
@@ -508,7 +510,7 @@ async def test_the_skill_pairs_answer_as_the_summary_does(seed):
     store = await apply_in_batches(shuffled, random.Random(seed + 11))
     try:
         program = store.query("SELECT min(program) FROM activity WHERE status = 'verified'")[0][0]
-        answered = 0
+        answered = routed = 0
         for instrument in ("soft-v1", "digital-v1"):
             for params in SKILLS_QUESTIONS:
                 params = [(k, v.format(program=program)) for k, v in params] + [("instrument", instrument)]
@@ -517,13 +519,21 @@ async def test_the_skill_pairs_answer_as_the_summary_does(seed):
                     answers = []
                     for pairs in (True, False):
                         statement = skills_sql(question, totals, pairs)
+                        # The whole programme × hours band answers come from the totals kept on write.
+                        assert ("FROM skill_totals" in statement.sql) == (pairs and not totals and skill_totals_answer(question))
                         answers.append(figures_of(question, statement.columns, store.query(statement.sql, statement.params)))
+                    routed += not totals and skill_totals_answer(question)
                     assert answers[0].rows == answers[1].rows, (params, totals)
                     assert answers[0].slice_totals == answers[1].slice_totals, (params, totals)
                     answered += sum(row.get("volunteers") or 0 for row in answers[0].rows)
-        assert answered > 0
+        assert answered > 0 and routed == 4   # programme × hours band, and one programme, for each instrument
         # The merge chain's survivor holds one pair per instrument, with its duplicates' assessments.
         assert store.query("SELECT count(*) - count(DISTINCT (volunteer_id, instrument)) FROM skill_pair") == [(0,)]
+        # Kept per batch, the skills totals equal those derived from scratch.
+        kept = store.contents()["skill_totals"]
+        assert kept and len(kept) == store.query("SELECT count(DISTINCT (instrument, program, hours_band, item)) FROM skill_totals")[0][0]
+        store.write(rederive)
+        assert store.contents()["skill_totals"] == kept
     finally:
         store.close()
 
@@ -558,9 +568,9 @@ async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answer
         rebuilding.close()
 
 
-async def test_a_store_whose_cells_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
+async def test_a_store_whose_cells_or_skills_totals_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
     """A store written before the cells were kept in chunks of volunteer keys, or before each was found by
-    its indexed `cell`, opens with its tables of cells made again from the activity rows: the same figures,
+    its indexed `cell`, or before the skills totals, opens with those tables made again from its rows: the same figures,
     no rebuild from the log needed, and batches applied after find their cells."""
     history, _, _ = mixed_history(0)
     path = str(tmp_path / "analytics.duckdb")
@@ -577,6 +587,9 @@ async def test_a_store_whose_cells_are_of_an_earlier_shape_gets_them_made_again_
         # The second: in chunks, without `cell`.
         built.query("DROP INDEX cells_residence_cell")
         built.query("ALTER TABLE cells_residence DROP COLUMN cell")
+        # Before the skills totals were kept.
+        assert expected["skill_totals"]
+        built.query("DROP TABLE skill_totals")
     finally:
         built.close()
     reopened = AnalyticsStore(path)
