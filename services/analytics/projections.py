@@ -505,25 +505,25 @@ def refresh_rollups(conn: duckdb.DuckDBPyConnection, rows: str | None) -> None:
 
 
 def _refresh_totals(conn: duckdb.DuckDBPyConnection, name: str, totals: Totals, touched: str | None) -> None:
-    """Recompute the groups of the table of totals `name` that the rows `touched` (a table with the cells'
-    columns: the groups a batch changed) fall in, every group if None, from its table of cells: per chunk
-    the sums and the popcount of the group's bitmaps OR-ed, then summed over the chunks."""
+    """Recompute the rows of the table of totals `name` of the groups and chunks that the rows `touched` (a
+    table with the cells' columns and `volunteer_key`: the groups a batch changed) fall in, every row if None,
+    from its table of cells: per group and chunk the sums and the popcount of the group's bitmaps OR-ed.
+    Joined on the chunk too, DuckDB reads only the touched chunks' cells (at 10 M activities, 5 ms for a
+    group's cells in one chunk where its every chunk took 32)."""
     expressions = totals_expressions(totals)
-    key = (*totals.dimensions, "status")
+    key = (*totals.dimensions, "status", "chunk")
     computed = ", ".join([*(f"{expressions[d]} AS {d}" for d in totals.dimensions), "f.status AS status"])
     per_chunk = (f"SELECT {computed}, f.chunk, {', '.join(f'sum(f.{c}) AS {c}' for c in ROLLUP_SUMS)}, "
                  f"bit_count(bit_or(f.volunteers)) AS volunteers FROM {totals.cells} f")
     if touched is None:
         conn.execute(f"DELETE FROM {name}")
     else:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT {computed} FROM {touched} f")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE touched AS SELECT DISTINCT {computed}, {_chunk('f')} AS chunk FROM {touched} f")
         conn.execute(f"DELETE FROM {name} t USING touched d WHERE {_same('t', 'd', key)}")
-        on = " AND ".join([*(f"{expressions[d]} IS NOT DISTINCT FROM d.{d}" for d in totals.dimensions), "f.status = d.status"])
+        on = " AND ".join([*(f"{expressions[d]} IS NOT DISTINCT FROM d.{d}" for d in totals.dimensions),
+                           "f.status = d.status", "f.chunk = d.chunk"])
         per_chunk += f" SEMI JOIN touched d ON {on}"
-    per_chunk += " GROUP BY ALL"
-    conn.execute(f"""INSERT INTO {name} ({', '.join(totals.columns)})
-                     SELECT {', '.join(key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(volunteers)
-                     FROM ({per_chunk}) GROUP BY ALL""")
+    conn.execute(f"INSERT INTO {name} ({', '.join(totals.columns)}) {per_chunk} GROUP BY ALL")
     if touched is not None:
         conn.execute("DROP TABLE touched")
 

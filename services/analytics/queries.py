@@ -343,7 +343,7 @@ def totals_expressions(totals: Totals) -> dict[str, str]:
 
 
 def totals_for(question: Question) -> str | None:
-    """The first table of totals (store.py TOTALS) whose rows are `question`'s cells, one per group, or None:
+    """The first table of totals (store.py TOTALS) whose rows are `question`'s cells (a row per group and chunk), or None:
     a question the cells answer (`rollup_for`: whole months), of one status, seen nationally, whose every
     grouped dimension is one of the table's and computed the same way, every other dimension of the table
     fixed to one value by a filter, and no other filter (dates and periods only on a table with months)."""
@@ -368,7 +368,8 @@ def totals_for(question: Question) -> str | None:
     return None
 
 
-# A measure of one group from its row of totals `f` (summed as the cells' measures are: one row per group).
+# A measure of one group and chunk from its row of totals `f` (summed over the group's chunks as the cells'
+# measures are: a volunteer is in one chunk only).
 TOTALS_COLUMN_SQL = {"volunteers": "f.volunteers", "hours": _HOURS, "activities": "f.activities",
                      "beneficiaries": "f.ben_female + f.ben_male + f.ben_other", "beneficiaries_female": "f.ben_female",
                      "beneficiaries_male": "f.ben_male", "beneficiaries_other": "f.ben_other",

@@ -207,10 +207,12 @@ CELLS = {
 class Totals:
     """The answers of one shape of question, whole: per group of `dimensions` (as the analytics endpoints
     compute them: `queries.ACTIVITY_EXPRESSIONS`, or `RESIDENCE_EXPRESSIONS` if `residence`, over the
-    columns of the table of cells `cells`) and status, the sums and the number of distinct volunteers.
-    Kept from the cells for the groups a batch touched (their chunks' bitmaps OR-ed, popcounts summed).
-    A question asking for exactly these groups (every dimension grouped, or fixed to one value by a
-    filter; one status) reads one row per group and no bitmap: `queries.totals_for`."""
+    columns of the table of cells `cells`), status and chunk of volunteer keys, the sums and the number of
+    distinct volunteers (the popcount of the group's cells' bitmaps in that chunk OR-ed). Kept from the cells
+    for the groups and chunks a batch touched: a batch of a few chunks reads only those chunks' cells of its
+    groups (5 ms where a group's every chunk took 32 at 10 M activities). A question asking for exactly these
+    groups (every dimension grouped, or fixed to one value by a filter; one status) sums a group's rows over
+    its chunks and reads no bitmap: `queries.totals_for`."""
 
     cells: str
     dimensions: tuple[str, ...]
@@ -218,7 +220,7 @@ class Totals:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        return (*self.dimensions, "status", *ROLLUP_SUMS, "volunteers")
+        return (*self.dimensions, "status", "chunk", *ROLLUP_SUMS, "volunteers")
 
 
 # The issue's dashboards and a few common shapes; the router takes the first that answers a question.
@@ -263,7 +265,10 @@ FIGURE_TABLES = {
     # A cell's chunks and bitmaps hold keys: its sums and number of volunteers over its chunks are the figures.
     **{name: (f"{', '.join(cells.key)}, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, sum(bit_count(volunteers)) "
               f"FROM {name} GROUP BY {', '.join(cells.key)}") for name, cells in CELLS.items()},
-    **{name: "*" for name in TOTALS},
+    # Likewise a group's rows of totals: one per chunk.
+    **{name: (f"{''.join(d + ', ' for d in totals.dimensions)}status, {', '.join(f'sum({c})' for c in ROLLUP_SUMS)}, "
+              f"sum(volunteers) FROM {name} GROUP BY {''.join(d + ', ' for d in totals.dimensions)}status")
+       for name, totals in TOTALS.items()},
 }
 
 
@@ -360,11 +365,13 @@ class AnalyticsStore:
                                 "`python -m services.analytics.rebuild` with the service stopped")
 
     def _drop_outdated_cells(self) -> bool:
-        """Tables of cells of an earlier shape (one dense bitmap per cell, no `chunk`; no indexed `cell`) are
-        dropped, to be made again and computed from the activity rows; whether there were any."""
+        """Tables of cells of an earlier shape (one dense bitmap per cell, no `chunk`; no indexed `cell`) and of
+        totals of an earlier shape (no `chunk`) are dropped, to be made again and computed from the activity
+        rows; whether there were any."""
         old = [name for (name,) in self._conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'cells_%' AND table_name NOT IN "
-            "(SELECT table_name FROM information_schema.columns WHERE column_name = 'cell')").fetchall()]
+            "SELECT table_name FROM information_schema.tables WHERE (table_name LIKE 'cells_%' AND table_name NOT IN "
+            "(SELECT table_name FROM information_schema.columns WHERE column_name = 'cell')) OR (table_name LIKE 'totals_%' "
+            "AND table_name NOT IN (SELECT table_name FROM information_schema.columns WHERE column_name = 'chunk'))").fetchall()]
         for name in old:
             self._conn.execute(f"DROP TABLE {name}")
         return bool(old)

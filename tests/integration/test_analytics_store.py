@@ -22,7 +22,7 @@ from services.analytics.projections import HANDLERS, StoreBatches, rederive
 from services.analytics.queries import (
     REPORTS, figures_of, figures_sql, rollup_for, skill_totals_answer, skills_sql, totals_for,
 )
-from services.analytics.store import CELLS, MEMORY, WRITER_NICENESS, AnalyticsStore
+from services.analytics.store import CELLS, MEMORY, TOTALS, WRITER_NICENESS, AnalyticsStore
 from shared.caller import CallerContext
 from shared.events import (
     ACTIVITY_CORRECTED, ACTIVITY_REASSIGNED, ACTIVITY_REJECTED, ACTIVITY_SUBMITTED, ACTIVITY_VERIFIED, ACTIVITY_VOIDED,
@@ -485,6 +485,10 @@ async def test_the_rollups_answer_as_the_activity_rows_do(seed, chunk_bits, monk
         for name, cells in CELLS.items():
             assert store.query(f"""SELECT count(*), count(DISTINCT cell), count(*) FILTER (WHERE cell <> {cells.cell(name)})
                                    FROM {name}""")[0] == (*[store.query(f"SELECT count(*) FROM {name}")[0][0]] * 2, 0), name
+        # One row of totals per group, status and chunk (a row its batch failed to delete would be a second one).
+        for name, totals in TOTALS.items():
+            key = ", ".join((*totals.dimensions, "status", "chunk"))
+            assert store.query(f"SELECT count(*) - count(DISTINCT ({key})) FROM {name}") == [(0,)], name
         # Kept per batch, the rollups equal those derived from scratch.
         kept = store.contents()
         store.write(rederive)
@@ -568,10 +572,10 @@ async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answer
         rebuilding.close()
 
 
-async def test_a_store_whose_cells_or_skills_totals_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
+async def test_a_store_whose_rollups_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
     """A store written before the cells were kept in chunks of volunteer keys, or before each was found by
-    its indexed `cell`, or before the skills totals, opens with those tables made again from its rows: the same figures,
-    no rebuild from the log needed, and batches applied after find their cells."""
+    its indexed `cell`, or before the skills totals or the totals per chunk, opens with those tables made again
+    from its rows: the same figures, no rebuild from the log needed, and batches applied after find their cells."""
     history, _, _ = mixed_history(0)
     path = str(tmp_path / "analytics.duckdb")
     built = AnalyticsStore(path)
@@ -590,6 +594,10 @@ async def test_a_store_whose_cells_or_skills_totals_are_of_an_earlier_shape_gets
         # Before the skills totals were kept.
         assert expected["skill_totals"]
         built.query("DROP TABLE skill_totals")
+        # Totals of one row per group, without chunks.
+        built.query("DROP TABLE totals_province_month")
+        built.query("CREATE TABLE totals_province_month AS SELECT province, month, status, 0::BIGINT AS activities "
+                    "FROM activity LIMIT 3")
     finally:
         built.close()
     reopened = AnalyticsStore(path)
