@@ -407,13 +407,18 @@ def refresh_skill_pairs(conn: duckdb.DuckDBPyConnection, survivors: list | None)
 def refresh_pair_usage(conn: duckdb.DuckDBPyConnection, keys: list[int]) -> None:
     """After the summary rows of the survivors `keys` were recomputed: their pairs' hours and links, and
     `skill_totals` with them."""
-    usage = _USAGE.format(scope="volunteer_key IN (SELECT unnest($1::INTEGER[]))")
-    scope = "volunteer_id IN (SELECT id FROM volunteer WHERE key IN (SELECT unnest($1::INTEGER[])))"
-    with _skill_totals_moved(conn, scope, [keys]):
+    # Most volunteers have no pair (no baseline and endline): then nothing to do (their usage took ~30 ms at 10 M).
+    paired = [row[0] for row in conn.execute(
+        "SELECT DISTINCT volunteer_id FROM skill_pair WHERE volunteer_id IN "
+        "(SELECT id FROM volunteer WHERE key IN (SELECT unnest($1::INTEGER[])))", [keys]).fetchall()]
+    if not paired:
+        return
+    usage = _USAGE.format(scope="survivor_id IN (SELECT unnest($1::UUID[]))")
+    with _skill_totals_moved(conn, "volunteer_id IN (SELECT unnest($1::UUID[]))", [paired]):
         conn.execute(f"""UPDATE skill_pair SET {', '.join(f'{c} = n.{c}' for c in _USED_COLUMNS)}
                          FROM (SELECT v.id, {_USED} FROM volunteer v
-                               LEFT JOIN ({usage}) u ON u.survivor_id = v.id WHERE v.key IN (SELECT unnest($1::INTEGER[]))) n
-                         WHERE skill_pair.volunteer_id = n.id""", [keys])
+                               LEFT JOIN ({usage}) u ON u.survivor_id = v.id WHERE v.id IN (SELECT unnest($1::UUID[]))) n
+                         WHERE skill_pair.volunteer_id = n.id""", [paired])
 
 
 _SKILL_TOTALS_KEY = ("instrument", "program", "hours_band", "item")
