@@ -137,14 +137,17 @@ class Changes:
         its sums are added and its volunteer's bit set, without reading that volunteer's other rows. The
         volunteers whose rows may otherwise change (`affected`: of a stored activity the batch changes, before
         and after; of a new verified one; those the batch touched, before and after a merge; of a renamed
-        programme) have their counted rows read before and after the batch and the cells moved by the
-        difference (`refresh_rollups`), their summary rows recomputed."""
+        programme) have their counted rows read before the batch (and again after it when it changed volunteers or
+        programmes; otherwise their rows after it are known from those and the staged ones) and the cells moved by
+        the difference (`refresh_rollups`), their summary rows recomputed."""
         new: dict[uuid.UUID, tuple[int, str]] = {}
         stored: list[uuid.UUID] = []
+        revisions: dict[uuid.UUID, int] = {}
         if self.activities:
             _stage_activities(conn, list(self.activities.values()))
             # Found in the key's index, then inserted plainly: DuckDB's ON CONFLICT costs ~70 ms at 10 M rows.
-            stored = [row[0] for row in conn.execute(f"SELECT id FROM activity WHERE {_any_id(list(self.activities))}").fetchall()]
+            revisions = dict(conn.execute(f"SELECT id, revision FROM activity WHERE {_any_id(list(self.activities))}").fetchall())
+            stored = list(revisions)
             new = {row[0]: (row[1], row[2]) for row in conn.execute(
                 f"SELECT id, volunteer_key, status FROM staged WHERE NOT {_any_id(stored)}").fetchall()}
             conn.execute(f"INSERT INTO activity {STAGED} WHERE NOT {_any_id(stored)}")
@@ -160,30 +163,43 @@ class Changes:
                           list(self.programs))
         added = [i for i, (key, status) in new.items() if status in COUNTED and key not in affected]
         keys = sorted(affected)
-        # Before any stored row changes: the affected volunteers' rows as the cells hold them (the new rows,
-        # already inserted, left out).
-        note_rollup_rows(conn, keys, leaving_out=[i for i, (key, _) in new.items() if key in affected])
+        arriving = [i for i, (key, _) in new.items() if key in affected]  # new rows, already inserted
+        # A batch that changes no volunteer and no programme changes only the rows of its own activities: the
+        # affected volunteers' rows after it are those read before it with the replaced ones (a higher revision
+        # staged) swapped for the staged ones, so they are read once, not twice (a read of a few volunteers' rows
+        # costs nearly a scan of the table's columns: they are spread over it; ~30 ms at 10 M rows).
+        reread = bool(touched or self.programs)
+        replaced = [i for i in stored if self.activities[i][1] > revisions[i]]
+        if keys and not reread:
+            leaving_out = f" AND NOT {_any_id(arriving)}" if arriving else ""
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE kept_rows AS {_counted_rows(('id', *BATCH_COLUMNS))}{leaving_out}", [keys])
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain('kept_rows')}")
+        else:
+            # Before any stored row changes: the affected volunteers' rows as the cells hold them.
+            note_rollup_rows(conn, keys, leaving_out=arriving)
         if stored:
             _upsert_staged(conn, stored)
+        columns = ", ".join(BATCH_COLUMNS)
         if self.activities:
-            conn.execute(f"""CREATE OR REPLACE TEMP TABLE batch_rows AS
-                             SELECT {', '.join(BATCH_COLUMNS)} FROM staged WHERE id IN (SELECT unnest($1::UUID[]))""",
-                         [added])
-            conn.execute("DROP TABLE staged")
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM staged WHERE {_any_id(added)}")
         else:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {', '.join(BATCH_COLUMNS)} FROM activity LIMIT 0")
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM activity LIMIT 0")
         if touched:
             redenormalise(conn, touched)
         self._programs_renamed(conn)
         if keys:
-            # The affected volunteers' rows as they are now, read once (a read of a few volunteers' rows costs
-            # nearly a scan of the table's columns: they are spread over it) for the summary and the cells.
-            conn.execute(f"INSERT INTO batch_rows {_counted_rows(BATCH_COLUMNS)}", [keys])
+            # The affected volunteers' rows as they are now, for the summary and the cells.
+            if reread:
+                conn.execute(f"INSERT INTO batch_rows {_counted_rows(BATCH_COLUMNS)}", [keys])
+            else:
+                conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM kept_rows WHERE NOT {_any_id(replaced)}")
+                conn.execute(f"""INSERT INTO batch_rows SELECT {columns} FROM staged WHERE {_any_id([*replaced, *arriving])}
+                                 AND status IN ({ROLLED_UP}) AND volunteer_key IN (SELECT unnest($1::INTEGER[]))""", [keys])
             refresh_summary(conn, keys, rows="batch_rows")
             refresh_pair_usage(conn, keys)
         if keys or added:
             refresh_rollups(conn, "batch_rows")
-        for temporary in ("old_rows", "batch_rows"):
+        for temporary in ("old_rows", "batch_rows", "kept_rows", "staged"):
             conn.execute(f"DROP TABLE IF EXISTS {temporary}")
 
     def _programs_renamed(self, conn: duckdb.DuckDBPyConnection) -> None:
