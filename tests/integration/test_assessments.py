@@ -97,7 +97,8 @@ BAD_INPUT = [
     ("a boolean", {"scores": {**SOFT, "teamwork": True}}, ["body", "scores", "teamwork"]),
     ("a string", {"scores": {**SOFT, "teamwork": "3"}}, ["body", "scores", "teamwork"]),
     ("no scores", {"scores": None}, ["body", "scores"]),
-    ("taken tomorrow in Phnom Penh", {"taken_on": str(phnom_penh_today() + timedelta(days=1))}, ["body", "taken_on"]),
+    # Tomorrow when the test runs, not when it is collected (a run crossing Phnom Penh's midnight sent today).
+    ("taken tomorrow in Phnom Penh", {"taken_on": lambda: str(phnom_penh_today() + timedelta(days=1))}, ["body", "taken_on"]),
     ("an impossible date", {"taken_on": "2026-02-30"}, ["body", "taken_on"]),
     ("an unknown volunteer", {"volunteer_id": str(uuid.uuid4())}, ["body", "volunteer_id"]),
     ("replacing nothing", {"replaces": str(uuid.uuid4())}, ["body", "replaces"]),
@@ -107,7 +108,7 @@ BAD_INPUT = [
 @pytest.mark.parametrize(("what", "change", "loc"), BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
 async def test_bad_input_is_a_422_naming_the_field_and_records_nothing(admin: httpx.AsyncClient, what, change, loc):
     volunteer = await register(admin)
-    body = {**assessment_body(volunteer["id"]), **change}
+    body = {**assessment_body(volunteer["id"]), **{k: v() if callable(v) else v for k, v in change.items()}}
     assert_problem(await admin.post("/assessments", json={k: v for k, v in body.items() if v is not None}), 422, loc)
     assert await walk(admin, "/assessments", volunteer_id=volunteer["id"]) == []
 
