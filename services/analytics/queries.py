@@ -567,8 +567,8 @@ def _skill_totals_sql(question: Question) -> Statement:
 
     def mean(total: str) -> str:
         return f"round(CAST({total} AS DOUBLE) / sum(volunteers), 2)"
-    sums = f"SELECT {keys}item, sum(volunteers) AS volunteers, {mean('sum(baseline)')} AS b, {mean('sum(endline)')} AS e, " \
-           f"{mean('sum(endline) - sum(baseline)')} AS c FROM skill_totals WHERE {' AND '.join(conditions)} {grouped}"
+    sums = (f"SELECT {keys}item, sum(volunteers) AS volunteers, {mean('sum(baseline)')} AS b, {mean('sum(endline)')} AS e, "
+            f"{mean('sum(endline) - sum(baseline)')} AS c FROM skill_totals WHERE {' AND '.join(conditions)} {grouped}")
     by_group = f"GROUP BY {', '.join(dims)}" if dims else "GROUP BY ()"
     items = (f"SELECT {keys}list({{'item': item, 'b': b, 'e': e, 'c': c}} ORDER BY item) AS items FROM sums "
              f"WHERE item IS NOT NULL {by_group}")

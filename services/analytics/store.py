@@ -327,14 +327,14 @@ class AnalyticsStore:
         self._writer = ThreadPoolExecutor(1, "analytics-writer", initializer=_lower_priority) if serving else None
         self._conn = self._connect(self.path)
         self._refuse_outdated()
-        reshaped = self._drop_outdated_cells()
+        reshaped = self._drop_outdated_rollups()
         before = self._tables()
         unpaired = before and not {"skill_pair", "skill_totals"} <= before
         reshaped = reshaped or bool(before and not set(TOTALS) <= before)
         self._conn.execute(DDL)
         self._write_lock = threading.Lock()
         from services.analytics.projections import refresh_rollups, refresh_skill_pairs  # they import this module
-        if reshaped:  # cells of the first shape, or tables of totals it did not have: computed from the rows
+        if reshaped:  # rollups of an earlier shape, or tables of totals it did not have: computed from the rows
             self.write(lambda conn: refresh_rollups(conn, None))
         if unpaired:  # a store made before the tables: filled from its assessments and summary
             self.write(lambda conn: refresh_skill_pairs(conn, None))
@@ -364,7 +364,7 @@ class AnalyticsStore:
             raise StoreOutdated(f"{self.path} predates the activity rows' month and the rollups: run "
                                 "`python -m services.analytics.rebuild` with the service stopped")
 
-    def _drop_outdated_cells(self) -> bool:
+    def _drop_outdated_rollups(self) -> bool:
         """Tables of cells of an earlier shape (one dense bitmap per cell, no `chunk`; no indexed `cell`) and of
         totals of an earlier shape (no `chunk`) are dropped, to be made again and computed from the activity
         rows; whether there were any."""
