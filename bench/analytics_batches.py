@@ -25,11 +25,11 @@ from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 
-from bench.analytics_engine import submission
+from bench.analytics_engine import event_of, submission
 from bench.stack import cpu_speed
 from services.analytics import projections
 from services.analytics.store import AnalyticsStore
-from shared.events import ACTIVITY_VERIFIED, encode_event, parse_event
+from shared.events import ACTIVITY_VERIFIED
 
 TODAY = date(2026, 12, 1)
 
@@ -48,11 +48,6 @@ class Timed:
 
     def __getattr__(self, name: str):
         return getattr(self._conn, name)
-
-
-def event_of(kind: str, data: dict) -> tuple:
-    event = parse_event(encode_event(kind, data["id"], data).value)
-    return event, event.payload()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,7 +131,12 @@ def submission(volunteer, project: tuple, day: date) -> tuple:
             "date": day.isoformat(), "hours": 2.0, "approved_hours": None,
             "location_code": "1201", "beneficiaries": {"female": 1, "male": 0, "other": 0, "children": 0},
             "status": "submitted", "version": 1, "revision": 1}
-    event = parse_event(encode_event(ACTIVITY_SUBMITTED, data["id"], data).value)
+    return event_of(ACTIVITY_SUBMITTED, data)
+
+
+def event_of(kind: str, data: dict) -> tuple:
+    """The event of type `kind` carrying `data` (with its `id`) as the consumer receives it: (event, payload)."""
+    event = parse_event(encode_event(kind, data["id"], data).value)
     return event, event.payload()
 
 
