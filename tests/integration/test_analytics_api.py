@@ -146,6 +146,19 @@ async def test_skills_change_by_hours_band(admin: httpx.AsyncClient, world: Figu
     assert row["items"]["teamwork"] == {"baseline_mean": 3.0, "endline_mean": 3.0, "mean_change": 0.0}
 
 
+async def test_skills_by_programme_and_hours_band_asked_nationally_come_from_the_kept_totals(admin: httpx.AsyncClient,
+                                                                                              world: Figures):
+    """Asked nationally over all dates, skills by programme × hours band is read from the totals the consumer
+    keeps on write (`skill_totals`), not from the pairs: the world's programme (its own) gives the figures above."""
+    answer = await figures_of(admin, "skills", instrument="soft-skills-v1", group_by="program,hours_band",
+                              program=world.program_code)
+    [row] = answer["rows"]
+    assert (row["program"], row["hours_band"], row["volunteers"], row["baseline_mean"], row["endline_mean"],
+            row["mean_change"]) == (world.program_code, "0-19", 2, 14.0, 15.5, 1.5)
+    assert row["items"]["communication"] == {"baseline_mean": 2.0, "endline_mean": 3.5, "mean_change": 1.5}
+    assert row["items"]["teamwork"] == {"baseline_mean": 3.0, "endline_mean": 3.0, "mean_change": 0.0}
+
+
 async def test_csv_and_hxl(admin: httpx.AsyncClient, world: Figures):
     params = {"group_by": "province", "project": world.project["id"]}
     answer = await admin.get("/analytics/hours", params=params, headers={"Accept": "text/csv"})
