@@ -9,13 +9,13 @@ Two ways to run it, both `python -m services.analytics.rebuild`:
   on), reads what arrived meanwhile and swaps the new store in. The command prints its progress.
 
 The bulk path pays no per-event idempotence cost: activity events (nearly all of a log) go to DuckDB as
-the messages are, and it decodes, checks and keeps each activity's highest revision in a few statements
-per batch (`ActivityRows`), taking the denormalised columns from the volunteers stored so far; the others
-are noted in `Changes` as the live consumer notes them (newest state per entity, projections.py). A
+the messages are, and it decodes and checks them in a few statements per batch (`ActivityRows`), keeping
+their rows aside; once the log is read, each activity's highest revision is stored in one statement
+(`settle`), with its volunteer's columns as they then stand; the others are noted in `Changes` as the live consumer notes them (newest state per entity, projections.py). A
 batch of `BATCH_EVENTS` is written while the next is read, with the next offset of each partition
 (`consumed_offsets`) in the same transaction. Activity event ids are not recorded (every projection is
 idempotent: store.py), those of the few other events are, as the live consumer would. The summary for
-skills and the dashboards' rollups are computed once, at the end. An offline rebuild then commits the
+skills and the dashboards' rollups are computed once, at the end, too. An offline rebuild then commits the
 offsets to the service's consumer group, so the service resumes where the rebuild stopped instead of
 reading the log again.
 
@@ -117,8 +117,8 @@ _VALID = " AND ".join([
 
 class ActivityRows:
     """The bulk path of activity events (nearly all of a log): the messages handed to DuckDB as they
-    are, decoded, checked and deduplicated there in a few statements per batch, no Python object per
-    event (decoding into the models and passing Python lists took 4 of every 5 seconds of a rebuild)."""
+    are, decoded and checked there in a few statements per batch and kept aside until `settle`, no Python
+    object per event (decoding into the models and passing Python lists took 4 of every 5 seconds of a rebuild)."""
 
     def __init__(self) -> None:
         self.messages: list[str] = []
@@ -130,34 +130,18 @@ class ActivityRows:
         self.messages.append(raw.decode(errors="replace"))
 
     def flush(self, conn: duckdb.DuckDBPyConnection) -> int:
-        """Keep each activity's highest revision and record the events, in the caller's transaction;
-        returns the events refused (recorded as dead letters, as the live consumer does)."""
+        """Decode and check the batch's activity events and append the valid ones' rows to `replayed_activity`
+        (`settle` stores each activity's highest revision at the end), in the caller's transaction; returns
+        the events refused (recorded as dead letters, as the live consumer does)."""
         if not self.messages:
             return 0
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE replayed AS
             SELECT e, coalesce({_VALID}, false) AS valid
             FROM (SELECT TRY(from_json(j, '{_ACTIVITY_JSON}')) AS e FROM (SELECT unnest($1::VARCHAR[]) AS j))""",
                      [self.messages])
-        conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT e.data.volunteer_id FROM replayed WHERE valid "
-                     "ON CONFLICT DO NOTHING")
-        columns = ", ".join([*ACTIVITY_COLUMNS, *DENORMALISED])
-        d = "e.data"
-        conn.execute(f"""INSERT INTO activity ({columns})
-            SELECT a.*, {", ".join(DENORMALISED.values())} FROM (
-                SELECT {d}.id, {d}.revision, {d}.volunteer_id, {d}.project_id, {d}.program_id, {d}.organization_id,
-                       {d}.activity_type, {d}.focus_area, {d}.date, {d}.hours, {d}.approved_hours, {d}.status,
-                       {d}.location_code, {d}.location_code[1:2] AS province,
-                       CASE WHEN length({d}.location_code) >= 4 THEN {d}.location_code[1:4] END AS district,
-                       coalesce({d}.beneficiaries.female, 0) AS ben_female, coalesce({d}.beneficiaries.male, 0) AS ben_male,
-                       coalesce({d}.beneficiaries.other, 0) AS ben_other,
-                       coalesce({d}.beneficiaries.children, 0) AS ben_children
-                FROM replayed WHERE valid
-                QUALIFY row_number() OVER (PARTITION BY {d}.id ORDER BY {d}.revision DESC) = 1) a
-            JOIN volunteer named ON named.id = a.volunteer_id
-            JOIN volunteer s ON s.id = coalesce(named.merged_into, named.id)
-            LEFT JOIN program pg ON pg.id = a.program_id
-            ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in [*ACTIVITY_COLUMNS[1:], *DENORMALISED])}
-            WHERE excluded.revision > activity.revision""")
+        conn.execute(f"""CREATE TEMP TABLE IF NOT EXISTS replayed_activity AS
+            SELECT {REPLAYED_COLUMNS} FROM replayed LIMIT 0""")
+        conn.execute(f"INSERT INTO replayed_activity SELECT {REPLAYED_COLUMNS} FROM replayed WHERE valid")
         conn.execute("""INSERT INTO store_state SELECT 'events', max(e.time) FROM replayed WHERE valid
             HAVING max(e.time) IS NOT NULL
             ON CONFLICT (name) DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""")
@@ -169,6 +153,41 @@ class ActivityRows:
         refused = conn.execute("SELECT count(*) FROM replayed WHERE NOT valid").fetchone()[0]
         conn.execute("DROP TABLE replayed")
         return refused
+
+
+# An activity event's columns of `activity` as `ActivityRows.flush` keeps them (the denormalised ones come
+# in `settle`).
+_REPLAYED = {**{c: f"e.data.{c}" for c in ACTIVITY_COLUMNS},
+             "province": "e.data.location_code[1:2]",
+             "district": "CASE WHEN length(e.data.location_code) >= 4 THEN e.data.location_code[1:4] END",
+             **{f"ben_{k}": f"coalesce(e.data.beneficiaries.{k}, 0)" for k in ("female", "male", "other", "children")}}
+REPLAYED_COLUMNS = ", ".join(f"{e} AS {c}" for c, e in _REPLAYED.items())
+
+
+def settle(conn: duckdb.DuckDBPyConnection) -> None:
+    """Store the replayed activities, each at its highest revision, with its volunteer's columns as they
+    stand once the whole log is read (a merge, a correction of a date of birth or a programme's code
+    read after the activity is already in them); every volunteer named gets a row. One statement at the
+    end instead of an upsert per batch: DuckDB's conflict check on the growing primary key cost 42 s of a
+    10 M-activity rebuild's 134 s of writing, the whole insert at the end 15 s. Rows already stored (the
+    rare activity event not in the catalogue's serialisation, which takes the models' path) are replaced
+    only by a higher revision."""
+    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = 'replayed_activity'"
+                        ).fetchone()[0]:
+        return
+    conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT volunteer_id FROM replayed_activity ON CONFLICT DO NOTHING")
+    columns = ", ".join([*ACTIVITY_COLUMNS, *DENORMALISED])
+    stored = conn.execute("SELECT count(*) FROM (SELECT 1 FROM activity LIMIT 1)").fetchone()[0]
+    conflict = (f""" ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in [*ACTIVITY_COLUMNS[1:], *DENORMALISED])}
+            WHERE excluded.revision > activity.revision""" if stored else "")
+    conn.execute(f"""INSERT INTO activity ({columns})
+        SELECT a.*, {", ".join(DENORMALISED.values())} FROM (
+            SELECT {", ".join(ACTIVITY_COLUMNS)} FROM replayed_activity
+            QUALIFY row_number() OVER (PARTITION BY id ORDER BY revision DESC) = 1) a
+        JOIN volunteer named ON named.id = a.volunteer_id
+        JOIN volunteer s ON s.id = coalesce(named.merged_into, named.id)
+        LEFT JOIN program pg ON pg.id = a.program_id{conflict}""")
+    conn.execute("DROP TABLE replayed_activity")
 
 
 class Replay:
@@ -306,9 +325,10 @@ def stored_offsets(store: AnalyticsStore) -> dict[TopicPartition, int]:
 
 
 async def finish(store: AnalyticsStore) -> None:
-    """What the bulk path leaves to the end: the skills summary, the dashboards' rollups (cells and totals)
+    """What the bulk path leaves to the end: the activity rows (`settle`), the skills summary, the dashboards' rollups (cells and totals)
     and the skill pairs, from every activity and assessment at once."""
     def work(conn: duckdb.DuckDBPyConnection) -> None:
+        settle(conn)
         refresh_summary(conn, None)
         refresh_rollups(conn, None)
         refresh_skill_pairs(conn, None)

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import orjson
 
-from services.analytics.rebuild import describe, rebuild_offline
+from services.analytics.rebuild import ACTIVITY_MARK, Batch, bulk_writer, describe, finish, rebuild_offline
 from services.analytics.store import MEMORY, AnalyticsStore
 from shared.events import ACTIVITY_VOIDED
 from tests.conftest import eventually
 from tests.harness import Stack
 from tests.integration.activity_factories import activity_body, log, setting
 from tests.integration.analytics_events import (
-    OwnTopics, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for, shuffled_with_duplicates,
+    OwnTopics, apply_in_order, make_topics, organisation_hours, processed, programme_history, publish, records_of, settings_for, shuffled_with_duplicates,
     store_consumer,
 )
 
@@ -65,6 +65,39 @@ async def test_an_offline_rebuild_gives_the_live_store(broker, tmp_path):
     finally:
         rebuilt.close()
         live.close()
+
+
+async def test_activities_read_both_ways_keep_their_highest_revision():
+    """An activity event in the catalogue's serialisation takes the bulk path (kept aside, stored at the
+    end); one serialised otherwise (here indented) takes the models' path and is stored at once. The
+    same activity's revisions read both ways, in any order and batch, end at its highest, as the live
+    consumer's do."""
+    history = programme_history()
+    activities = [e for e in history.events if e.type.startswith("vmc.activity.")]
+    revisions = {}
+    for event in activities:
+        revisions.setdefault(event.data["id"], set()).add(event.data["revision"])
+    assert any(len(r) >= 3 for r in revisions.values())  # corrected, then verified or voided
+    expected = await apply_in_order(history.events)
+    for seed in range(3):
+        store = AnalyticsStore(MEMORY)
+        write, batch = bulk_writer(store), Batch()
+        for n, event in enumerate(shuffled_with_duplicates(history.events, seed, 5)):
+            raw = event.to_bytes()
+            if event in activities and (event.data["revision"] + seed) % 2:
+                raw = orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2)
+                assert ACTIVITY_MARK not in raw
+            batch.add(raw)
+            if n % 4 == 3:
+                write(batch)
+                batch = Batch()
+        write(batch)
+        await finish(store)
+        try:
+            assert store.contents() == expected.contents(), f"seed {seed}"
+        finally:
+            store.close()
+    expected.close()
 
 
 def test_the_rebuild_command_refuses_a_store_a_running_service_holds(stack: Stack):
