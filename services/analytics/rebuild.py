@@ -9,16 +9,15 @@ Two ways to run it, both `python -m services.analytics.rebuild`:
   on), reads what arrived meanwhile and swaps the new store in. The command prints its progress.
 
 The bulk path pays no per-event idempotence cost: activity events (nearly all of a log) go to DuckDB as
-the messages are, and it decodes and checks them in a few statements per batch (`ActivityRows`), two
-batches at once on cursors of their own, keeping their rows in an in-memory scratch database (`SCRATCH`);
-once the log is read, each activity's highest revision is stored in one statement (`settle`), with its
-volunteer's columns as they then stand. The other events are noted in `Changes` as the live consumer notes
-them (newest state per entity, projections.py) and written by the store's writer with the next offset of
-each partition (`consumed_offsets`). Batches of `BATCH_EVENTS` are written while the next is read.
-Activity event ids are not recorded (every projection is idempotent: store.py), those of the few other
-events are, as the live consumer would. The summary for skills and the dashboards' rollups are computed
-once, at the end, too. An offline rebuild then commits the offsets to the service's consumer group, so
-the service resumes where the rebuild stopped instead of reading the log again.
+the messages are, and it decodes and checks them in a few statements per batch (`ActivityRows`), keeping
+their rows aside; once the log is read, each activity's highest revision is stored in one statement
+(`settle`), with its volunteer's columns as they then stand; the others are noted in `Changes` as the live consumer notes them (newest state per entity, projections.py). A
+batch of `BATCH_EVENTS` is written while the next is read, with the next offset of each partition
+(`consumed_offsets`) in the same transaction. Activity event ids are not recorded (every projection is
+idempotent: store.py), those of the few other events are, as the live consumer would. The summary for
+skills and the dashboards' rollups are computed once, at the end, too. An offline rebuild then commits the
+offsets to the service's consumer group, so the service resumes where the rebuild stopped instead of
+reading the log again.
 
 Where the log ends: Tansu answers ListOffsets(LATEST) wrongly (measured.md), so the end of each
 partition is the high watermark that fetch responses carry, not `end_offsets()`.
@@ -246,8 +245,7 @@ class Replay:
     async def run(self, write: Callable[[Batch], int], on_progress: Callable[[Progress], None] | None = None,
                   every: float = 1.0) -> None:
         """Read until every partition is at its high watermark; `write(batch)` (blocking, run in a
-        worker thread, returning the events it refused) stores the batches, `WRITES_IN_FLIGHT` at a time,
-        while the next one is read."""
+        worker thread, returning the events it refused) stores each batch while the next one is read."""
         assert self._consumer is not None
         pending: list[asyncio.Future] = []
         batch = Batch()
