@@ -55,9 +55,6 @@ from shared.events import ACTIVITIES_TOPIC, REGISTRY_TOPIC, MalformedEvent, Unkn
 TOPICS = [REGISTRY_TOPIC, ACTIVITIES_TOPIC]
 CONSUMER = "analytics"  # the live consumer's name: the ids recorded here are the ones it skips
 BATCH_EVENTS = 50_000
-# Batches written at once while the next is read: DuckDB decodes a batch's messages on one thread, so two
-# use both cores of a small machine (1.6× the decoding rate of one at a time, measured on 2 cores).
-WRITES_IN_FLIGHT = 2
 SERVICE_KEY_PREFIX = "service:"
 
 
@@ -133,24 +130,26 @@ class ActivityRows:
         self.messages.append(raw.decode(errors="replace"))
 
     def flush(self, conn: duckdb.DuckDBPyConnection) -> int:
-        """Decode and check the batch's activity events and keep the valid ones' rows, the refused ones' ids
-        and the latest event time in the scratch database (`SCRATCH`), for `settle`; returns the events
-        refused. `conn` is a cursor of its own: batches are decoded two at a time (DuckDB decodes a list of
-        messages on one thread), and only the scratch database is written, so they do not wait for the
-        store's writer."""
+        """Decode and check the batch's activity events and append the valid ones' rows to `replayed_activity`
+        (`settle` stores each activity's highest revision at the end), in the caller's transaction; returns
+        the events refused (recorded as dead letters, as the live consumer does)."""
         if not self.messages:
             return 0
-        # Materialised first: selected straight from the decoding, each column read from `e` decodes the
-        # messages again (4.5 s against 0.4 s for 50 k messages).
         conn.execute(f"""CREATE OR REPLACE TEMP TABLE replayed AS
             SELECT e, coalesce({_VALID}, false) AS valid
             FROM (SELECT TRY(from_json(j, '{_ACTIVITY_JSON}')) AS e FROM (SELECT unnest($1::VARCHAR[]) AS j))""",
                      [self.messages])
-        conn.execute(f"INSERT INTO {SCRATCH}.activity SELECT {REPLAYED_COLUMNS} FROM replayed WHERE valid")
-        conn.execute(f"INSERT INTO {SCRATCH}.event_time SELECT max(e.time) FROM replayed WHERE valid")
+        conn.execute(f"""CREATE TEMP TABLE IF NOT EXISTS replayed_activity AS
+            SELECT {REPLAYED_COLUMNS} FROM replayed LIMIT 0""")
+        conn.execute(f"INSERT INTO replayed_activity SELECT {REPLAYED_COLUMNS} FROM replayed WHERE valid")
+        conn.execute("""INSERT INTO store_state SELECT 'events', max(e.time) FROM replayed WHERE valid
+            HAVING max(e.time) IS NOT NULL
+            ON CONFLICT (name) DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""")
         # Only the refused are recorded (as the live consumer records a dead letter): re-applying an
         # activity event is harmless, and the offsets say where the live consumer resumes.
-        conn.execute(f"INSERT INTO {SCRATCH}.refused SELECT e.id FROM replayed WHERE NOT valid")
+        conn.execute(f"""INSERT INTO processed_events (consumer, event_id, outcome)
+            SELECT DISTINCT '{CONSUMER}', e.id, 'dead_letter' FROM replayed WHERE NOT valid AND e.id IS NOT NULL
+            ON CONFLICT DO NOTHING""")
         refused = conn.execute("SELECT count(*) FROM replayed WHERE NOT valid").fetchone()[0]
         conn.execute("DROP TABLE replayed")
         return refused
@@ -163,54 +162,32 @@ _REPLAYED = {**{c: f"e.data.{c}" for c in ACTIVITY_COLUMNS},
              "district": "CASE WHEN length(e.data.location_code) >= 4 THEN e.data.location_code[1:4] END",
              **{f"ben_{k}": f"coalesce(e.data.beneficiaries.{k}, 0)" for k in ("female", "male", "other", "children")}}
 REPLAYED_COLUMNS = ", ".join(f"{e} AS {c}" for c, e in _REPLAYED.items())
-# Where a replay keeps what it decoded until `settle`: an in-memory database attached to the store's, which
-# every cursor of it sees (a temporary table is its connection's own), and which DuckDB lets a transaction
-# write while others write it too. What is in it is lost with the process, as a rebuild's unfinished store
-# is: a rebuild that stops starts over.
-SCRATCH = "replay_scratch"
-
-
-def open_scratch(store: AnalyticsStore) -> None:
-    store.attach_memory(SCRATCH)
-    cursor = store.cursor()
-    try:
-        cursor.execute(f"CREATE TABLE IF NOT EXISTS {SCRATCH}.activity AS SELECT {REPLAYED_COLUMNS} "
-                       f"FROM (SELECT from_json('{{}}', '{_ACTIVITY_JSON}') AS e) LIMIT 0")
-        cursor.execute(f"CREATE TABLE IF NOT EXISTS {SCRATCH}.event_time (time TIMESTAMPTZ)")
-        cursor.execute(f"CREATE TABLE IF NOT EXISTS {SCRATCH}.refused (event_id VARCHAR)")
-    finally:
-        cursor.close()
 
 
 def settle(conn: duckdb.DuckDBPyConnection) -> None:
-    """Store the replayed activities (`SCRATCH`), each at its highest revision, with its volunteer's columns
-    as they stand once the whole log is read (a merge, a correction of a date of birth or a programme's code
-    read after the activity is already in them); every volunteer named gets a row; the refused events are
-    recorded as dead letters and the latest event time as `as_of`. One statement at the end instead of an
-    upsert per batch: DuckDB's conflict check on the growing primary key cost 42 s of a 10 M-activity
-    rebuild's 134 s of writing, the whole insert at the end 15 s. Rows already stored (the rare activity
-    event not in the catalogue's serialisation, which takes the models' path) are replaced only by a higher
-    revision."""
-    if not conn.execute(f"SELECT count(*) FROM duckdb_databases() WHERE database_name = '{SCRATCH}'").fetchone()[0]:
+    """Store the replayed activities, each at its highest revision, with its volunteer's columns as they
+    stand once the whole log is read (a merge, a correction of a date of birth or a programme's code
+    read after the activity is already in them); every volunteer named gets a row. One statement at the
+    end instead of an upsert per batch: DuckDB's conflict check on the growing primary key cost 42 s of a
+    10 M-activity rebuild's 134 s of writing, the whole insert at the end 15 s. Rows already stored (the
+    rare activity event not in the catalogue's serialisation, which takes the models' path) are replaced
+    only by a higher revision."""
+    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = 'replayed_activity'"
+                        ).fetchone()[0]:
         return
-    conn.execute(f"INSERT INTO volunteer (id) SELECT DISTINCT volunteer_id FROM {SCRATCH}.activity ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO volunteer (id) SELECT DISTINCT volunteer_id FROM replayed_activity ON CONFLICT DO NOTHING")
     columns = ", ".join([*ACTIVITY_COLUMNS, *DENORMALISED])
     stored = conn.execute("SELECT count(*) FROM (SELECT 1 FROM activity LIMIT 1)").fetchone()[0]
     conflict = (f""" ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in [*ACTIVITY_COLUMNS[1:], *DENORMALISED])}
             WHERE excluded.revision > activity.revision""" if stored else "")
     conn.execute(f"""INSERT INTO activity ({columns})
         SELECT a.*, {", ".join(DENORMALISED.values())} FROM (
-            SELECT {", ".join(ACTIVITY_COLUMNS)} FROM {SCRATCH}.activity
+            SELECT {", ".join(ACTIVITY_COLUMNS)} FROM replayed_activity
             QUALIFY row_number() OVER (PARTITION BY id ORDER BY revision DESC) = 1) a
         JOIN volunteer named ON named.id = a.volunteer_id
         JOIN volunteer s ON s.id = coalesce(named.merged_into, named.id)
         LEFT JOIN program pg ON pg.id = a.program_id{conflict}""")
-    conn.execute(f"""INSERT INTO store_state SELECT 'events', max(time) FROM {SCRATCH}.event_time
-        HAVING max(time) IS NOT NULL
-        ON CONFLICT (name) DO UPDATE SET as_of = greatest(store_state.as_of, excluded.as_of)""")
-    conn.execute(f"""INSERT INTO processed_events (consumer, event_id, outcome)
-        SELECT DISTINCT '{CONSUMER}', event_id, 'dead_letter' FROM {SCRATCH}.refused WHERE event_id IS NOT NULL
-        ON CONFLICT DO NOTHING""")
+    conn.execute("DROP TABLE replayed_activity")
 
 
 class Replay:
@@ -247,7 +224,7 @@ class Replay:
         """Read until every partition is at its high watermark; `write(batch)` (blocking, run in a
         worker thread, returning the events it refused) stores each batch while the next one is read."""
         assert self._consumer is not None
-        pending: list[asyncio.Future] = []
+        pending: asyncio.Future | None = None
         batch = Batch()
         shown = time.monotonic()
         rounds = 0
@@ -260,9 +237,9 @@ class Replay:
                 self.progress.events += len(messages)
                 batch.offsets[(tp.topic, tp.partition)] = messages[-1].offset + 1
             if len(batch) >= self.batch_events:
-                if len(pending) >= WRITES_IN_FLIGHT:
-                    self.progress.skipped += await pending.pop(0)
-                pending.append(asyncio.ensure_future(asyncio.to_thread(write, batch)))
+                if pending is not None:
+                    self.progress.skipped += await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(write, batch))
                 batch = Batch()
             caught_up = await self._observe()
             if on_progress and time.monotonic() - shown >= every:
@@ -272,8 +249,8 @@ class Replay:
             # catch-up, after the live consumer's last write), not from one answered before it.
             if caught_up and rounds >= 2:
                 break
-        for written in pending:
-            self.progress.skipped += await written
+        if pending is not None:
+            self.progress.skipped += await pending
         self.progress.skipped += await asyncio.to_thread(write, batch)
 
     async def _observe(self) -> bool:
@@ -322,26 +299,15 @@ class Batch:
 
 
 def bulk_writer(store: AnalyticsStore) -> Callable[[Batch], int]:
-    """Writes a replayed batch; returns the activity events refused. Safe to call from two threads at
-    once: each decodes its activity events on a cursor of its own into the scratch database, then writes the
-    rest (the other events, the offsets) in one transaction of the store's writer. A batch need not be
-    written whole or in order: every projection is order-independent, the offsets only grow, and a replay
-    that stops leaves a store that is thrown away."""
-    open_scratch(store)
-
+    """Writes a replayed batch into `store` in one transaction; returns the activity events refused."""
     def write(batch: Batch) -> int:
-        cursor = store.cursor()
-        try:
-            refused = batch.activities.flush(cursor)
-        finally:
-            cursor.close()
-
-        def work(conn) -> None:
+        def work(conn) -> int:
             batch.changes.flush(conn, summarise=False)
+            refused = batch.activities.flush(conn)
             record_processed(conn, CONSUMER, batch.ids)
             record_offsets(conn, batch.offsets)
-        store.write(work)
-        return refused
+            return refused
+        return store.write(work)
     return write
 
 
@@ -367,7 +333,6 @@ async def finish(store: AnalyticsStore) -> None:
         refresh_rollups(conn, None)
         refresh_skill_pairs(conn, None)
     await asyncio.to_thread(store.write, work)
-    store.detach(SCRATCH)
 
 
 async def hand_over_offsets(settings: AnalyticsSettings, offsets: dict[TopicPartition, int],

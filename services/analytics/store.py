@@ -414,20 +414,6 @@ class AnalyticsStore:
             self._conn.execute("SET threads = 1")
         return old_path
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A connection of its own to the store's database (the caller closes it): a rebuild decodes on it
-        beside the writer."""
-        return self._conn.cursor()
-
-    def attach_memory(self, name: str) -> None:
-        """An in-memory database `name` beside the store's, seen by every cursor (a rebuild's scratch)."""
-        with self._write_lock:
-            self._conn.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {name}")
-
-    def detach(self, name: str) -> None:
-        with self._write_lock:
-            self._conn.execute(f"DETACH DATABASE IF EXISTS {name}")
-
     # ---- reading --------------------------------------------------------------------------------
     def query(self, sql: str, params: list | dict | None = None) -> list[tuple]:
         """Rows of `sql` on a cursor of its own (a consistent snapshot, concurrent with the writer)."""
