@@ -94,16 +94,16 @@ GATEWAY_PROTOCOL = "gateway.server:GatewayHttpProtocol"
 
 def start_uvicorn(app: str, port: int, env: dict[str, str], log_path: Path | None = None, http: str | None = None,
                   wrap: Sequence[str] = ()) -> subprocess.Popen:
-    """`http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise);
+    """uvicorn (deploy/server.py: its graceful stop takes in what clients already sent) serving `app`'s
+    factory; `http`: uvicorn's --http (default: the gateway's own protocol for the gateway, httptools otherwise);
     `wrap`: a command the server runs under (a profiler, valgrind)."""
     out = open(log_path, "ab") if log_path else None
     gateway = app.startswith("gateway.")
     http = http or (GATEWAY_PROTOCOL if gateway else "httptools")
-    keep_alive = [] if gateway else ["--timeout-keep-alive", str(SERVICE_KEEP_ALIVE_SECONDS)]
+    keep_alive = 5 if gateway else SERVICE_KEEP_ALIVE_SECONDS
     return subprocess.Popen(
-        [*wrap, sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
-         "--no-access-log", "--loop", "uvloop", "--http", http, "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS),
-         *keep_alive],
+        [*wrap, sys.executable, "-m", "deploy.server", app, "--host", "127.0.0.1", "--port", str(port), "--http", http,
+         "--timeout-graceful-shutdown", str(GRACEFUL_SHUTDOWN_SECONDS), "--timeout-keep-alive", str(keep_alive)],
         env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
 

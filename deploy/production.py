@@ -47,18 +47,19 @@ GRACEFUL_SHUTDOWN_SECONDS = 8
 
 
 def serve(part: str, host: str = "0.0.0.0") -> int:
-    """Run one part under uvicorn on its `VMC_<PART>_PORT` until SIGTERM."""
+    """Run one part under uvicorn (deploy/server.py) on its `VMC_<PART>_PORT` until SIGTERM."""
     import uvicorn
 
     from deploy.processes import GATEWAY_PROTOCOL, SERVICE_KEEP_ALIVE_SECONDS
+    from deploy.server import serve as run
 
     entry = PARTS[part]
     settings = load_settings(entry.settings_class(), f"vmc serve {part}")
     gateway = part == "gateway"
-    uvicorn.run(entry.app, factory=True, host=host, port=settings.port, loop="uvloop", access_log=False,
-                http=GATEWAY_PROTOCOL if gateway else "httptools",
-                timeout_keep_alive=5 if gateway else SERVICE_KEEP_ALIVE_SECONDS,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    run(uvicorn.Config(entry.app, factory=True, host=host, port=settings.port, loop="uvloop", access_log=False,
+                       http=GATEWAY_PROTOCOL if gateway else "httptools",
+                       timeout_keep_alive=5 if gateway else SERVICE_KEEP_ALIVE_SECONDS,
+                       timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     return 0
 
 
