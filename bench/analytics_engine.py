@@ -34,7 +34,7 @@ from bench.stack import cpu_speed
 from services.analytics import queries
 from services.analytics.figures import parse_question
 from services.analytics import projections
-from services.analytics.projections import _apply_new
+from services.analytics.projections import _apply_new, catch_up
 from services.analytics.queries import REPORTS
 from services.analytics.rebuild import Batch, bulk_writer, finish
 from services.analytics.store import AnalyticsStore
@@ -149,25 +149,26 @@ def submissions(store: AnalyticsStore, count: int, today: date, rng: random.Rand
 
 
 def measure_batches(store: AnalyticsStore, today: date, runs: int) -> None:
-    """Batches applied as the live consumer applies them, design 3 (rollups kept) and design 2 (the same
-    code with `note_rollup_rows` and `refresh_rollups` left out), alternately, each rolled back."""
+    """Batches applied as the live consumer applies them (its transaction, then the upkeep's `catch_up`, here in
+    one transaction), design 3 (rollups kept) and design 2 (the same code with `refresh_rollups` left out),
+    alternately, each rolled back."""
     rng = random.Random(1)
     conn = store._conn
-    keep, keep_note = projections.refresh_rollups, projections.note_rollup_rows
+    keep = projections.refresh_rollups
     for size in (10, 500):
         times: dict[str, tuple[list[float], list[float]]] = {"2": ([], []), "3": ([], [])}
         for _ in range(runs):
             for design in ("3", "2"):
                 events = submissions(store, size, today, rng)
                 projections.refresh_rollups = keep if design == "3" else (lambda conn, rows: None)
-                projections.note_rollup_rows = keep_note if design == "3" else (lambda conn, keys, leaving_out=(): None)
                 wall, cpu = time.perf_counter(), time.process_time()
                 conn.execute("BEGIN TRANSACTION")
                 try:
                     _apply_new(conn, "analytics", events)
+                    catch_up(conn)
                 finally:
                     conn.execute("ROLLBACK")
-                    projections.refresh_rollups, projections.note_rollup_rows = keep, keep_note
+                    projections.refresh_rollups = keep
                 times[design][0].append((time.perf_counter() - wall) * 1000)
                 times[design][1].append((time.process_time() - cpu) * 1000)
         for design, (walls, cpus) in sorted(times.items()):

@@ -12,12 +12,14 @@ the order events come in, so applying an event twice changes nothing:
 
 Then the denormalised columns (store.py): a new activity row takes them from the stored volunteer and
 programme as it is inserted; a batch that changed volunteers or programmes rewrites them on the rows
-concerned; the live consumer also recomputes the touched volunteers' `volunteer_summary` rows, and moves
-the cells by the difference of their activity rows before and after the batch (the rebuild does the whole
-summary and cells once, at its end: `refresh_summary`, `refresh_rollups`).
+concerned. The live consumer's batch also notes what it changed (`pending_*`, one generation per batch);
+the upkeep (`Upkeep`, `catch_up`), in a transaction of its own, recomputes the affected volunteers'
+`volunteer_summary` rows and skill pairs and moves the cells by the difference of their activity rows
+before and after (the rebuild derives the whole summary, cells and pairs once, at its end: `derive_whole`).
 """
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +30,8 @@ import orjson
 
 from services.analytics.queries import COUNTED_STATUSES, SKILLS_PERSON_EXPRESSIONS, age_band_sql, age_sql, totals_expressions
 from services.analytics.store import (
-    CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, SKILL_LINKS, TOTALS, AnalyticsStore, Cells, Totals,
+    CELLS, CHUNK_BITS, ROLLUP_GRAIN, ROLLUP_SUMS, SKILL_LINKS, TOTALS, UPKEEP_NICENESS, AnalyticsStore, Cells, Totals,
+    lower_priority,
 )
 from shared.consumer import unseen
 from shared.events import (
@@ -42,6 +45,14 @@ from shared.events import (
 # The statuses that count under some `status` of a question: the only ones the rollups hold.
 COUNTED = sorted({status for statuses in COUNTED_STATUSES.values() for status in statuses})
 ROLLED_UP = ", ".join(f"'{status}'" for status in COUNTED)
+
+# How long the upkeep waits before trying again after a failed `catch_up` (unless a batch wakes it sooner), and
+# how long closing waits for the one running.
+UPKEEP_RETRY_SECONDS = 1.0
+UPKEEP_STOP_SECONDS = 10.0
+
+# Past this many ids, `catch_up` finds rows by a join rather than by the ids written out as constants.
+MAX_CONSTANT_IDS = 5000
 
 # Merge chains longer than this (A into B into C ...) are not expected; the bound keeps a cycle,
 # which the registry never produces, from looping.
@@ -71,9 +82,11 @@ class Changes:
         if self.as_of is None or event.time > self.as_of:
             self.as_of = event.time
 
-    def flush(self, conn: duckdb.DuckDBPyConnection, summarise: bool = True) -> None:
-        """Write everything noted into the store, inside the caller's transaction; with `summarise`,
-        recompute the summary rows of the volunteers the batch touched."""
+    def flush(self, conn: duckdb.DuckDBPyConnection, live: bool = True) -> None:
+        """Write everything noted into the store, inside the caller's transaction. `live` (the consumer's
+        batches): also note in `pending_*`, as one generation, what the derived tables must take in
+        (`catch_up`, in a transaction of its own); otherwise (the rebuild's, whose end derives them whole) not."""
+        generation = conn.execute("SELECT nextval('pending_generations')").fetchone()[0] if live else None
         if self.programs:
             _upsert(conn, "program", ["id", "code"], ["UUID", "VARCHAR"],
                     [(k, v) for k, v in self.programs.items()], "code = excluded.code")
@@ -92,16 +105,19 @@ class Changes:
             _flatten_merge_chains(conn)
         touched = list({*self.volunteers, *self.merges, *self.merges.values()})
         add_stubs(conn, [*touched, *(row[VOLUNTEER] for row in self.activities.values())])
-        if not summarise:
-            if self.activities:
-                _stage_activities(conn, list(self.activities.values()))
+        if self.activities:
+            _stage_activities(conn, list(self.activities.values()))
+            if generation is None:
                 _upsert_staged(conn, None)
-                conn.execute("DROP TABLE staged")
-            if touched:
-                redenormalise(conn, touched)
-            self._programs_renamed(conn)
-        else:
-            self._apply_rows(conn, touched)
+            else:
+                self._store_staged(conn, generation)
+            conn.execute("DROP TABLE staged")
+        if touched:
+            # Every row naming, or counted for, a volunteer the batch changed: their columns are rewritten.
+            _note_before(conn, generation, "(a.volunteer_id IN (SELECT unnest($1::UUID[])) OR "
+                                           "a.survivor_id IN (SELECT unnest($1::UUID[])))", [touched])
+            redenormalise(conn, touched)
+        self._programs_renamed(conn, generation)
         if self.assessments:
             _upsert(conn, "assessment", ASSESSMENT_COLUMNS, ASSESSMENT_TYPES, list(self.assessments.values()), None)
             ids = list(self.assessments)
@@ -111,18 +127,19 @@ class Changes:
                      AND (n.id IN (SELECT unnest($1::UUID[])) OR assessment.id IN (SELECT unnest($1::UUID[])))""",
                 [ids],
             )
-        if summarise and (self.assessments or self.merges):
+        if generation is not None and (self.assessments or self.merges):
             # The pairs of the survivors whose assessments the batch stored or replaced, and of both sides
             # of its merges (a duplicate's pair goes, its survivor's takes its assessments).
             merged = list({*self.merges, *self.merges.values()})
-            survivors = _keys(conn, """SELECT coalesce(v.merged_into, s.volunteer_id) FROM assessment s
-                                       LEFT JOIN volunteer v ON v.id = s.volunteer_id
-                                       WHERE s.id IN (SELECT unnest($1::UUID[])) OR s.replaced_by IN (SELECT unnest($1::UUID[]))
-                                       UNION SELECT id FROM volunteer WHERE id IN (SELECT unnest($2::UUID[]))
-                                       UNION SELECT merged_into FROM volunteer WHERE id IN (SELECT unnest($2::UUID[]))""",
-                              list(self.assessments), merged)
-            if survivors:
-                refresh_skill_pairs(conn, sorted(survivors))
+            conn.execute(
+                """INSERT INTO pending_survivor SELECT DISTINCT $3, survivor FROM (
+                       SELECT coalesce(v.merged_into, s.volunteer_id) AS survivor FROM assessment s
+                       LEFT JOIN volunteer v ON v.id = s.volunteer_id
+                       WHERE s.id IN (SELECT unnest($1::UUID[])) OR s.replaced_by IN (SELECT unnest($1::UUID[]))
+                       UNION SELECT id FROM volunteer WHERE id IN (SELECT unnest($2::UUID[]))
+                       UNION SELECT merged_into FROM volunteer WHERE id IN (SELECT unnest($2::UUID[])))
+                   WHERE survivor IS NOT NULL""",
+                [list(self.assessments), merged, generation])
         if self.as_of is not None:
             conn.execute(
                 """INSERT INTO store_state VALUES ('events', $1) ON CONFLICT (name)
@@ -130,82 +147,41 @@ class Changes:
                 [self.as_of],
             )
 
-    def _apply_rows(self, conn: duckdb.DuckDBPyConnection, touched: list) -> None:
-        """The activities, the volunteers' denormalised columns and programme codes, with the summary, pairs'
-        usage and cells kept. A new activity row (its id not stored yet: looked up in the primary key's index)
-        that is not verified, of a volunteer nothing else in the batch changes, only adds to its cells:
-        its sums are added and its volunteer's bit set, without reading that volunteer's other rows. The
-        volunteers whose rows may otherwise change (`affected`: of a stored activity the batch changes, before
-        and after; of a new verified one; those the batch touched, before and after a merge; of a renamed
-        programme) have their counted rows read before the batch (and again after it when it changed volunteers or
-        programmes; otherwise their rows after it are known from those and the staged ones) and the cells moved by
-        the difference (`refresh_rollups`), their summary rows recomputed."""
-        new: dict[uuid.UUID, tuple[int, str]] = {}
-        stored: list[uuid.UUID] = []
-        revisions: dict[uuid.UUID, int] = {}
-        if self.activities:
-            _stage_activities(conn, list(self.activities.values()))
-            # Found in the key's index, then inserted plainly: DuckDB's ON CONFLICT costs ~70 ms at 10 M rows.
-            revisions = dict(conn.execute(f"SELECT id, revision FROM activity WHERE {_any_id(list(self.activities))}").fetchall())
-            stored = list(revisions)
-            new = {row[0]: (row[1], row[2]) for row in conn.execute(
-                f"SELECT id, volunteer_key, status FROM staged WHERE NOT {_any_id(stored)}").fetchall()}
-            conn.execute(f"INSERT INTO activity {STAGED} WHERE NOT {_any_id(stored)}")
-        affected = {key for key, status in new.values() if status == "verified"}
-        if stored:  # counted before the batch, and after it
-            affected |= _keys(conn, f"""SELECT volunteer_key FROM activity WHERE status IN ({ROLLED_UP}) AND {_any_id(stored)}
-                                       UNION SELECT volunteer_key FROM staged WHERE status IN ({ROLLED_UP})
-                                       AND id IN (SELECT unnest($1::UUID[]))""", stored)
-        affected |= _keys(conn, """SELECT key FROM volunteer WHERE id IN (SELECT unnest($1::UUID[])) UNION
-                                   SELECT s.key FROM volunteer v JOIN volunteer s ON s.id = v.merged_into
-                                   WHERE v.id IN (SELECT unnest($1::UUID[]))""", touched)
-        affected |= _keys(conn, "SELECT volunteer_key FROM activity WHERE program_id IN (SELECT unnest($1::UUID[]))",
-                          list(self.programs))
-        added = [i for i, (key, status) in new.items() if status in COUNTED and key not in affected]
-        keys = sorted(affected)
-        arriving = [i for i, (key, _) in new.items() if key in affected]  # new rows, already inserted
-        # A batch that changes no volunteer and no programme changes only the rows of its own activities: the
-        # affected volunteers' rows after it are those read before it with the replaced ones (a higher revision
-        # staged) swapped for the staged ones, so they are read once, not twice (a read of a few volunteers' rows
-        # costs nearly a scan of the table's columns: they are spread over it; ~30 ms at 10 M rows).
-        reread = bool(touched or self.programs)
+    def _store_staged(self, conn: duckdb.DuckDBPyConnection, generation: int) -> None:
+        """The staged activities stored: a new one inserted, a stored one replaced if of a higher revision,
+        each noted in `pending_activity` (a replaced row as it was, before it changes)."""
+        ids = list(self.activities)
+        # Found in the key's index, then inserted plainly: DuckDB's ON CONFLICT costs ~70 ms at 10 M rows.
+        revisions = dict(conn.execute(f"SELECT id, revision FROM activity WHERE {_any_id(ids)}").fetchall())
+        stored = list(revisions)
+        conn.execute(f"INSERT INTO activity {STAGED} WHERE NOT {_any_id(stored)}")
+        new = [i for i in ids if i not in revisions]
+        if new:
+            conn.execute("INSERT INTO pending_activity (generation, stored, id) SELECT $1, false, unnest($2::UUID[])",
+                         [generation, new])
         replaced = [i for i in stored if self.activities[i][1] > revisions[i]]
-        if keys and not reread:
-            leaving_out = f" AND NOT {_any_id(arriving)}" if arriving else ""
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE kept_rows AS {_counted_rows(('id', *BATCH_COLUMNS))}{leaving_out}", [keys])
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain('kept_rows')}")
-        else:
-            # Before any stored row changes: the affected volunteers' rows as the cells hold them.
-            note_rollup_rows(conn, keys, leaving_out=arriving)
-        if stored:
-            _upsert_staged(conn, stored)
-        columns = ", ".join(BATCH_COLUMNS)
-        if self.activities:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM staged WHERE {_any_id(added)}")
-        else:
-            conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM activity LIMIT 0")
-        if touched:
-            redenormalise(conn, touched)
-        self._programs_renamed(conn)
-        if keys:
-            # The affected volunteers' rows as they are now, for the summary and the cells.
-            if reread:
-                conn.execute(f"INSERT INTO batch_rows {_counted_rows(BATCH_COLUMNS)}", [keys])
-            else:
-                conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM kept_rows WHERE NOT {_any_id(replaced)}")
-                conn.execute(f"""INSERT INTO batch_rows SELECT {columns} FROM staged WHERE {_any_id([*replaced, *arriving])}
-                                 AND status IN ({ROLLED_UP}) AND volunteer_key IN (SELECT unnest($1::INTEGER[]))""", [keys])
-            refresh_summary(conn, keys, rows="batch_rows")
-            refresh_pair_usage(conn, keys)
-        if keys or added:
-            refresh_rollups(conn, "batch_rows")
-        for temporary in ("old_rows", "batch_rows", "kept_rows", "staged"):
-            conn.execute(f"DROP TABLE IF EXISTS {temporary}")
+        if replaced:
+            _note_before(conn, generation, _any_id(replaced, "a.id"), [])
+            _upsert_staged(conn, replaced)
 
-    def _programs_renamed(self, conn: duckdb.DuckDBPyConnection) -> None:
+    def _programs_renamed(self, conn: duckdb.DuckDBPyConnection, generation: int | None) -> None:
         if self.programs:
-            conn.execute("UPDATE activity SET program = p.code FROM program p "
-                         "WHERE p.id = activity.program_id AND p.id IN (SELECT unnest($1::UUID[]))", [list(self.programs)])
+            renamed = ("a.id IN (SELECT a.id FROM activity a JOIN program p ON p.id = a.program_id "
+                       "WHERE p.id IN (SELECT unnest($1::UUID[])) AND a.program IS DISTINCT FROM p.code)")
+            _note_before(conn, generation, renamed, [list(self.programs)])
+            conn.execute("UPDATE activity SET program = p.code FROM program p WHERE p.id = activity.program_id "
+                         "AND p.id IN (SELECT unnest($1::UUID[])) AND activity.program IS DISTINCT FROM p.code",
+                         [list(self.programs)])
+
+
+def _note_before(conn: duckdb.DuckDBPyConnection, generation: int | None, rows: str, params: list) -> None:
+    """The activity rows `rows` selects (of alias `a`), before a live batch changes them, as the derived tables
+    hold them: noted in `pending_activity` unless this generation noted them already (then the first note
+    stands: it was taken before anything in the batch changed them). Nothing outside a live batch."""
+    if generation is None:
+        return
+    conn.execute(f"""INSERT INTO pending_activity SELECT {int(generation)}, true, a.* FROM activity a WHERE {rows}
+                     AND a.id NOT IN (SELECT id FROM pending_activity WHERE generation = {int(generation)})""", params)
 
 
 ACTIVITY_COLUMNS = [
@@ -294,9 +270,9 @@ def constants(values: list) -> str | None:
     return ", ".join("'" + text.replace("'", "''") + "'" for text in texts)
 
 
-def _any_id(ids: list[uuid.UUID]) -> str:
-    """`id` is one of `ids` (as constants: `constants`)."""
-    return f"id IN ({constants([uuid.UUID(str(i)) for i in ids])})" if ids else "false"
+def _any_id(ids: list[uuid.UUID], column: str = "id") -> str:
+    """`column` is one of `ids` (as constants: `constants`)."""
+    return f"{column} IN ({constants([uuid.UUID(str(i)) for i in ids])})" if ids else "false"
 
 
 def _stage_activities(conn: duckdb.DuckDBPyConnection, rows: list[tuple]) -> None:
@@ -489,19 +465,9 @@ def _at_grain(rows: str) -> str:
     return f"SELECT {grain}, {sums} FROM {rows} GROUP BY {grain}"
 
 
-def note_rollup_rows(conn: duckdb.DuckDBPyConnection, keys: list[int], leaving_out: list[uuid.UUID] = ()) -> None:
-    """Before a batch changes any stored activity row: the rows of the volunteers `keys` as the cells hold
-    them (`old_rows`; without the rows of `leaving_out`, the batch's new rows, already inserted)."""
-    if keys:
-        rows = _counted_rows(ROLLUP_COLUMNS) + (f" AND NOT {_any_id(list(leaving_out))}" if leaving_out else "")
-    else:
-        rows = f"SELECT {', '.join(ROLLUP_COLUMNS)} FROM activity LIMIT 0"
-    conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain(f'({rows})')}", [keys] if keys else [])
-
-
 def refresh_rollups(conn: duckdb.DuckDBPyConnection, rows: str | None) -> None:
     """Bring the cells (store.py CELLS) up to the activity rows: with `rows`, a table of the counted rows
-    of the volunteers a batch may have changed, after the batch noted them first (`note_rollup_rows`),
+    of the volunteers a batch may have changed, and `old_rows`, those rows as the cells hold them (`catch_up`),
     move each cell and chunk by the groups of their rows that changed: whatever the batch changed (a
     correction, decision, void, merge, attribute, in whatever order the events came), a cell is again the
     sums and the bitmaps of its rows. With None, every cell from every row (the rebuild's end, a store
@@ -635,9 +601,93 @@ def rederive(conn: duckdb.DuckDBPyConnection) -> None:
     redenormalise(conn, None)
     conn.execute("UPDATE activity SET program = p.code FROM program p WHERE p.id = activity.program_id")
     conn.execute(f"UPDATE activity AS a SET month = {DENORMALISED['month']}")
+    derive_whole(conn)
+
+
+def derive_whole(conn: duckdb.DuckDBPyConnection) -> None:
+    """The derived tables (summary, cells and totals, skill pairs) computed whole from the activity rows and
+    assessments, and so caught up: nothing pending."""
     refresh_summary(conn, None)
     refresh_rollups(conn, None)
     refresh_skill_pairs(conn, None)
+    conn.execute("DELETE FROM pending_activity")
+    conn.execute("DELETE FROM pending_survivor")
+    _derived_as_of_events(conn)
+
+
+def _derived_as_of_events(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("""INSERT INTO store_state SELECT 'derived', as_of FROM store_state WHERE name = 'events'
+                    ON CONFLICT (name) DO UPDATE SET as_of = excluded.as_of
+                    WHERE store_state.as_of IS DISTINCT FROM excluded.as_of""")
+
+
+def catch_up(conn: duckdb.DuckDBPyConnection) -> int:
+    """Inside a transaction of its own, beside the consumer's: bring the derived tables up to the activity
+    rows and assessments, from what `pending_*` noted; the number of activity rows taken in.
+
+    The generations this transaction sees (`top` and below) are taken in whole, and only they are deleted: a
+    consumer's transaction committing meanwhile notes its rows in a later generation, as they were after
+    every generation taken in here, so the next call takes them from where this one leaves the derived
+    tables. A row's state as the derived tables hold it is its first note in the generations taken in (none
+    if it was new); the other rows of its volunteer are as they were. So, as in one transaction: the
+    volunteers whose counted rows may have changed (`affected`: a stored row's volunteer before and after, a
+    new verified row's) have their rows before (`old_rows`) and now (`batch_rows`) grouped and the cells
+    moved by the difference, their summary recomputed; a new counted row of a volunteer otherwise unchanged
+    only adds to its cells."""
+    top = conn.execute("SELECT max(generation) FROM (SELECT generation FROM pending_activity "
+                       "UNION ALL SELECT generation FROM pending_survivor)").fetchone()[0]
+    if top is None:
+        _derived_as_of_events(conn)  # batches of other events only (registrations, say): nothing else to do
+        return 0
+    conn.execute(f"""CREATE OR REPLACE TEMP TABLE first_noted AS SELECT * FROM pending_activity WHERE generation <= {top}
+                     QUALIFY row_number() OVER (PARTITION BY id ORDER BY generation) = 1""")
+    before = {row[0]: (row[1], row[2]) for row in conn.execute(
+        "SELECT id, volunteer_key, status FROM first_noted WHERE stored").fetchall()}
+    ids = [row[0] for row in conn.execute("SELECT id FROM first_noted").fetchall()]
+
+    def among(chosen: list) -> str:
+        # As constants the ids are looked up in the key's index; past a few thousand, parsing them costs more
+        # than the scan a join makes (a backlog after a restart, a merge of a volunteer with many rows).
+        return _any_id(chosen) if len(chosen) <= MAX_CONSTANT_IDS else "id IN (SELECT id FROM first_noted)"
+    now = {row[0]: (row[1], row[2]) for row in conn.execute(
+        f"SELECT id, volunteer_key, status FROM activity WHERE {among(ids)}").fetchall()} if ids else {}
+    affected = {key for key, status in before.values() if status in COUNTED}
+    affected |= {key for i, (key, status) in now.items() if status in COUNTED and (i in before or status == "verified")}
+    affected.discard(None)
+    keys = sorted(affected)
+    added = [i for i, (key, status) in now.items() if i not in before and status in COUNTED and key not in affected]
+    columns = ", ".join(BATCH_COLUMNS)
+    if keys:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE kept_rows AS {_counted_rows(('id', *BATCH_COLUMNS))}", [keys])
+        rollup_columns = ", ".join(ROLLUP_COLUMNS)
+        was = (f"(SELECT {rollup_columns} FROM kept_rows WHERE id NOT IN (SELECT id FROM first_noted) UNION ALL "
+               f"SELECT {rollup_columns} FROM first_noted WHERE stored AND status IN ({ROLLED_UP}))")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain(was)}")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM kept_rows")
+    else:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain(f'(SELECT {columns} FROM activity LIMIT 0)')}")
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM activity LIMIT 0")
+    if added:
+        if len(added) <= MAX_CONSTANT_IDS:
+            conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM activity WHERE {_any_id(added)}")
+        else:
+            conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM activity "
+                         "WHERE id IN (SELECT unnest($1::UUID[]))", [added])
+    if keys:
+        refresh_summary(conn, keys, rows="batch_rows")
+        refresh_pair_usage(conn, keys)
+    if keys or added:
+        refresh_rollups(conn, "batch_rows")
+    survivors = sorted(row[0] for row in conn.execute(
+        f"SELECT DISTINCT volunteer_id FROM pending_survivor WHERE generation <= {top}").fetchall())
+    if survivors:
+        refresh_skill_pairs(conn, survivors)
+    conn.execute(f"DELETE FROM pending_activity WHERE generation <= {top}")
+    conn.execute(f"DELETE FROM pending_survivor WHERE generation <= {top}")
+    for temporary in ("first_noted", "kept_rows", "old_rows", "batch_rows"):
+        conn.execute(f"DROP TABLE IF EXISTS {temporary}")
+    _derived_as_of_events(conn)
+    return len(ids)
 
 
 def _later(held: tuple | None, event: CloudEvent) -> bool:
@@ -726,15 +776,65 @@ def note(changes: Changes, event: CloudEvent, payload: object) -> bool:
     return True
 
 
+class Upkeep:
+    """The derived tables brought up to the activity rows (`catch_up`) in a thread of its own, beside the
+    consumer's transactions, whenever a batch has committed (`poke`), until nothing is pending.
+
+    Why apart: a submission is counted (in every answer read from the activity rows) once the consumer's
+    transaction commits, and that transaction only stores rows; the summary, cells and totals took four
+    fifths of a batch's time at 10 M activities (bench/README.md, "The upkeep apart"), and every submission
+    waited for them and for the batch before. Answers read from the derived tables say so in `as_of` (the
+    'derived' state); /metrics shows how far behind they are."""
+
+    def __init__(self, store: AnalyticsStore, on_error: Callable[[Exception], None] | None = None):
+        self.store = store
+        self._on_error = on_error
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="analytics-upkeep", daemon=True)
+        self._thread.start()
+        self.poke()  # what a previous run left pending
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def close(self, timeout: float = UPKEEP_STOP_SECONDS) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        lower_priority(UPKEEP_NICENESS)
+        while True:
+            self._wake.wait(timeout=UPKEEP_RETRY_SECONDS)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                while self.store.write_aside(catch_up) and not self._stopping:
+                    pass
+            except duckdb.Error as exc:  # a conflict, say: nothing was taken in; tried again at the next wake
+                if self._on_error is not None:
+                    self._on_error(exc)
+
+
 class StoreBatches:
     """The consumer runtime's unit (shared/consumer.py `BatchUnits`) for the read store: a batch's
-    events noted, written and recorded as processed in one DuckDB transaction, in a worker thread."""
+    events noted, written and recorded as processed in one DuckDB transaction, in a worker thread; then
+    the derived tables brought up to it, by `upkeep` if given (the service's), otherwise at once, in a
+    transaction of its own."""
 
-    def __init__(self, store: AnalyticsStore):
+    def __init__(self, store: AnalyticsStore, upkeep: Upkeep | None = None):
         self.store = store
+        self.upkeep = upkeep
 
     async def apply(self, consumer: str, events: list[tuple[CloudEvent, object]], handlers) -> tuple[int, int]:
-        return await self.store.write_soon(lambda conn: _apply_new(conn, consumer, events))
+        outcome = await self.store.write_soon(lambda conn: _apply_new(conn, consumer, events))
+        if self.upkeep is not None:
+            self.upkeep.poke()
+        else:
+            await self.store.write_soon(catch_up)
+        return outcome
 
     async def record_dead_letter(self, consumer: str, event_id: str) -> None:
         await self.store.write_soon(lambda conn: conn.execute(

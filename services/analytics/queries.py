@@ -237,13 +237,16 @@ def _grouping(dims: Sequence[str], totals: bool) -> tuple[str, str]:
     return f"GROUP BY GROUPING SETS ({rendered}){having}", f"GROUPING({', '.join(dims)})"
 
 
-def _statement(ctes: list[str], grouped: str, dims: Sequence[str], columns: Sequence[str], p: _Params) -> Statement:
+def _statement(ctes: list[str], grouped: str, dims: Sequence[str], columns: Sequence[str], p: _Params,
+               state: str = "derived") -> Statement:
     """`grouped` (columns `_set`, the dimensions' keys, `columns`) beside `as_of`, keys labelled: a LEFT
-    JOIN, so that an answer with no cell still says how fresh the store is (one row, `_set` NULL)."""
+    JOIN, so that an answer with no cell still says how fresh the store is (one row, `_set` NULL). `state`:
+    'events' for an answer read from the activity rows alone, 'derived' for one reading a derived table
+    (summary, cells, totals, skill pairs), which the upkeep brings up to the rows a little later."""
     labels = "".join(f", {LABELS.get(d, '{0}').format('g.' + d)} AS {d}" for d in dims)
     order = "ORDER BY g._set" + "".join(f", g.{d} NULLS LAST" for d in dims)
     sql = (f"{_with(ctes)}SELECT s.as_of, g._set{labels}{''.join(', g.' + c for c in columns)} "
-           f"FROM (SELECT max(as_of) AS as_of FROM store_state WHERE name = 'events') s "
+           f"FROM (SELECT max(as_of) AS as_of FROM store_state WHERE name = '{state}') s "
            f"LEFT JOIN ({grouped}) g ON true {order}")
     return Statement(sql, p.values, ("as_of", "_set", *dims, *columns))
 
@@ -417,7 +420,7 @@ def figures_sql(question: Question, totals: bool = False, volunteer_keys: int | 
     measures = ", ".join(f"{_volunteers_sql(dims, volunteer_keys) if m == 'volunteers' else MEASURE_SQL[m]} AS {m}"
                          for m in names)
     grouped = f"SELECT {grouping} AS _set, {''.join(d + ', ' for d in dims)}{measures} FROM ({projected}) t {group}"
-    return _statement(ctes, grouped, dims, names, p)
+    return _statement(ctes, grouped, dims, names, p, state="events")
 
 
 def _cells_grouped(dims: Sequence[str], names: Sequence[str], totals: bool, projected: str) -> str:

@@ -43,8 +43,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
 from services.analytics.projections import (
-    ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, note, record_processed, refresh_rollups,
-    refresh_skill_pairs, refresh_summary,
+    ACTIVITY_COLUMNS, DENORMALISED, HANDLERS, Changes, activity_changed, derive_whole, note, record_processed,
 )
 from services.analytics.settings import AnalyticsSettings
 from services.analytics.store import MEMORY, AnalyticsStore, StoreOutdated, current_file, point_to
@@ -302,7 +301,7 @@ def bulk_writer(store: AnalyticsStore) -> Callable[[Batch], int]:
     """Writes a replayed batch into `store` in one transaction; returns the activity events refused."""
     def write(batch: Batch) -> int:
         def work(conn) -> int:
-            batch.changes.flush(conn, summarise=False)
+            batch.changes.flush(conn, live=False)
             refused = batch.activities.flush(conn)
             record_processed(conn, CONSUMER, batch.ids)
             record_offsets(conn, batch.offsets)
@@ -329,9 +328,7 @@ async def finish(store: AnalyticsStore) -> None:
     and the skill pairs, from every activity and assessment at once."""
     def work(conn: duckdb.DuckDBPyConnection) -> None:
         settle(conn)
-        refresh_summary(conn, None)
-        refresh_rollups(conn, None)
-        refresh_skill_pairs(conn, None)
+        derive_whole(conn)
     await asyncio.to_thread(store.write, work)
 
 

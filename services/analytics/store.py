@@ -1,9 +1,15 @@
 """The analytics read store: one DuckDB database per replica, built only from the event log.
 
-One writer, many readers. The service holds one DuckDB connection; every batch of events is applied
-under `_write_lock` in one DuckDB transaction. Queries read through their own cursor (a connection to
-the same database with its own snapshot), in a worker thread (`read`): a query never waits for a
-write, a write never waits for a query, and neither blocks the event loop.
+Two writers, many readers. The service holds one DuckDB connection; every batch of events is applied
+under `_write_lock` in one DuckDB transaction, which stores the entities and activity rows and notes what
+it changed in `pending_*`. The derived tables (the summary, the cells and totals, the skill pairs) are
+brought up to the rows by the upkeep (`projections.Upkeep`, `catch_up`) in a transaction of its own on a
+cursor of its own (`write_aside`), beside the batches: no table is written by both but `pending_*`, whose
+rows one inserts and the other deletes once committed. So a submission counts in an answer read from the
+activity rows when its batch commits, and in one read from a derived table when the upkeep has taken it
+in; each answer's `as_of` says which (store_state 'events' or 'derived'). Queries read through their own
+cursor (a connection to the same database with its own snapshot), in a worker thread (`read`): a query
+never waits for a write, a write never waits for a query, and neither blocks the event loop.
 
 Denormalised at write time, so a dashboard scans one table and joins nothing: each `activity` row
 carries its volunteer's merge survivor (`survivor_id`, and `volunteer_key`, the survivor's integer
@@ -28,14 +34,15 @@ The keys depend on arrival order, so they are not figures (`contents` leaves the
 Rollups shaped to the dashboards (design 3, kept by difference from the activity rows). Each activity row
 carries its `month`; tables of cells (`CELLS`) hold, per combination of a few dimensions (with the month or
 without) and status, and per chunk of volunteer keys (`CHUNK_BITS`), the sums and a bitmap of the chunk's
-volunteers. A batch notes, before it changes any activity row, the rows of the volunteers whose rows it may
-change (the same keys as the summary's, over the counted statuses) grouped at the cells' common grain
-(`ROLLUP_GRAIN`: every cell dimension, month, status, survivor key); after its changes it groups them
-again, and moves each cell by the groups that changed (old EXCEPT new, new EXCEPT old): the sums by their
-difference, the bits of those volunteers cleared where they were and set where they are, in their chunks
-only (each cell row found by its indexed `cell`, the key and chunk as one text; a bitmap rewritten only where
-it changes). A batch's new activity rows of volunteers nothing else in it changes skip the volunteers' rows:
-they only add (sums added, bits set). Exact, retracted when an activity changes, and order-independent, as
+volunteers. A batch notes each activity row it inserts, and each stored row as it was before it changes it
+(`pending_activity`); the upkeep reads the rows of the volunteers whose counted rows may have changed (the
+same keys as the summary's, over the counted statuses) as the cells hold them (the rows now, those noted
+replaced by their first note) and as they are now, grouped at the cells' common grain (`ROLLUP_GRAIN`: every
+cell dimension, month, status, survivor key), and moves each cell by the groups that changed (old EXCEPT
+new, new EXCEPT old): the sums by their difference, the bits of those volunteers cleared where they were and
+set where they are, in their chunks only (each cell row found by its indexed `cell`, the key and chunk as one
+text; a bitmap rewritten only where it changes). New activity rows of volunteers nothing else changed skip
+the volunteers' rows: they only add (sums added, bits set). Exact, retracted when an activity changes, and order-independent, as
 the summary is. The rebuild computes them once at its end. A question whose dimensions, filters and dates a
 table of cells covers is answered from it (`queries.rollup_for`), any other from the activity rows.
 
@@ -128,7 +135,16 @@ CREATE TABLE IF NOT EXISTS skill_pair (
 CREATE TABLE IF NOT EXISTS skill_totals (
     instrument VARCHAR, program VARCHAR, hours_band VARCHAR, item VARCHAR, volunteers BIGINT,
     baseline DECIMAL(38, 6), endline DECIMAL(38, 6));
+-- 'events': the time of the latest event applied; 'derived': the same as far as the derived tables (summary,
+-- cells, totals, skill pairs) are brought up to the activity rows (`projections.catch_up`).
 CREATE TABLE IF NOT EXISTS store_state (name VARCHAR PRIMARY KEY, as_of TIMESTAMPTZ);
+-- What the live consumer's transactions changed that the derived tables do not hold yet, each transaction a
+-- generation: an activity row inserted (`stored` false) or about to change (`stored` true: the row as it was, so
+-- as the derived tables hold it, the first time in its generation), and the merge survivors whose skill pairs
+-- must be made again. `projections.catch_up` takes them in and deletes them.
+CREATE SEQUENCE IF NOT EXISTS pending_generations;
+CREATE TABLE IF NOT EXISTS pending_activity AS SELECT CAST(0 AS BIGINT) AS generation, true AS stored, a.* FROM activity a LIMIT 0;
+CREATE TABLE IF NOT EXISTS pending_survivor (generation BIGINT, volunteer_id UUID);
 -- Keyed by the event id alone (a store has one consumer): DuckDB looks up a one-column key in its
 -- index, while a batch's lookup on (consumer, event_id) scanned the table (30 ms at 1 M events).
 CREATE TABLE IF NOT EXISTS processed_events (
@@ -306,12 +322,16 @@ def point_to(configured: str, actual: str) -> None:
 # (a nice value), so that on a machine of few cores a batch's scans of the activity rows take the cores the
 # answers leave rather than the reverse. A rebuild's store keeps DuckDB's default (a thread per core).
 WRITER_NICENESS = 10
+# The derived tables' upkeep (`projections.Upkeep`) gives way to the consumer's writes as well: a submission
+# is counted once the consumer's transaction commits; the cells follow.
+UPKEEP_NICENESS = 15
 
 
-def _lower_priority() -> None:
+def lower_priority(niceness: int = WRITER_NICENESS) -> None:
+    """This thread at the nice value `niceness` (or its own, if lower already)."""
     try:
         thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), WRITER_NICENESS))
+        os.setpriority(os.PRIO_PROCESS, thread, max(os.getpriority(os.PRIO_PROCESS, thread), niceness))
     except (AttributeError, OSError):  # not Linux, or not allowed: the same priority as the rest
         pass
 
@@ -324,7 +344,7 @@ class AnalyticsStore:
         if self.path != MEMORY:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.serving = serving
-        self._writer = ThreadPoolExecutor(1, "analytics-writer", initializer=_lower_priority) if serving else None
+        self._writer = ThreadPoolExecutor(1, "analytics-writer", initializer=lower_priority) if serving else None
         self._conn = self._connect(self.path)
         self._refuse_outdated()
         reshaped = self._drop_outdated_rollups()
@@ -333,11 +353,16 @@ class AnalyticsStore:
         reshaped = reshaped or bool(before and not set(TOTALS) <= before)
         self._conn.execute(DDL)
         self._write_lock = threading.Lock()
-        from services.analytics.projections import refresh_rollups, refresh_skill_pairs  # they import this module
-        if reshaped:  # rollups of an earlier shape, or tables of totals it did not have: computed from the rows
-            self.write(lambda conn: refresh_rollups(conn, None))
-        if unpaired:  # a store made before the tables: filled from its assessments and summary
-            self.write(lambda conn: refresh_skill_pairs(conn, None))
+        self._aside_lock = threading.Lock()
+        from services.analytics.projections import derive_whole  # it imports this module
+        if reshaped or unpaired:
+            # Rollups of an earlier shape, tables of totals or skills it did not have: every derived table computed
+            # from the rows.
+            self.write(derive_whole)
+        elif before and "pending_activity" not in before:
+            # A store made before the upkeep was apart: its derived tables were kept in the consumer's transactions.
+            self.write(lambda conn: conn.execute(
+                "INSERT INTO store_state SELECT 'derived', as_of FROM store_state WHERE name = 'events' ON CONFLICT DO NOTHING"))
 
     def _connect(self, path: str) -> duckdb.DuckDBPyConnection:
         conn = duckdb.connect(path)
@@ -390,18 +415,41 @@ class AnalyticsStore:
             self._conn.execute("COMMIT")
             return result
 
+    def write_aside(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """Run `work` in one transaction of a cursor of its own, beside the writer's (DuckDB lets transactions
+        write at once as long as they do not change the same rows): the derived tables' upkeep, which writes
+        no table the consumer's transactions change but the rows of `pending_*` they have committed."""
+        with self._aside_lock:
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute("BEGIN TRANSACTION")
+                try:
+                    result = work(cursor)
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+                return result
+            finally:
+                cursor.close()
+
     async def write_soon(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
         """`write` in a worker thread (the writer's own, at a lower priority, when serving)."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, self.write, work)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """Hold the write lock (taken in a thread: the event loop goes on) while the block runs."""
-        await asyncio.to_thread(self._write_lock.acquire)
+        """Hold both write locks, the writer's and the upkeep's (taken in a thread: the event loop goes on)
+        while the block runs."""
+        await asyncio.to_thread(self._aside_lock.acquire)
         try:
-            yield
+            await asyncio.to_thread(self._write_lock.acquire)
+            try:
+                yield
+            finally:
+                self._write_lock.release()
         finally:
-            self._write_lock.release()
+            self._aside_lock.release()
 
     def swap_locked(self, other: AnalyticsStore) -> str:
         """Serve from `other`'s database from now on (a rebuilt store), the write lock being held by the
@@ -445,8 +493,9 @@ class AnalyticsStore:
         """`query` in a worker thread, so the event loop serves other requests meanwhile."""
         return await asyncio.to_thread(self.query, sql, params)
 
-    def as_of(self) -> datetime | None:
-        rows = self.query("SELECT as_of FROM store_state WHERE name = 'events'")
+    def as_of(self, state: str = "events") -> datetime | None:
+        """The time of the latest event applied (`state` 'events'), or taken into the derived tables ('derived')."""
+        rows = self.query("SELECT as_of FROM store_state WHERE name = $1", [state])
         return rows[0][0] if rows else None
 
     def contents(self) -> dict[str, list[tuple]]:
