@@ -813,7 +813,8 @@ class Upkeep:
             try:
                 while self.store.write_aside(catch_up) and not self._stopping:
                     pass
-            except duckdb.Error as exc:  # a conflict, say: nothing was taken in; tried again at the next wake
+            except Exception as exc:  # noqa: BLE001 - a conflict, say: nothing was taken in (rolled back); reported
+                # (logged and counted in /metrics) and tried again at the next wake, at most UPKEEP_RETRY_SECONDS away
                 if self._on_error is not None:
                     self._on_error(exc)
 
