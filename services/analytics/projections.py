@@ -253,12 +253,6 @@ def add_stubs(conn: duckdb.DuckDBPyConnection, volunteer_ids: list) -> None:
                      [volunteer_ids])
 
 
-def _keys(conn: duckdb.DuckDBPyConnection, sql: str, *lists: list) -> set[int]:
-    if not any(lists):
-        return set()
-    return {row[0] for row in conn.execute(sql, list(lists)).fetchall() if row[0] is not None}
-
-
 def constants(values: list) -> str | None:
     """`values` written out as SQL string constants (None if one cannot be: a NUL character). DuckDB looks
     `column IN (constants)` up in the column's index (a primary key's, or `cell`'s); joined with a list passed
@@ -621,6 +615,17 @@ def _derived_as_of_events(conn: duckdb.DuckDBPyConnection) -> None:
                     WHERE store_state.as_of IS DISTINCT FROM excluded.as_of""")
 
 
+def _among(ids: list) -> str:
+    """`id` is one of `ids`: as constants, looked up in the key's index; past MAX_CONSTANT_IDS (a backlog after a
+    restart, a merge of a volunteer with many rows), parsing them costs more than the scan a list parameter makes
+    (`_among_params`)."""
+    return _any_id(ids) if len(ids) <= MAX_CONSTANT_IDS else "id IN (SELECT unnest($1::UUID[]))"
+
+
+def _among_params(ids: list) -> list:
+    return [] if len(ids) <= MAX_CONSTANT_IDS else [ids]
+
+
 def catch_up(conn: duckdb.DuckDBPyConnection) -> int:
     """Inside a transaction of its own, beside the consumer's: bring the derived tables up to the activity
     rows and assessments, from what `pending_*` noted; the number of activity rows taken in.
@@ -644,13 +649,8 @@ def catch_up(conn: duckdb.DuckDBPyConnection) -> int:
     before = {row[0]: (row[1], row[2]) for row in conn.execute(
         "SELECT id, volunteer_key, status FROM first_noted WHERE stored").fetchall()}
     ids = [row[0] for row in conn.execute("SELECT id FROM first_noted").fetchall()]
-
-    def among(chosen: list) -> str:
-        # As constants the ids are looked up in the key's index; past a few thousand, parsing them costs more
-        # than the scan a join makes (a backlog after a restart, a merge of a volunteer with many rows).
-        return _any_id(chosen) if len(chosen) <= MAX_CONSTANT_IDS else "id IN (SELECT id FROM first_noted)"
     now = {row[0]: (row[1], row[2]) for row in conn.execute(
-        f"SELECT id, volunteer_key, status FROM activity WHERE {among(ids)}").fetchall()} if ids else {}
+        f"SELECT id, volunteer_key, status FROM activity WHERE {_among(ids)}", _among_params(ids)).fetchall()} if ids else {}
     affected = {key for key, status in before.values() if status in COUNTED}
     affected |= {key for i, (key, status) in now.items() if status in COUNTED and (i in before or status == "verified")}
     affected.discard(None)
@@ -668,11 +668,7 @@ def catch_up(conn: duckdb.DuckDBPyConnection) -> int:
         conn.execute(f"CREATE OR REPLACE TEMP TABLE old_rows AS {_at_grain(f'(SELECT {columns} FROM activity LIMIT 0)')}")
         conn.execute(f"CREATE OR REPLACE TEMP TABLE batch_rows AS SELECT {columns} FROM activity LIMIT 0")
     if added:
-        if len(added) <= MAX_CONSTANT_IDS:
-            conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM activity WHERE {_any_id(added)}")
-        else:
-            conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM activity "
-                         "WHERE id IN (SELECT unnest($1::UUID[]))", [added])
+        conn.execute(f"INSERT INTO batch_rows SELECT {columns} FROM activity WHERE {_among(added)}", _among_params(added))
     if keys:
         refresh_summary(conn, keys, rows="batch_rows")
         refresh_pair_usage(conn, keys)
