@@ -1,8 +1,10 @@
 """The analytics read store fed by the consumer runtime from a real broker: each event applied once,
 in any order, after duplicates; figures taken back when an activity changes; merges; poison events
-dead-lettered while the figures go on; lag and freshness on /ready and /metrics of the running service."""
+dead-lettered while the figures go on; lag and freshness on /ready and /metrics of the running service.
+The tests of the store alone (a DuckDB store, at most a broker: no service database) are `dialect_free`."""
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -62,6 +64,7 @@ def counted(metrics, outcome: str, consumer: str) -> float:
     return metrics.consumed.labels(consumer, outcome)._value.get()
 
 
+@pytest.mark.dialect_free
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_events_in_any_order_after_duplicates_give_the_in_order_store(rig, seed):
     history = programme_history()
@@ -79,6 +82,7 @@ async def test_events_in_any_order_after_duplicates_give_the_in_order_store(rig,
     assert rig.store.as_of() == max(e.time for e in history.events)
 
 
+@pytest.mark.dialect_free
 async def test_replicas_under_groups_of_their_own_each_build_the_whole_store(broker):
     topics = OwnTopics()
     settings = settings_for(broker.bootstrap)
@@ -103,6 +107,7 @@ async def test_replicas_under_groups_of_their_own_each_build_the_whole_store(bro
             store.close()
 
 
+@pytest.mark.dialect_free
 async def test_a_void_takes_back_the_figures_a_verification_added(rig):
     history = programme_history()
     activity = uuid.uuid4()
@@ -130,6 +135,7 @@ async def test_a_void_takes_back_the_figures_a_verification_added(rig):
     assert rig.store.query("SELECT status, revision FROM activity WHERE id = $1", [activity]) == [("voided", 3)]
 
 
+@pytest.mark.dialect_free
 async def test_a_merge_counts_the_duplicates_activities_for_the_survivor_whenever_they_arrive(rig):
     history = programme_history()
     keys = random.Random(1)
@@ -153,6 +159,7 @@ async def test_a_merge_counts_the_duplicates_activities_for_the_survivor_wheneve
     assert rig.store.query("SELECT DISTINCT sex FROM activity_facts WHERE project_id = $1", [history.project]) == [("female",)]
 
 
+@pytest.mark.dialect_free
 async def test_poison_messages_are_dead_lettered_and_the_figures_go_on(rig):
     history = programme_history()
     keys = random.Random(2)
@@ -256,6 +263,7 @@ def denormalised(store: AnalyticsStore) -> list[tuple]:
                                  survivor_id FROM activity ORDER BY approved_hours""")
 
 
+@pytest.mark.dialect_free
 @pytest.mark.parametrize("seed", range(4))
 async def test_denormalised_rows_converge_whatever_the_order(seed):
     history, v = denormalisation_history()
@@ -445,6 +453,7 @@ def same_answers(store: AnalyticsStore, question) -> tuple:
 
 # The chunks of volunteer keys the cells are kept in (store.CHUNK_BITS): at 4,096 every key of this
 # history is in chunk 0; at 2 its volunteers spread over many chunks, and a merge moves one to another.
+@pytest.mark.dialect_free
 @pytest.mark.parametrize("chunk_bits", [4096, 2])
 @pytest.mark.parametrize("seed", range(3))
 async def test_the_rollups_answer_as_the_activity_rows_do(seed, chunk_bits, monkeypatch):
@@ -504,6 +513,7 @@ SKILLS_QUESTIONS = (
 )
 
 
+@pytest.mark.dialect_free
 @pytest.mark.parametrize("seed", range(3))
 async def test_the_skill_pairs_answer_as_the_summary_does(seed):
     """Skills read from the pairs kept on write (`skill_pair`: hours and activity links included) give the
@@ -542,6 +552,7 @@ async def test_the_skill_pairs_answer_as_the_summary_does(seed):
         store.close()
 
 
+@pytest.mark.dialect_free
 def test_a_commit_does_not_checkpoint_the_store_each_time(tmp_path):
     """A live batch writes ~0.7 MB of log at 10 M activities but DuckDB's estimate of it passed the default
     16 MB threshold, so each commit rewrote the tables it touched (~1 s): the store raises the threshold."""
@@ -554,6 +565,7 @@ def test_a_commit_does_not_checkpoint_the_store_each_time(tmp_path):
         store.close()
 
 
+@pytest.mark.dialect_free
 async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answers(tmp_path):
     """The service's store runs DuckDB's statements on their calling threads and applies batches in a writer
     thread of lower CPU priority (a batch's scans then take the cores the answers leave); a rebuild's keeps
@@ -572,6 +584,7 @@ async def test_the_serving_store_writes_in_a_thread_that_gives_way_to_the_answer
         rebuilding.close()
 
 
+@pytest.mark.dialect_free
 async def test_a_store_whose_rollups_are_of_an_earlier_shape_gets_them_made_again_on_opening(tmp_path):
     """A store written before the cells were kept in chunks of volunteer keys, or before each was found by
     its indexed `cell`, or before the skills totals or the totals per chunk, opens with those tables made again
@@ -616,3 +629,72 @@ async def test_a_store_whose_rollups_are_of_an_earlier_shape_gets_them_made_agai
         assert reopened.contents() == kept
     finally:
         reopened.close()
+
+
+# ---- the upkeep apart: two writers on one store -----------------------------------------------------
+@pytest.mark.dialect_free
+@pytest.mark.parametrize("seed", range(2))
+async def test_batches_committing_while_the_upkeep_is_in_its_transaction_give_the_in_order_figures(seed, tmp_path, monkeypatch):
+    """The service's pair of writers on one store: the consumer's transactions store rows and note them, the
+    upkeep's (`Upkeep`, its own thread and cursor) brings the derived tables up to them. In turns: each upkeep
+    transaction is held open, its work done, until a consumer batch has committed beside it, and each batch
+    waits for an upkeep transaction to be so held; the next upkeep transaction must take that batch from
+    where the held one leaves the tables. At the end every table, derived ones
+    included, equals the store built event by event in order, and the derived tables equal those computed
+    from scratch."""
+    monkeypatch.setattr(projections, "CHUNK_BITS", 2)   # volunteers over many chunks; merges move them
+    history, _, _ = mixed_history(seed)
+    delivered = shuffled_with_duplicates(history.events, seed, duplicates=10)
+    committed = threading.Condition()
+    holding = threading.Event()
+    batches, overlapped, finished = [0], [0], [False]
+    real_catch_up = projections.catch_up
+
+    def held_open(conn):
+        taken = real_catch_up(conn)
+        with committed:
+            seen = batches[0]
+            holding.set()
+            # Wait (bounded) for a consumer batch to commit while this transaction, its work done, is still open.
+            if committed.wait_for(lambda: batches[0] > seen or finished[0], timeout=10) and batches[0] > seen:
+                overlapped[0] += 1
+        return taken
+
+    monkeypatch.setattr(projections, "catch_up", held_open)
+    store = AnalyticsStore(tmp_path / "analytics.duckdb", serving=True)
+    failures: list[Exception] = []
+    upkeep = projections.Upkeep(store, on_error=failures.append)
+    try:
+        units, rng, at = StoreBatches(store, upkeep), random.Random(seed + 5), 0
+        while at < len(delivered):
+            size = rng.randint(1, 5)
+            await asyncio.to_thread(holding.wait, 10)   # an upkeep transaction open (bounded: the assertion below counts)
+            holding.clear()
+            await units.apply("test", [(e, e.payload()) for e in delivered[at:at + size]], HANDLERS)
+            at += size
+            with committed:
+                batches[0] += 1
+                committed.notify_all()
+        with committed:
+            finished[0] = True
+            committed.notify_all()
+        await eventually(lambda: store.query("SELECT (SELECT count(*) FROM pending_activity) "
+                                             "+ (SELECT count(*) FROM pending_survivor)") == [(0,)],
+                         30, what="every batch taken in by the upkeep")
+        upkeep.close()
+        assert not failures, failures   # no conflict between the two writers' transactions
+        assert overlapped[0] >= batches[0] - 2, (overlapped, batches)   # the interleaving this test is about happened
+        expected = await apply_in_order(history.events)
+        try:
+            assert store.contents() == expected.contents()
+        finally:
+            expected.close()
+        # The derived tables as kept through the interleaved transactions equal those computed from the rows.
+        kept = store.contents()
+        store.write(rederive)
+        assert store.contents() == kept
+        assert store.query("SELECT as_of FROM store_state WHERE name = 'derived'") == \
+            store.query("SELECT as_of FROM store_state WHERE name = 'events'")
+    finally:
+        upkeep.close()
+        store.close()
