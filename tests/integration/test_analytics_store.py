@@ -639,9 +639,8 @@ async def test_batches_committing_while_the_upkeep_is_in_its_transaction_give_th
     upkeep's (`Upkeep`, its own thread and cursor) brings the derived tables up to them. In turns: each upkeep
     transaction is held open, its work done, until a consumer batch has committed beside it, and each batch
     waits for an upkeep transaction to be so held; the next upkeep transaction must take that batch from
-    where the held one leaves the tables. At the end every table, derived ones
-    included, equals the store built event by event in order, and the derived tables equal those computed
-    from scratch."""
+    where the held one leaves the tables. At the end every table, derived ones included, equals the store
+    built event by event in order, and the derived tables equal those computed from scratch."""
     monkeypatch.setattr(projections, "CHUNK_BITS", 2)   # volunteers over many chunks; merges move them
     history, _, _ = mixed_history(seed)
     delivered = shuffled_with_duplicates(history.events, seed, duplicates=10)
