@@ -74,6 +74,7 @@ def make_consumer(settings: CommonSettings, group_id: str, topics: list[str]) ->
         # Tansu's ListOffsets(LATEST) is wrong, and a new group must see the whole history anyway.
         auto_offset_reset="earliest",
         max_poll_records=500,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(100, min(3_000, settings.kafka_session_timeout_ms // 3)),
         request_timeout_ms=15_000,

@@ -13,7 +13,7 @@ from aiokafka import errors as kafka
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
-from shared.broker import LogWatch, Membership, PartitionCounts, RelayState, join_deadline, refusal
+from shared.broker import LogWatch, Membership, PartitionCounts, RelayState, join_deadline, make_consumer, refusal
 from shared.consumer import EventConsumer
 from shared.metrics import Metrics
 from shared.settings import CommonSettings
@@ -113,6 +113,17 @@ async def test_membership_counts_the_time_without_an_assignment_across_rejoins_a
     assert membership.joining_since == since
     await membership.on_partitions_assigned({TopicPartition("t", 0)})
     assert membership.unassigned_for() == 0
+
+
+async def test_consumers_wait_at_the_broker_as_long_as_the_setting_says():
+    """On Tansu a record produced while a consumer's fetch waits at the broker arrives late (up to aiokafka's
+    500 ms default wait; README, "Configuration"), so the services' consumers take a shorter one, a setting."""
+    assert CommonSettings().kafka_fetch_max_wait_ms == 100
+    for wait in (100, 20):
+        consumer = make_consumer(CommonSettings(kafka_fetch_max_wait_ms=wait), "group", ["topic"])
+        assert consumer._fetch_max_wait_ms == wait   # aiokafka keeps it here and sends it with every fetch
+    with pytest.raises(ValueError):
+        CommonSettings(kafka_fetch_max_wait_ms=0)
 
 
 def test_the_join_deadline_is_three_session_timeouts():
