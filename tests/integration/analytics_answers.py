@@ -166,22 +166,27 @@ async def _caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
     return await _committed(bootstrap, group, list(ends)) == ends
 
 
-async def _outbox_empty(client: httpx.AsyncClient) -> bool:
+async def _gauge_is_zero(client: httpx.AsyncClient, name: str) -> bool:
+    """Whether the service's /metrics shows the gauge `name` once, at 0."""
     text = (await client.get("/metrics")).text
-    backlog = [s.value for f in text_string_to_metric_families(text) if f.name == "vmc_outbox_backlog"
-               for s in f.samples]
-    return backlog == [0.0]
+    return [s.value for f in text_string_to_metric_families(text) if f.name == name for s in f.samples] == [0.0]
+
+
+async def _outbox_empty(client: httpx.AsyncClient) -> bool:
+    return await _gauge_is_zero(client, "vmc_outbox_backlog")
 
 
 async def settled(bootstrap: str, direct: dict[str, httpx.AsyncClient]) -> bool:
     """Whether every event has reached analytics, checked in the order events travel: the registry's
     outbox is empty, the activities service has consumed the registry's log (a merge makes it publish
-    reassignments), its outbox is empty, and analytics' group has consumed both logs (its offsets are
-    committed after the store's transaction)."""
+    reassignments), its outbox is empty, analytics' group has consumed both logs (its offsets are
+    committed after the store's transaction), and the upkeep has taken every stored row into the derived
+    tables (answers read from those lag the activity rows until then)."""
     return (await _outbox_empty(direct["registry"])
             and await _caught_up(bootstrap, "activities-registry", [REGISTRY_TOPIC])
             and await _outbox_empty(direct["activities"])
-            and await _caught_up(bootstrap, "analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC]))
+            and await _caught_up(bootstrap, "analytics", [REGISTRY_TOPIC, ACTIVITIES_TOPIC])
+            and await _gauge_is_zero(direct["analytics"], "vmc_analytics_upkeep_pending_rows"))
 
 
 async def wait_settled(stack, timeout: float = 60) -> dict:
