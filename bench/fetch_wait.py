@@ -115,12 +115,15 @@ async def idle_cpu(wait_ms: int, seconds: float) -> tuple[float, float]:
         for consumer in consumers:
             await consumer.start()
 
-        async def poll(consumer: AIOKafkaConsumer) -> None:
-            while True:
-                await consumer.getmany(timeout_ms=500)
+        caught_up = [asyncio.Event() for _ in consumers]
 
-        tasks = [asyncio.create_task(poll(c)) for c in consumers]
-        await asyncio.sleep(3)   # joined and caught up
+        async def poll(consumer: AIOKafkaConsumer, done: asyncio.Event) -> None:
+            while True:
+                if any((await consumer.getmany(timeout_ms=500)).values()):
+                    done.set()   # joined, and past the one record its topic holds
+
+        tasks = [asyncio.create_task(poll(c, e)) for c, e in zip(consumers, caught_up)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in caught_up)), 30)
         broker_before, ours_before, began = _cpu_seconds(broker.pid), time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - began
