@@ -618,7 +618,7 @@ async def test_api3_events_carry_no_personal_data(world: World, broker):
     assert w.collection_exists("volunteers"), "no /volunteers routes in the OpenAPI documents"
     volunteers = [await w.owned("volunteers", w.a), await w.owned("volunteers", w.b)]
     secrets_ = [s for v in volunteers for s in personal_strings(w.people[v])]
-    consumer = AIOKafkaConsumer(REGISTRY_TOPIC, bootstrap_servers=broker.bootstrap, group_id=unique("pii-audit"),
+    consumer = AIOKafkaConsumer(REGISTRY_TOPIC, bootstrap_servers=broker.bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     seen: set[str] = set()
