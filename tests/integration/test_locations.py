@@ -72,8 +72,7 @@ async def test_import_creates_then_ignores_then_updates_and_publishes(admin: htt
         f"{district},district,District {district},,{district[:2]}",
         f"{commune},commune,Commune {commune},ឃុំ,{district}",
         f"{village},village,Village {village},ភូមិ,{commune}",
-        # Parent neither stored nor in the file: district 0000 can never exist (there is no province 00),
-        # where a district like 1299 may have been drawn by another test of the same database.
+        # Parent neither stored nor in the file: district 0000 can never exist (there is no province 00).
         f"{district}02,commune,Orphan,,0000",
         f"{district}03,province,Wrong level,,{district}",
     ]
