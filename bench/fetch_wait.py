@@ -14,46 +14,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
 import subprocess
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.stack import cpu_speed
-from deploy.processes import tansu_binary
+from bench.stack import cpu_speed, process_cpu_seconds
+from deploy.processes import free_port, start_tansu, stop
 
 RATES = (5, 200)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _broker() -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen([tansu_binary(), "broker", "--storage-engine", "memory://", "--listener-url", address,
-                               "--advertised-listener-url", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return broker, f"127.0.0.1:{port}"
-        except OSError:
-            await asyncio.sleep(0.05)
-    broker.kill()
-    raise RuntimeError("Tansu did not listen within 10 s")
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """A Tansu broker of its own (memory://) on a free port, listening."""
+    port = free_port()
+    broker = await asyncio.to_thread(start_tansu, port)
+    return broker, f"127.0.0.1:{port}"
 
 
 async def latency(wait_ms: int, rate: int, seconds: float) -> list[float]:
@@ -92,8 +69,7 @@ async def latency(wait_ms: int, rate: int, seconds: float) -> list[float]:
     finally:
         await consumer.stop()
         await producer.stop()
-        broker.terminate()
-        broker.wait()
+        stop(broker)
     missing = [key for key in acked if key not in received]
     if missing:
         raise RuntimeError(f"{len(missing)} records not consumed within 5 s")
@@ -124,10 +100,10 @@ async def idle_cpu(wait_ms: int, seconds: float) -> tuple[float, float]:
 
         tasks = [asyncio.create_task(poll(c, e)) for c, e in zip(consumers, caught_up)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in caught_up)), 30)
-        broker_before, ours_before, began = _cpu_seconds(broker.pid), time.process_time(), time.monotonic()
+        broker_before, ours_before, began = process_cpu_seconds(broker.pid), time.process_time(), time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - began
-        return (100 * (_cpu_seconds(broker.pid) - broker_before) / elapsed,
+        return (100 * (process_cpu_seconds(broker.pid) - broker_before) / elapsed,
                 100 * (time.process_time() - ours_before) / elapsed)
     finally:
         for task in tasks:
@@ -135,8 +111,7 @@ async def idle_cpu(wait_ms: int, seconds: float) -> tuple[float, float]:
         for consumer in consumers:
             await consumer.stop()
         await producer.stop()
-        broker.terminate()
-        broker.wait()
+        stop(broker)
 
 
 async def run(waits: list[int], seconds: float, idle_seconds: float) -> None:

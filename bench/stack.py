@@ -81,14 +81,15 @@ def direct_headers(stack: Stack) -> dict[str, str]:
     return encode_caller(caller, stack.secret)
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process `pid` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def cpu_seconds(stack: Stack, name: str) -> float:
     """CPU time (user + system) a part of the stack has used so far: a figure the machine's noise does not move."""
-    return _cpu_seconds(stack.procs[name].pid)
+    return process_cpu_seconds(stack.procs[name].pid)
 
 
 def settle(stack: Stack, quiet: float = 0.1, window: float = 0.5, timeout: float = 60.0) -> None:
@@ -137,9 +138,9 @@ def _wait_quiet(stack: Stack, quiet: float, window: float, timeout: float) -> No
     pids = [proc.pid for proc in stack.procs.values()]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        before = sum(_cpu_seconds(pid) for pid in pids)
+        before = sum(process_cpu_seconds(pid) for pid in pids)
         time.sleep(window)
-        if sum(_cpu_seconds(pid) for pid in pids) - before < quiet * window:
+        if sum(process_cpu_seconds(pid) for pid in pids) - before < quiet * window:
             return
 
 
